@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The README's test command: set up everything, then run the test suite
+# (GUI tests run under Xvfb, started by pytest-xvfb).
+# APRNET_SANITIZE=address scripts/test.sh builds the C library with
+# AddressSanitizer and runs the non-GUI tests with it preloaded.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+source "$ROOT/scripts/setup_env.sh"
+cd "$ROOT"
+if [ "${APRNET_SANITIZE:-}" = "address" ]; then
+    APRNET_SANITIZE=address .venv/bin/python -m pip install -q -e . --no-build-isolation --no-deps
+    trap '.venv/bin/python -m pip install -q -e . --no-build-isolation --no-deps' EXIT
+    LD_PRELOAD="$(gcc -print-file-name=libasan.so)" ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 \
+        .venv/bin/python -m pytest -q -m "not gui" -p no:xvfb "$@"
+else
+    .venv/bin/python -m pytest -q "$@"
+fi
