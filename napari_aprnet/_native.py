@@ -118,6 +118,457 @@ def set_num_threads(n: int) -> None:
 
 # ===== formation =====
 
+_FORMATION_DTYPES = {
+    np.dtype(np.float32): "F32",
+    np.dtype(np.uint16): "U16",
+    np.dtype(np.uint8): "U8",
+}
+
+
+def _formation_image(image: np.ndarray):
+    """(pointer, dtype code, shape3) of a C-contiguous float32/uint16/uint8 image."""
+    if not isinstance(image, np.ndarray) or image.dtype not in _FORMATION_DTYPES:
+        raise TypeError("formation images must be float32, uint16 or uint8 numpy arrays")
+    if not image.flags.c_contiguous:
+        raise ValueError("formation images must be C-contiguous")
+    if image.ndim not in (2, 3) or image.size == 0:
+        raise ValueError(f"formation images must be non-empty 2D or 3D arrays, got shape {image.shape}")
+    code = getattr(lib, "APRNET_DTYPE_" + _FORMATION_DTYPES[image.dtype])
+    return ffi.cast("void *", image.ctypes.data), code, shape3(image.shape)
+
+
+def _cancel_ptr(cancel_flag):
+    if cancel_flag is None:
+        return ffi.NULL
+    if not (isinstance(cancel_flag, np.ndarray) and cancel_flag.dtype == np.int32 and cancel_flag.size >= 1):
+        raise TypeError("cancel flag must be an int32 numpy array with at least one element")
+    return ffi.cast("int32_t *", cancel_flag.ctypes.data)
+
+
+def formation_grad_sigma(image: np.ndarray, spacing, lambda_: float, psf: int, cancel_flag=None):
+    """Stage 1 of APR formation: half-resolution gradient, local intensity scale and smoothed image.
+
+    Parameters
+    ----------
+    image : ndarray, float32/uint16/uint8, C-contiguous, 2D or 3D
+    spacing : sequence of float
+        Pixel spacing per image axis (numpy order).
+    lambda_ : float
+        Smoothing-spline parameter (0 = none).
+    psf : int
+        Point-spread-function size in pixels (>= 1).
+    cancel_flag : int32 ndarray, optional
+        The C code stops with ``CancelledError`` when ``cancel_flag[0] != 0``.
+
+    Returns
+    -------
+    grad_ds, sigma_ds, smooth_ds : ndarray of float32, shape ``ceil(image.shape / 2)``
+    """
+    img_ptr, code, shp = _formation_image(image)
+    spacing = tuple(float(s) for s in spacing)
+    if len(spacing) != image.ndim or not all(np.isfinite(s) and s > 0 for s in spacing):
+        raise ValueError(f"spacing must hold {image.ndim} positive finite values, got {spacing}")
+    sp3 = (1.0,) * (3 - image.ndim) + spacing
+    half = tuple(-(-s // 2) for s in image.shape)
+    grad = np.empty(half, np.float32)
+    sigma = np.empty(half, np.float32)
+    smooth = np.empty(half, np.float32)
+    st = lib.aprnet_formation_grad_sigma(
+        img_ptr, code, ffi.new("int64_t[3]", shp), ffi.new("double[3]", sp3), float(lambda_), int(psf),
+        ptr(grad, np.float32, "grad", True), ptr(sigma, np.float32, "sigma", True),
+        ptr(smooth, np.float32, "smooth", True), _cancel_ptr(cancel_flag))
+    check(st, "APR formation (gradient and local intensity scale)")
+    return grad, sigma, smooth
+
+
+def formation_levels(grad_ds: np.ndarray, sigma_ds: np.ndarray, smooth_ds: np.ndarray, *, ip_th: float,
+                     sigma_th: float, sigma_th_max: float, grad_th: float, rel_error: float, level_max: int,
+                     h_min: float) -> np.ndarray:
+    """Stage 2: thresholds and the required level of each half-resolution cell (uint8)."""
+    shp = grad_ds.shape
+    for name, a in (("grad_ds", grad_ds), ("sigma_ds", sigma_ds), ("smooth_ds", smooth_ds)):
+        if a.shape != shp:
+            raise ValueError(f"{name} has shape {a.shape}, expected {shp}")
+    g = np.ascontiguousarray(grad_ds, np.float32)
+    s = np.ascontiguousarray(sigma_ds, np.float32)
+    m = np.ascontiguousarray(smooth_ds, np.float32)
+    out = np.empty(shp, np.uint8)
+    st = lib.aprnet_formation_levels(
+        ptr(g, np.float32, "grad_ds"), ptr(s, np.float32, "sigma_ds"), ptr(m, np.float32, "smooth_ds"),
+        ffi.new("int64_t[3]", shape3(shp)), float(ip_th), float(sigma_th), float(sigma_th_max),
+        float(grad_th), float(rel_error), int(level_max), float(h_min), ptr(out, np.uint8, "level_ds", True))
+    check(st, "APR formation (levels)")
+    return out
+
+
+def pulling_scheme(level_ds: np.ndarray, shape, level_max: int, level_min: int,
+                   neighborhood_optimization: bool, cancel_flag=None):
+    """Stage 3: particle cells. Returns ``(levels uint8 (Np,), coords int32 (Np, ndim))`` in contract order."""
+    shp = shape3(shape)
+    ndim = len(tuple(shape))
+    if not 0 <= int(level_min) <= int(level_max) <= 60:
+        raise ValueError(f"need 0 <= level_min <= level_max <= 60, got {level_min}, {level_max}")
+    shp_c = ffi.new("int64_t[3]", shp)
+    nbytes = int(lib.aprnet_pulling_tree_bytes(shp_c, int(level_max), int(level_min)))
+    tree = np.zeros(max(nbytes, 1), np.uint8)
+    lds = np.ascontiguousarray(level_ds, np.uint8)
+    if nbytes > 0:
+        expected = tuple(-(-s // 2) for s in shp)
+        if shape3(lds.shape) != expected:
+            raise ValueError(f"level_ds has shape {lds.shape}, expected {expected}")
+    counts = np.zeros(int(level_max) + 1, np.int64)
+    st = lib.aprnet_pulling_scheme(
+        ptr(lds, np.uint8, "level_ds"), shp_c, int(level_max), int(level_min), int(bool(neighborhood_optimization)),
+        ffi.cast("uint8_t *", tree.ctypes.data) if nbytes else ffi.NULL, nbytes,
+        ffi.cast("int64_t *", counts.ctypes.data), _cancel_ptr(cancel_flag))
+    check(st, "APR formation (pulling scheme)")
+    n = int(counts.sum())
+    levels = np.empty(n, np.uint8)
+    coords = np.empty((n, ndim), np.int32)
+    st = lib.aprnet_pulling_emit(
+        ffi.cast("uint8_t *", tree.ctypes.data) if nbytes else ffi.NULL, nbytes, shp_c, int(level_max),
+        int(level_min), ndim, n, ptr(levels, np.uint8, "levels", True), ptr(coords, np.int32, "coords", True))
+    check(st, "APR formation (particle output)")
+    return levels, coords
+
+
+def formation_sample(image: np.ndarray, level_max: int, levels: np.ndarray, coords: np.ndarray,
+                     out: np.ndarray | None = None, column: int = 0, cancel_flag=None) -> np.ndarray:
+    """Stage 4: mean of the pixels of each particle cell, written to ``out[:, column]`` (or a new (Np,) array)."""
+    img_ptr, code, shp = _formation_image(image)
+    lv = np.ascontiguousarray(levels, np.uint8)
+    co = np.ascontiguousarray(coords, np.int32)
+    n = len(lv)
+    if co.shape != (n, image.ndim):
+        raise ValueError(f"coords must have shape ({n}, {image.ndim}), got {co.shape}")
+    if out is None:
+        out = np.empty(n, np.float32)
+    if out.dtype != np.float32 or not out.flags.c_contiguous or out.shape[0] != n:
+        raise ValueError("out must be a C-contiguous float32 array with one row per particle")
+    ncol = 1 if out.ndim == 1 else out.shape[1]
+    if not 0 <= int(column) < ncol:
+        raise IndexError(f"column {column} out of range for {ncol} channel(s)")
+    base = ffi.cast("float *", out.ctypes.data) + int(column)
+    st = lib.aprnet_formation_sample(
+        img_ptr, code, ffi.new("int64_t[3]", shp), int(level_max), n, ptr(lv, np.uint8, "levels"),
+        ptr(co, np.int32, "coords"), image.ndim, base if n else ffi.NULL, ncol, _cancel_ptr(cancel_flag))
+    check(st, "APR formation (particle values)")
+    return out
+
 # ===== reconstruction and sampling =====
 
+class CellTable:
+    """A validated set of cells plus its row table, as the C ``aprnet_cell_table``.
+
+    Holds the numpy arrays the C struct points into, so the struct stays valid
+    as long as this object lives. Build with :func:`cell_table`.
+    """
+
+    __slots__ = ("arrays", "c")
+
+    def __init__(self, arrays: dict, c):
+        self.arrays = arrays
+        self.c = c
+
+
+def validate_cells(shape, level_max: int, levels: np.ndarray, coords: np.ndarray,
+                   what: str = "particles") -> np.ndarray:
+    """Check cells are inside their level grids and sorted; return level offsets.
+
+    Parameters
+    ----------
+    shape : tuple of int
+        Pixel grid at ``level_max`` (2D or 3D).
+    level_max : int
+        Finest level; ``2 ** level_max`` must cover the longest side.
+    levels : ndarray of uint8, shape (n,)
+    coords : ndarray of int32, shape (n, ndim)
+    what : str
+        Name used in error messages.
+
+    Returns
+    -------
+    ndarray of int64, shape (level_max + 2,)
+        Start of each level's cells.
+
+    Raises
+    ------
+    ValueError
+        If a level or coordinate is out of range, or the cells are not sorted
+        by level then row-major position without duplicates.
+    """
+    from napari_aprnet.structure import level_max_for_shape, level_shape
+
+    shape = tuple(int(s) for s in shape)
+    ndim = len(shape)
+    level_max = int(level_max)
+    if ndim not in (2, 3) or min(shape) < 1:
+        raise ValueError(f"{what}: shape must be 2D or 3D with positive sides, got {shape}")
+    if not level_max_for_shape(shape) <= level_max <= 30:
+        raise ValueError(f"{what}: level_max {level_max} does not fit shape {shape} "
+                         f"(need {level_max_for_shape(shape)}..30)")
+    levels = np.asarray(levels)
+    coords = np.asarray(coords)
+    if levels.ndim != 1 or coords.shape != (len(levels), ndim):
+        raise ValueError(f"{what}: levels {levels.shape} and coords {coords.shape} do not match "
+                         f"(expected (n,) and (n, {ndim}))")
+    if len(levels) and int(levels.max()) > level_max:
+        raise ValueError(f"{what}: level {int(levels.max())} is above level_max {level_max}")
+    if len(levels) > 1 and np.any(np.diff(levels.astype(np.int16)) < 0):
+        raise ValueError(f"{what}: cells are not sorted by level")
+    counts = np.bincount(levels, minlength=level_max + 1)[: level_max + 1]
+    offsets = np.zeros(level_max + 2, dtype=np.int64)
+    np.cumsum(counts, out=offsets[1:])
+    for level in range(level_max + 1):
+        lo, hi = offsets[level], offsets[level + 1]
+        if lo == hi:
+            continue
+        c = coords[lo:hi].astype(np.int64)
+        grid = level_shape(shape, level_max, level)
+        if c.min() < 0 or np.any(c >= np.array(grid)):
+            raise ValueError(f"{what}: a level-{level} coordinate is outside the level grid {grid}")
+        keys = np.zeros(len(c), dtype=np.int64)
+        for axis, n in enumerate(grid):
+            keys = keys * int(n) + c[:, axis]
+        if len(keys) > 1 and np.any(np.diff(keys) <= 0):
+            raise ValueError(f"{what}: level-{level} cells are not in row-major order or repeat a cell")
+    return offsets
+
+
+def cell_table(shape, level_max: int, levels: np.ndarray, coords: np.ndarray,
+               what: str = "particles") -> CellTable:
+    """Validate cells (:func:`validate_cells`) and build their C row table."""
+    from napari_aprnet.structure import level_shape
+
+    shape = tuple(int(s) for s in shape)
+    ndim = len(shape)
+    coords = np.ascontiguousarray(coords, dtype=np.int32).reshape(-1, ndim)
+    levels = np.ascontiguousarray(levels, dtype=np.uint8)
+    offsets = validate_cells(shape, level_max, levels, coords, what)
+    row_base = np.zeros(level_max + 1, dtype=np.int64)
+    starts = []
+    total = 0
+    for level in range(level_max + 1):
+        grid = (1,) * (3 - ndim) + level_shape(shape, level_max, level)
+        nrows = grid[0] * grid[1]
+        lo, hi = int(offsets[level]), int(offsets[level + 1])
+        c = coords[lo:hi]
+        rows = c[:, -2].astype(np.int64) + (c[:, 0].astype(np.int64) * grid[1] if ndim == 3 else 0)
+        start = np.empty(nrows + 1, dtype=np.int64)
+        start[0] = lo
+        np.cumsum(np.bincount(rows, minlength=nrows), out=start[1:])
+        start[1:] += lo
+        row_base[level] = total
+        total += nrows + 1
+        starts.append(start)
+    row_start = np.concatenate(starts)
+    arrays = {"coords": coords, "level_offsets": offsets, "row_base": row_base, "row_start": row_start}
+    c = ffi.new("aprnet_cell_table *")
+    c.shape = list(shape3(shape))
+    c.ndim = ndim
+    c.level_max = int(level_max)
+    c.n = len(levels)
+    c.coords = ptr(coords, np.int32, "coords")
+    c.level_offsets = ptr(offsets, np.int64, "level_offsets")
+    c.row_base = ptr(row_base, np.int64, "row_base")
+    c.row_start = ptr(row_start, np.int64, "row_start")
+    return CellTable(arrays, c)
+
+
+def particle_table(structure) -> CellTable:
+    """Row table of a structure's particles (validated once, cached on the structure)."""
+    table = structure._cache.get("_native_particle_table")
+    if table is None:
+        table = cell_table(structure.shape, structure.level_max, structure.levels, structure.coords)
+        structure._cache["_native_particle_table"] = table
+    return table
+
+
+def tree_table(structure) -> CellTable:
+    """Row table of a structure's interior tree (cached on the structure)."""
+    table = structure._cache.get("_native_tree_table")
+    if table is None:
+        t_levels, t_coords, _ = structure.tree
+        table = cell_table(structure.shape, structure.level_max, t_levels, t_coords, "tree")
+        structure._cache["_native_tree_table"] = table
+    return table
+
+
+def _region3(shape, region) -> tuple[np.ndarray, tuple[int, ...]]:
+    """Normalise ``region`` (per-axis (start, stop), or None) to int64[6] (z0,z1,y0,y1,x0,x1)."""
+    shape = tuple(int(s) for s in shape)
+    if region is None:
+        region = tuple((0, n) for n in shape)
+    region = tuple((int(a), int(b)) for a, b in region)
+    if len(region) != len(shape):
+        raise ValueError(f"region has {len(region)} axes, the image has {len(shape)}")
+    for (a, b), n in zip(region, shape):
+        if not 0 <= a <= b <= n:
+            raise IndexError(f"region {region} is outside the image of shape {shape}")
+    full = ((0, 1),) * (3 - len(shape)) + region
+    return np.array([v for ab in full for v in ab], dtype=np.int64), tuple(b - a for a, b in region)
+
+
+def _values2d(values: np.ndarray, n: int) -> np.ndarray:
+    values = np.asarray(values)
+    if values.ndim not in (1, 2) or values.shape[0] != n:
+        raise ValueError(f"values must have shape ({n},) or ({n}, C), got {values.shape}")
+    if values.ndim == 2 and values.shape[1] < 1:
+        raise ValueError("values must have at least one channel")
+    return np.ascontiguousarray(values, dtype=np.float32).reshape(n, -1)
+
+
+def reconstruct(structure, values: np.ndarray, mode: str = "constant", region=None) -> np.ndarray:
+    """Pixel image of particle values over ``region`` (C, OpenMP).
+
+    Parameters
+    ----------
+    structure : APRStructure
+    values : ndarray, shape (Np,) or (Np, C)
+        Per-particle values (converted to float32).
+    mode : {"constant", "smooth"}
+    region : sequence of (start, stop) per axis, optional
+        Half-open pixel ranges; the whole image if None.
+
+    Returns
+    -------
+    ndarray of float32
+        Region shape, plus a trailing channel axis when ``values`` is 2D.
+    """
+    if mode not in ("constant", "smooth"):
+        raise ValueError(f"unknown reconstruction mode {mode!r}; use 'constant' or 'smooth'")
+    vals = _values2d(values, structure.n_particles)
+    reg, out_shape = _region3(structure.shape, region)
+    nch = vals.shape[1]
+    out = np.zeros(out_shape + (nch,), dtype=np.float32)
+    parts = particle_table(structure)
+    vptr = ptr(vals, np.float32, "values")
+    rptr = ffi.cast("int64_t *", reg.ctypes.data)
+    optr = ptr(out, np.float32, "out", writable=True)
+    if out.size == 0:
+        pass
+    elif mode == "constant":
+        check(lib.aprnet_reconstruct_constant(parts.c, vptr, nch, rptr, optr, ffi.NULL),
+              "constant reconstruction")
+    else:
+        tree = tree_table(structure)
+        check(lib.aprnet_reconstruct_smooth(parts.c, tree.c, vptr, nch, rptr, optr, ffi.NULL),
+              "smooth reconstruction")
+    return out if np.ndim(values) == 2 else out[..., 0]
+
+
 # ===== network structure work =====
+
+def nn_structure_maps(shape, level_max: int, coords: np.ndarray, level_offsets: np.ndarray,
+                      tree_coords: np.ndarray, tree_offsets: np.ndarray,
+                      kernel_size: int | None = None, children: bool = False):
+    """Convolution rulebook and tree children of one APR structure.
+
+    Parameters
+    ----------
+    shape : tuple of int
+        Pixel grid, ``(y, x)`` or ``(z, y, x)``.
+    level_max : int
+        Finest level.
+    coords, tree_coords : ndarray of int32, shape (n, ndim)
+        Particle and tree node coordinates, sorted by level then row-major.
+    level_offsets, tree_offsets : ndarray of int64, shape (level_max + 2,)
+        Start of each level.
+    kernel_size : int, optional
+        Odd stencil size; when given, the rulebook is computed.
+    children : bool
+        Whether to compute the children of every tree node.
+
+    Returns
+    -------
+    rulebook : ndarray of int32 (n_particles, k**ndim) or None
+        Index into ``[particles | tree | zero]`` of each stencil neighbour.
+    children : ndarray of int32 (n_tree, 2**ndim) or None
+        Index into ``[particles | tree]`` of each child cell, -1 outside the image.
+    """
+    ndim = len(shape)
+    s3 = np.array(shape3(shape), dtype=np.int64)
+    level_max = int(level_max)
+    coords = np.ascontiguousarray(coords, dtype=np.int32).reshape(-1, ndim)
+    tree_coords = np.ascontiguousarray(tree_coords, dtype=np.int32).reshape(-1, ndim)
+    level_offsets = np.ascontiguousarray(level_offsets, dtype=np.int64)
+    tree_offsets = np.ascontiguousarray(tree_offsets, dtype=np.int64)
+    if level_offsets.shape != (level_max + 2,) or tree_offsets.shape != (level_max + 2,):
+        raise ValueError(f"level and tree offsets need level_max + 2 = {level_max + 2} entries, "
+                         f"got {level_offsets.shape} and {tree_offsets.shape}")
+    n, nt = len(coords), len(tree_coords)
+    if level_offsets[-1] != n or tree_offsets[-1] != nt:
+        raise ValueError("offsets do not match the number of particles / tree nodes")
+    if n + nt + 1 >= 2 ** 31:
+        raise ValueError(f"structure too large for 32-bit indices ({n + nt} particles and tree nodes)")
+    rb = None
+    if kernel_size is not None:
+        kernel_size = int(kernel_size)
+        if kernel_size < 1 or kernel_size % 2 == 0:
+            raise ValueError(f"kernel_size must be a positive odd integer, got {kernel_size}")
+        rb = np.empty((n, kernel_size ** ndim), dtype=np.int32)
+    ch = np.empty((nt, 2 ** ndim), dtype=np.int32) if children else None
+    status = lib.aprnet_nn_structure_maps(
+        ndim, ffi.cast("int64_t *", s3.ctypes.data), level_max,
+        n, ptr(coords, np.int32, "coords"), ffi.cast("int64_t *", level_offsets.ctypes.data),
+        nt, ptr(tree_coords, np.int32, "tree_coords"), ffi.cast("int64_t *", tree_offsets.ctypes.data),
+        kernel_size if kernel_size is not None else 0,
+        ptr(rb, np.int32, "rulebook", writable=True) if rb is not None else ffi.NULL,
+        ptr(ch, np.int32, "children", writable=True) if ch is not None else ffi.NULL)
+    if status == lib.APRNET_ERR_ARG:
+        raise ValueError("invalid APR structure: particles must be sorted by level then row-major, "
+                         "without duplicates, and their cells must tile the image exactly once")
+    if status == lib.APRNET_ERR_BOUNDS:
+        raise IndexError("invalid APR structure: a particle coordinate lies outside its level's grid")
+    check(status, "aprnet_nn_structure_maps")
+    return rb, ch
+
+
+def nn_scatter_add(src: np.ndarray, index: np.ndarray, dst: np.ndarray) -> None:
+    """``dst[index[i]] += src[i]`` row-wise, in place, deterministic for any thread count.
+
+    Parameters
+    ----------
+    src : ndarray (n, c) of float32 or float64
+    index : ndarray (n,) of int64, values in ``[0, len(dst))``
+    dst : ndarray (m, c), same dtype as ``src``, C-contiguous and writable
+    """
+    if src.dtype not in (np.float32, np.float64):
+        raise TypeError(f"scatter_add supports float32 and float64, got {src.dtype}")
+    src = np.ascontiguousarray(src)
+    index = np.ascontiguousarray(index, dtype=np.int64).reshape(-1)
+    n = len(index)
+    c = int(np.prod(dst.shape[1:])) if dst.ndim > 1 else 1
+    if src.size != n * c:
+        raise ValueError(f"src has {src.size} values, expected {n} rows of {c}")
+    fn, ct = ((lib.aprnet_nn_scatter_add_f32, np.float32) if src.dtype == np.float32
+              else (lib.aprnet_nn_scatter_add_f64, np.float64))
+    status = fn(ptr(src, ct, "src"), n, c, ptr(index, np.int64, "index"),
+                ptr(dst, ct, "dst", writable=True), int(dst.shape[0]))
+    check(status, "aprnet_nn_scatter_add")
+
+
+
+def _nn_tree_call(name: str, values: np.ndarray, rows: np.ndarray, children: np.ndarray, zero_index: int) -> None:
+    if values.dtype not in (np.float32, np.float64) or values.ndim != 2:
+        raise TypeError(f"{name}: values must be a 2D float32/float64 array, got {values.dtype} {values.shape}")
+    rows = np.ascontiguousarray(rows, dtype=np.int64).reshape(-1)
+    children = np.ascontiguousarray(children, dtype=np.int64)
+    if children.ndim != 2 or children.shape[0] != len(rows) or not 1 <= children.shape[1] <= 8:
+        raise ValueError(f"{name}: children must have shape ({len(rows)}, 1..8), got {children.shape}")
+    suffix, ct = ("f32", np.float32) if values.dtype == np.float32 else ("f64", np.float64)
+    fn = getattr(lib, f"aprnet_nn_{name}_{suffix}")
+    status = fn(ptr(values, ct, "values", writable=True), values.shape[0], values.shape[1],
+                ptr(rows, np.int64, "rows"), ptr(children, np.int64, "children"), len(rows),
+                children.shape[1], int(zero_index))
+    check(status, f"aprnet_nn_{name}")
+
+
+def nn_tree_mean(values: np.ndarray, rows: np.ndarray, children: np.ndarray, zero_index: int) -> None:
+    """In place: ``values[rows[i]] = mean(values[children[i]])``, skipping ``zero_index`` children."""
+    _nn_tree_call("tree_mean", values, rows, children, zero_index)
+
+
+def nn_tree_spread(grad: np.ndarray, rows: np.ndarray, children: np.ndarray, zero_index: int) -> None:
+    """In place adjoint of :func:`nn_tree_mean`: ``grad[child] += grad[rows[i]] / count``."""
+    _nn_tree_call("tree_spread", grad, rows, children, zero_index)

@@ -1,0 +1,350 @@
+"""Benchmark: APR layers vs torch pixel layers on the same images (not a test).
+
+Run:  .venv/bin/python benchmarks/bench_layers.py [--quick] [--threads 2]
+
+Prints tables and writes benchmarks/results/layers.md. Every ratio compares
+timings taken in the same run. Structures come from ``APR.from_image`` when
+the formation code is available, otherwise from a simple stand-in (cells
+refined towards image edges, see ``_fallback_structure``); the table says which.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+
+import numpy as np
+
+
+def _parse():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--quick", action="store_true", help="smaller batch / fewer repeats")
+    ap.add_argument("--no-3d", action="store_true")
+    ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "layers.md"))
+    return ap.parse_args()
+
+
+ARGS = _parse()
+os.environ.setdefault("OMP_NUM_THREADS", str(ARGS.threads))
+
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+from napari_aprnet import _native  # noqa: E402
+from napari_aprnet.nn import APRBatch, APRConv, APRMaxPool  # noqa: E402
+from napari_aprnet.nn._plans import conv_plan, pool_plan, structure_children, structure_rulebook  # noqa: E402
+from napari_aprnet.structure import APRStructure, level_max_for_shape, level_shape  # noqa: E402
+
+torch.set_num_threads(ARGS.threads)
+_native.set_num_threads(ARGS.threads)
+
+
+# ----- images and structures ------------------------------------------------------------------
+
+def shape_images(n: int, size: int = 256) -> list[np.ndarray]:
+    """Object contours on a constant background (thesis synthetic shapes)."""
+    try:
+        from napari_aprnet.data.shapes import random_shape
+        rng = np.random.default_rng(0)
+        return [random_shape(rng, i % 6, size)[0].astype(np.float32) for i in range(n)]
+    except Exception:  # pragma: no cover - stand-in generator
+        rng = np.random.default_rng(0)
+        out = []
+        yy, xx = np.mgrid[:size, :size]
+        for _ in range(n):
+            cy, cx, r = rng.uniform(0.3, 0.7) * size, rng.uniform(0.3, 0.7) * size, rng.uniform(0.1, 0.25) * size
+            img = np.full((size, size), rng.uniform(0, 0.5), np.float32)
+            img[np.abs(np.hypot(yy - cy, xx - cx) - r) < 0.7] = rng.uniform(0.6, 1)
+            out.append(img)
+        return out
+
+
+def natural_images(n: int, size: int = 256) -> list[np.ndarray]:
+    """Random crops of scikit-image's 512x512 "camera" photograph."""
+    from napari_aprnet.samples import natural_photo
+    photo = natural_photo().astype(np.float32) / 255
+    rng = np.random.default_rng(1)
+    out = []
+    for _ in range(n):
+        y, x = rng.integers(0, photo.shape[0] - size + 1), rng.integers(0, photo.shape[1] - size + 1)
+        out.append(np.ascontiguousarray(photo[y:y + size, x:x + size]))
+    return out
+
+
+def _fallback_structure(img: np.ndarray, spread: float) -> APRStructure:
+    """Stand-in APR: pixel cells at intensity edges, cells grow 2x per `spread` pixels of distance."""
+    from scipy import ndimage
+    g = np.sqrt(sum(np.square(np.gradient(img, axis=a)) for a in range(img.ndim)))
+    edges = g > 0.02
+    dist = ndimage.distance_transform_edt(~edges) if edges.any() else np.full(img.shape, 1e9)
+    lmax = level_max_for_shape(img.shape)
+    req = (lmax - np.floor(np.log2(1 + dist / spread))).clip(0, lmax)
+    levels, coords = [], []
+    cells = np.zeros((1, img.ndim), np.int64)
+    bits = np.array(np.meshgrid(*[[0, 1]] * img.ndim, indexing="ij")).reshape(img.ndim, -1).T
+    for level in range(lmax + 1):
+        step = 1 << (lmax - level)
+        need = ndimage.maximum_filter(req, size=step, origin=-(step // 2) if step > 1 else 0,
+                                      mode="nearest")[tuple(slice(0, None, step) for _ in img.shape)]
+        split = need[tuple(cells.T)] > level if level < lmax else np.zeros(len(cells), bool)
+        levels.append(np.full((~split).sum(), level, np.uint8))
+        coords.append(cells[~split])
+        if level == lmax:
+            break
+        kids = (cells[split][:, None] * 2 + bits[None]).reshape(-1, img.ndim)
+        cells = kids[np.all(kids < np.array(level_shape(img.shape, lmax, level + 1)), axis=1)]
+    return APRStructure.from_unsorted(img.shape, lmax, np.concatenate(levels), np.concatenate(coords))
+
+
+def make_structures(images, params: dict, spread: float):
+    """(structures, source): APR.from_image(image scaled to [0, 1], **params) when available, else the stand-in."""
+    images = [(im - im.min()) / max(float(im.max() - im.min()), 1e-12) for im in images]
+    try:
+        from napari_aprnet import APR
+        aprs = [APR.from_image(im, **params) for im in images]
+        desc = ", ".join(f"{k}={v}" for k, v in params.items())
+        return [a.structure for a in aprs], f"APR.from_image({desc})"
+    except ImportError:
+        return [_fallback_structure(im, spread) for im in images], f"stand-in (spread={spread})"
+
+
+# ----- timing helpers ---------------------------------------------------------------------------
+
+def timeit(fn, repeat: int) -> float:
+    fn()  # warm-up (plans, allocator)
+    best = float("inf")
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def saved_bytes(fn) -> int:
+    """Bytes of tensors autograd keeps for backward during fn() (parameters excluded)."""
+    total = [0]
+    seen = set()
+
+    def pack(t):
+        if not isinstance(t, nn.Parameter) and t.data_ptr() not in seen:
+            seen.add(t.data_ptr())
+            total[0] += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    del out
+    return total[0]
+
+
+def conv_case(structures, c_in, c_out, k, n_lk, repeat, ndim=2):
+    """Time APRConv forward and forward+backward on the batch of structures."""
+    torch.manual_seed(0)
+    n = sum(s.n_particles for s in structures)
+    x = torch.randn(n, c_in)
+    conv = APRConv(c_in, c_out, k, n_level_kernels=n_lk, ndim=ndim)
+    for s in structures:
+        s._cache.clear()
+    t0 = time.perf_counter()
+    for s in structures:
+        if k > 1:
+            structure_rulebook(s, k)
+            structure_children(s)
+    t_struct = time.perf_counter() - t0
+    batch = APRBatch(x, structures)
+    t0 = time.perf_counter()
+    conv_plan(batch, k, n_lk)
+    t_plan = time.perf_counter() - t0
+
+    def fwd():
+        with torch.no_grad():
+            return conv(batch)
+
+    xg = x.clone().requires_grad_()
+    bg = batch.with_features(xg)
+
+    def fwdbwd():
+        y = conv(bg).features
+        y.backward(torch.ones_like(y))
+
+    tf, tb = timeit(fwd, repeat), timeit(fwdbwd, repeat)
+    mem = saved_bytes(lambda: conv(bg).features)
+    return dict(n=n, t_struct=t_struct, t_plan=t_plan, fwd=tf, fwdbwd=tb, mem=mem)
+
+
+def pixel_conv_case(shape, batch, c_in, c_out, k, repeat):
+    torch.manual_seed(0)
+    nd = len(shape)
+    layer = (nn.Conv2d if nd == 2 else nn.Conv3d)(c_in, c_out, k, padding=k // 2)
+    x = torch.randn(batch, c_in, *shape)
+
+    def fwd():
+        with torch.no_grad():
+            return layer(x)
+
+    xg = x.clone().requires_grad_()
+
+    def fwdbwd():
+        y = layer(xg)
+        y.backward(torch.ones_like(y))
+
+    tf, tb = timeit(fwd, repeat), timeit(fwdbwd, repeat)
+    mem = saved_bytes(lambda: layer(xg))
+    return dict(fwd=tf, fwdbwd=tb, mem=mem)
+
+
+def pool_case(structures, c, repeat):
+    n = sum(s.n_particles for s in structures)
+    x = torch.randn(n, c)
+    batch = APRBatch(x, structures)
+    t0 = time.perf_counter()
+    pool_plan(batch)
+    t_plan = time.perf_counter() - t0
+    xg = x.clone().requires_grad_()
+    bg = batch.with_features(xg)
+
+    def fwd():
+        with torch.no_grad():
+            return APRMaxPool()(batch)
+
+    def fwdbwd():
+        y = APRMaxPool()(bg).features
+        y.backward(torch.ones_like(y))
+
+    return dict(t_plan=t_plan, fwd=timeit(fwd, repeat), fwdbwd=timeit(fwdbwd, repeat))
+
+
+def pixel_pool_case(shape, batch, c, repeat):
+    x = torch.randn(batch, c, *shape)
+    layer = nn.MaxPool2d(2) if len(shape) == 2 else nn.MaxPool3d(2)
+
+    def fwd():
+        with torch.no_grad():
+            return layer(x)
+
+    xg = x.clone().requires_grad_()
+
+    def fwdbwd():
+        y = layer(xg)
+        y.backward(torch.ones_like(y))
+
+    return dict(fwd=timeit(fwd, repeat), fwdbwd=timeit(fwdbwd, repeat))
+
+
+# ----- main ----------------------------------------------------------------------------------------
+
+def ms(t):
+    return f"{1e3 * t:.1f}"
+
+
+def mib(b):
+    return f"{b / 2**20:.1f}"
+
+
+def main():
+    batch = 4 if ARGS.quick else 16
+    repeat = 2 if ARGS.quick else 3
+    size = 256
+    lines = []
+
+    def out(s=""):
+        print(s, flush=True)
+        lines.append(s)
+
+    out("# APR layers vs pixel layers")
+    out()
+    out(f"Machine: {platform.machine()} {platform.processor() or ''}, {os.cpu_count()} cores; "
+        f"threads: torch {torch.get_num_threads()}, OpenMP {_native.max_threads()}; torch {torch.__version__}; "
+        f"batch {batch}, {size}x{size}, float32, best of {repeat}.")
+    out()
+
+    shapes_params = dict(rel_error=0.4, sigma_th=0.5, grad_th=0.05)
+    datasets = {
+        "shapes": (shape_images(batch, size), shapes_params, 1.0),
+        "natural": (natural_images(batch, size), dict(auto_parameters=True), 0.25),
+        "natural, dense": (natural_images(batch, size), dict(rel_error=0.1, grad_th=0.01), 0.1),
+    }
+    cases = [("32->32 k=3, 1 kernel", 32, 32, 3, 1), ("1->32 k=11, 5 kernels", 1, 32, 11, 5)]
+    pix = {}
+    for name, ci, co, k, _ in cases:
+        pix[name] = pixel_conv_case((size, size), batch, ci, co, k, repeat)
+    out("## Convolution (2D)")
+    out()
+    out("| data | structures | CR | layer | APR fwd ms | pixel fwd ms | speed-up fwd | APR fwd+bwd ms | "
+        "pixel fwd+bwd ms | speed-up fwd+bwd | rulebook ms (structure + batch plan) | saved MiB APR / pixel |")
+    out("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    structs = {}
+    for dname, (images, params, spread) in datasets.items():
+        ss, src = make_structures(images, params, spread)
+        structs[dname] = ss
+        cr = batch * size * size / sum(s.n_particles for s in ss)
+        for name, ci, co, k, nlk in cases:
+            r = conv_case(ss, ci, co, k, nlk, repeat)
+            p = pix[name]
+            out(f"| {dname} | {src} | {cr:.1f} | {name} | {ms(r['fwd'])} | {ms(p['fwd'])} | "
+                f"{p['fwd'] / r['fwd']:.2f}x | {ms(r['fwdbwd'])} | {ms(p['fwdbwd'])} | "
+                f"{p['fwdbwd'] / r['fwdbwd']:.2f}x | {ms(r['t_struct'])} + {ms(r['t_plan'])} | "
+                f"{mib(r['mem'])} / {mib(p['mem'])} |")
+    out()
+    out("Speed-up = pixel time / APR time (> 1: APR faster). Rulebook time is paid once per structure "
+        "(cached on it) plus once per batch; it is not included in the layer times.")
+    out()
+
+    out("## Max pooling (2D, 32 channels)")
+    out()
+    out("| data | CR | APR fwd ms | pixel fwd ms | speed-up | APR fwd+bwd ms | pixel fwd+bwd ms | speed-up | plan ms |")
+    out("|---|---|---|---|---|---|---|---|---|")
+    pp = pixel_pool_case((size, size), batch, 32, repeat)
+    for dname, ss in structs.items():
+        cr = batch * size * size / sum(s.n_particles for s in ss)
+        r = pool_case(ss, 32, repeat)
+        out(f"| {dname} | {cr:.1f} | {ms(r['fwd'])} | {ms(pp['fwd'])} | {pp['fwd'] / r['fwd']:.2f}x | "
+            f"{ms(r['fwdbwd'])} | {ms(pp['fwdbwd'])} | {pp['fwdbwd'] / r['fwdbwd']:.2f}x | {ms(r['t_plan'])} |")
+    out()
+
+    out("## Time per particle vs density (32->32 k=3 fwd+bwd, shapes images)")
+    out()
+    out("| structures | particles | CR | fwd+bwd ms | ns / particle | speed-up vs Conv2d |")
+    out("|---|---|---|---|---|---|")
+    images = datasets["shapes"][0]
+    for rel_error, spread in [(0.4, 0.5), (0.2, 2.0), (0.1, 8.0), (0.05, 32.0)]:
+        ss, src = make_structures(images, dict(shapes_params, rel_error=rel_error), spread)
+        r = conv_case(ss, 32, 32, 3, 1, repeat)
+        cr = batch * size * size / r["n"]
+        out(f"| {src} | {r['n']} | {cr:.1f} | {ms(r['fwdbwd'])} | {1e9 * r['fwdbwd'] / r['n']:.0f} | "
+            f"{pix[cases[0][0]]['fwdbwd'] / r['fwdbwd']:.2f}x |")
+    out()
+
+    if not ARGS.no_3d:
+        shape3 = (32, 128, 128) if ARGS.quick else (64, 256, 256)
+        b3 = 1
+        out(f"## 3D convolution 32->32 k=3 ({shape3}, batch {b3})")
+        out()
+        out("| structures | CR | APR fwd ms | Conv3d fwd ms | speed-up | APR fwd+bwd ms | Conv3d fwd+bwd ms | "
+            "speed-up | rulebook ms | saved MiB APR / pixel |")
+        out("|---|---|---|---|---|---|---|---|---|---|")
+        from napari_aprnet.samples import fluorescence_blobs
+        vol = fluorescence_blobs(shape3, 40).astype(np.float32)
+        vol /= vol.max()
+        ss, src = make_structures([vol], dict(auto_parameters=True), 2.0)
+        r = conv_case(ss, 32, 32, 3, 1, 1 if not ARGS.quick else 2, ndim=3)
+        p = pixel_conv_case(shape3, b3, 32, 32, 3, 1)
+        cr = np.prod(shape3) / r["n"]
+        out(f"| {src} | {cr:.1f} | {ms(r['fwd'])} | {ms(p['fwd'])} | {p['fwd'] / r['fwd']:.2f}x | "
+            f"{ms(r['fwdbwd'])} | {ms(p['fwdbwd'])} | {p['fwdbwd'] / r['fwdbwd']:.2f}x | "
+            f"{ms(r['t_struct'])} + {ms(r['t_plan'])} | {mib(r['mem'])} / {mib(p['mem'])} |")
+        out()
+
+    os.makedirs(os.path.dirname(ARGS.out), exist_ok=True)
+    tmp = ARGS.out + ".tmp"
+    with open(tmp, "w") as fh:
+        fh.write("\n".join(lines) + "\n")
+    os.replace(tmp, ARGS.out)
+    print(f"wrote {ARGS.out}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,110 @@
+"""Turn an APR into napari layer data tuples (no napari import needed).
+
+Used by the ``.apr`` reader and the widgets. A layer data tuple is
+``(data, kwargs, layer_type)`` as napari's plugin interface defines it.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+__all__ = ["LEVEL_COLORS", "METADATA_KEY", "APR_KEY", "apr_layer_data", "apr_metadata",
+           "level_color", "level_color_dict", "level_legend", "particle_cells"]
+
+#: One colour per level, coarse (cool) to fine (warm); levels past the end reuse the last.
+LEVEL_COLORS = ("#1f3b99", "#2f7fd1", "#25b5c9", "#2fbf71", "#9bd33c", "#f2d43a",
+                "#f59b2e", "#e8543a", "#c2185b", "#8e24aa", "#6d4c41", "#9e9e9e")
+#: Layer metadata key holding a plain-dict summary of the APR.
+METADATA_KEY = "aprnet"
+#: Layer metadata key holding the APR object itself (for saving without re-conversion).
+APR_KEY = "aprnet_apr"
+
+
+def level_color(level: int) -> str:
+    """Hex colour of a particle level."""
+    return LEVEL_COLORS[min(max(int(level), 0), len(LEVEL_COLORS) - 1)]
+
+
+def level_color_dict(level_min: int, level_max: int) -> dict[int | None, str]:
+    """Labels-layer colour dictionary ``{level: colour}`` for levels ``level_min..level_max``."""
+    out: dict[int | None, str] = {lv: level_color(lv) for lv in range(int(level_min), int(level_max) + 1)}
+    out[None] = "transparent"
+    return out
+
+
+def level_legend(level_min: int, level_max: int) -> list[tuple[int, str, int]]:
+    """``(level, colour, cell side in pixels)`` for each level, finest first."""
+    return [(lv, level_color(lv), 1 << (int(level_max) - lv))
+            for lv in range(int(level_max), int(level_min) - 1, -1)]
+
+
+def apr_metadata(apr, **extra: Any) -> dict[str, Any]:
+    """Plain-dict summary of an APR: parameters, particle count, CR, levels."""
+    params = apr.parameters
+    meta = {
+        "parameters": params.to_dict() if hasattr(params, "to_dict") else dict(params or {}),
+        "n_particles": int(apr.n_particles),
+        "computational_ratio": float(apr.computational_ratio),
+        "level_min": int(apr.level_min),
+        "level_max": int(apr.level_max),
+        "shape": tuple(int(s) for s in apr.structure.shape),
+    }
+    meta.update(extra)
+    return meta
+
+
+def particle_cells(apr) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Centres, sides and levels of the particle cells, in pixel coordinates.
+
+    Returns
+    -------
+    centres : ndarray of float, shape (Np, ndim)
+        Centre of each particle cell, clipped to the image.
+    sides : ndarray of int, shape (Np,)
+        Cell side in pixels (``2 ** (level_max - level)``).
+    levels : ndarray of uint8, shape (Np,)
+    """
+    s = apr.structure
+    levels = np.asarray(s.levels)
+    step = (1 << (int(s.level_max) - levels.astype(np.int64)))[:, None]
+    lo = np.asarray(s.coords, dtype=np.int64) * step
+    hi = np.minimum(lo + step, np.asarray(s.shape, dtype=np.int64)[None, :])
+    centres = (lo + hi - 1) / 2.0
+    return centres, step[:, 0], levels
+
+
+def apr_layer_data(apr, name: str = "image", *, mode: str = "constant", source: str | None = None,
+                   reconstruction: np.ndarray | None = None, level_map: np.ndarray | None = None,
+                   extra: dict | None = None, **layer_kwargs: Any) -> list[tuple[np.ndarray, dict, str]]:
+    """Reconstruction (image) and level map (labels) layer data of an APR.
+
+    Parameters
+    ----------
+    apr : APR
+    name : str
+        Base name; layers are called ``"<name> reconstruction"`` and ``"<name> level map"``.
+    mode : {"constant", "smooth"}
+        Reconstruction mode.
+    source : str, optional
+        File the APR came from, recorded in the metadata.
+    reconstruction, level_map : ndarray, optional
+        Already computed ``apr.reconstruct(mode=mode)`` and ``apr.reconstruct(mode="level")``.
+    extra : dict, optional
+        More entries for ``metadata["aprnet"]`` (e.g. error statistics).
+    **layer_kwargs
+        Passed to both layers (e.g. ``scale``, ``translate``).
+    """
+    meta = apr_metadata(apr, reconstruction_mode=mode, **({"source": source} if source else {}), **(extra or {}))
+    recon = np.asarray(apr.reconstruct(mode=mode) if reconstruction is None else reconstruction)
+    if level_map is None:
+        level_map = apr.reconstruct(mode="level")
+    level_map = np.asarray(level_map).astype(np.uint8, copy=False)
+    common = dict(layer_kwargs)
+    rgb = recon.ndim == level_map.ndim + 1
+    recon_kwargs = {"name": f"{name} reconstruction", "rgb": rgb,
+                    "metadata": {METADATA_KEY: {**meta, "role": "reconstruction"}, APR_KEY: apr}, **common}
+    level_kwargs = {"name": f"{name} level map", "opacity": 0.6,
+                    "colormap": level_color_dict(apr.level_min, apr.level_max),
+                    "metadata": {METADATA_KEY: {**meta, "role": "level_map"}, APR_KEY: apr}, **common}
+    return [(recon, recon_kwargs, "image"), (level_map, level_kwargs, "labels")]

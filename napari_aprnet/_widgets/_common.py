@@ -1,0 +1,221 @@
+"""Shared helpers of the dock widgets: input checks, notifications, background tasks."""
+from __future__ import annotations
+
+import threading
+import weakref
+from collections.abc import Callable, Generator
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from magicgui.widgets import Container, Label, ProgressBar, PushButton
+from napari.utils.notifications import show_error, show_info, show_warning
+
+if TYPE_CHECKING:
+    import napari
+
+__all__ = ["BackgroundTask", "PLUGIN", "Progress", "find_widget", "image_from_layer", "image_layers", "notify",
+           "form", "open_widget", "register_widget", "row", "task_widgets", "unwrap_viewer"]
+
+PLUGIN = "napari-aprnet"
+_REGISTRY: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+
+
+def notify(message: str, level: str = "error") -> None:
+    """Show a napari notification (``level`` is "error", "warning" or "info")."""
+    {"error": show_error, "warning": show_warning, "info": show_info}[level](message)
+
+
+def unwrap_viewer(viewer: napari.Viewer) -> napari.Viewer:
+    """The viewer itself, not napari's public-only proxy that plugin widgets receive."""
+    return getattr(viewer, "__wrapped__", viewer)
+
+
+def register_widget(viewer: napari.Viewer, name: str, widget: Any) -> None:
+    """Remember ``widget`` as this viewer's widget ``name`` (weakly)."""
+    _REGISTRY[(id(unwrap_viewer(viewer)), name)] = widget
+
+
+def find_widget(viewer: napari.Viewer, name: str) -> Any:
+    """This viewer's widget ``name`` if it is open, else None."""
+    return _REGISTRY.get((id(unwrap_viewer(viewer)), name))
+
+
+def open_widget(viewer: napari.Viewer, name: str) -> Any:
+    """Return this viewer's widget ``name`` (display name), docking it if needed."""
+    widget = find_widget(viewer, name)
+    if widget is None:
+        viewer.window.add_plugin_dock_widget(PLUGIN, name)
+        widget = find_widget(viewer, name)
+    if widget is None:  # pragma: no cover - manifest and registry out of sync
+        raise RuntimeError(f"could not open the {name!r} widget")
+    return widget
+
+
+def image_layers(viewer: napari.Viewer) -> list:
+    """Image layers of the viewer (for combo boxes)."""
+    from napari.layers import Image
+
+    return [layer for layer in viewer.layers if isinstance(layer, Image)]
+
+
+def image_from_layer(layer) -> tuple[np.ndarray, int | None]:
+    """Return ``(image, channel_axis)`` of a layer that APR conversion accepts.
+
+    Raises
+    ------
+    ValueError
+        With a message saying what is wrong and what to do: no layer, not an
+        Image layer, multiscale data, or not 2D/3D (RGB allowed).
+    """
+    from napari.layers import Image
+
+    if layer is None:
+        raise ValueError("no image layer selected: open an image (File > Open, or File > Open Sample > "
+                         "APRNet) and pick it in the widget")
+    if not isinstance(layer, Image):
+        raise ValueError(f"layer {layer.name!r} is a {type(layer).__name__} layer; "
+                         "APR conversion needs an Image layer")
+    if layer.multiscale:
+        raise ValueError(f"layer {layer.name!r} is multiscale; convert a single-scale image instead")
+    rgb = bool(layer.rgb)
+    spatial = layer.ndim
+    if spatial not in (2, 3):
+        raise ValueError(f"layer {layer.name!r} has {spatial} dimensions (shape {tuple(layer.data.shape)}); "
+                         "APR conversion takes 2D or 3D images (RGB allowed). Extract one time point or "
+                         "channel first (e.g. right-click the layer > Split Stack)")
+    data = np.asarray(layer.data)
+    if min(data.shape[:spatial]) < 2:
+        raise ValueError(f"layer {layer.name!r} has shape {data.shape}: every spatial side must be >= 2 pixels")
+    return data, (-1 if rgb else None)
+
+
+class Progress(dict):
+    """A progress message yielded by a background generator: ``Progress(done, total, text)``."""
+
+    def __init__(self, done: float, total: float, text: str = "", **extra: Any):
+        super().__init__(done=done, total=total, text=text, **extra)
+
+
+class BackgroundTask:
+    """Run one generator at a time in a napari ``thread_worker`` with progress and cancel.
+
+    The generator function receives a ``threading.Event`` as its ``cancel``
+    keyword (set when the user cancels); it should pass ``cancel.is_set`` to
+    long core calls and yield often. Yielded :class:`Progress` objects drive
+    the progress bar and status text; anything else goes to ``on_yield``.
+
+    Parameters
+    ----------
+    name : str
+        Short name used in messages ("Conversion", "Training", ...).
+    progress : ProgressBar
+    status : Label
+    cancel_button : PushButton, optional
+        Enabled while a task runs; clicking it cancels.
+    quit_on_cancel : bool
+        Also abort the worker at its next yield (default). False lets the
+        generator see the cancel event and finish on its own (e.g. to save).
+    """
+
+    def __init__(self, name: str, progress: ProgressBar, status: Label,
+                 cancel_button: PushButton | None = None, quit_on_cancel: bool = True):
+        self.name, self.progress, self.status, self.cancel_button = name, progress, status, cancel_button
+        self.quit_on_cancel = quit_on_cancel
+        self.worker = None
+        self.cancel_event = threading.Event()
+        self.error: BaseException | None = None
+        if cancel_button is not None:
+            cancel_button.enabled = False
+            cancel_button.changed.connect(self.cancel)
+
+    @property
+    def running(self) -> bool:
+        """True while a worker is alive."""
+        return self.worker is not None
+
+    def start(self, func: Callable[..., Generator], *args: Any,
+              on_yield: Callable[[Any], None] | None = None,
+              on_return: Callable[[Any], None] | None = None,
+              on_finish: Callable[[], None] | None = None, **kwargs: Any):
+        """Start ``func(*args, cancel=event, **kwargs)`` in a worker thread; return the worker."""
+        from napari.qt.threading import create_worker
+
+        if self.worker is not None:
+            raise RuntimeError(f"{self.name} is already running")
+        self.cancel_event = threading.Event()
+        self.error = None
+        worker = create_worker(func, *args, cancel=self.cancel_event, _start_thread=False, **kwargs)
+
+        def yielded(value):
+            if isinstance(value, Progress):
+                self._show_progress(value)
+            elif on_yield is not None:
+                on_yield(value)
+
+        def errored(exc):
+            if self.cancel_event.is_set():  # the core raised because we cancelled
+                return
+            self.error = exc
+            self.status.value = f"{self.name} failed: {exc}"
+            notify(f"{self.name} failed: {exc}")
+
+        def returned(value):
+            if on_return is not None and not self.cancel_event.is_set():
+                on_return(value)
+
+        def finished():
+            self.worker = None
+            if self.cancel_button is not None:
+                self.cancel_button.enabled = False
+            if self.cancel_event.is_set() and self.error is None:
+                self.status.value = f"{self.name} cancelled"
+            self.progress.max = max(self.progress.max, 1)
+            if on_finish is not None:
+                on_finish()
+
+        worker.yielded.connect(yielded)
+        worker.errored.connect(errored)
+        worker.returned.connect(returned)
+        worker.finished.connect(finished)
+        self.worker = worker
+        if self.cancel_button is not None:
+            self.cancel_button.enabled = True
+        self.progress.max, self.progress.value = 0, 0  # busy until the first progress message
+        self.status.value = f"{self.name} running..."
+        worker.start()
+        return worker
+
+    def _show_progress(self, p: Progress) -> None:
+        total = int(p["total"])
+        self.progress.max = max(total, 0)
+        if total > 0:
+            self.progress.value = int(min(p["done"], total))
+        if p["text"]:
+            self.status.value = p["text"]
+
+    def cancel(self, *_: Any) -> None:
+        """Ask the running task to stop (takes effect at its next poll or yield)."""
+        if self.worker is not None:
+            self.cancel_event.set()
+            self.status.value = f"{self.name}: cancelling..."
+            if self.quit_on_cancel:
+                self.worker.quit()
+
+
+def task_widgets(name: str) -> tuple[ProgressBar, Label, PushButton]:
+    """A progress bar, a status label and a cancel button for a :class:`BackgroundTask`."""
+    progress = ProgressBar(value=0, min=0, max=1, label="progress")
+    status = Label(value="")
+    status.native.setWordWrap(True)
+    cancel = PushButton(text=f"Cancel {name.lower()}")
+    return progress, status, cancel
+
+
+def form(*widgets) -> Container:
+    """Widgets one per line with their labels on the left."""
+    return Container(widgets=list(widgets), labels=True)
+
+
+def row(*widgets) -> Container:
+    """Widgets side by side without labels."""
+    return Container(widgets=list(widgets), layout="horizontal", labels=False)

@@ -1,0 +1,306 @@
+"""Dock widget "Classify": run a trained network on image layers, show probabilities and feature maps."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from magicgui.widgets import ComboBox, Container, FileEdit, Label, PushButton, Select
+
+from napari_aprnet._layers import METADATA_KEY, level_color_dict
+from napari_aprnet._widgets._common import (BackgroundTask, Progress, image_layers, notify, form, register_widget,
+                                            row, task_widgets, unwrap_viewer)
+from napari_aprnet._widgets._plot import BarPlot
+from napari_aprnet._widgets.convert import update_or_add
+
+if TYPE_CHECKING:
+    import napari
+
+__all__ = ["ClassifyWidget", "FeatureResult", "feature_job", "images_for_classifier"]
+
+
+def images_for_classifier(layer, classifier) -> list[np.ndarray]:
+    """2D images of an image layer for ``classifier`` (a stack gives one image per plane).
+
+    Raises
+    ------
+    ValueError
+        No layer, not an Image layer, or dimensions/channels the network cannot take.
+    """
+    from napari.layers import Image
+
+    if layer is None:
+        raise ValueError("no image layer selected: pick one or more image layers to classify")
+    if not isinstance(layer, Image):
+        raise ValueError(f"layer {layer.name!r} is a {type(layer).__name__} layer; classify needs Image layers")
+    if layer.multiscale:
+        raise ValueError(f"layer {layer.name!r} is multiscale; classify a single-scale image")
+    data = np.asarray(layer.data)
+    rgb, spatial = bool(layer.rgb), layer.ndim
+    want = "RGB" if classifier.channels == 3 else "grey"
+    have = "RGB" if rgb else "grey"
+    if have != want:
+        raise ValueError(f"layer {layer.name!r} is a {have} image but the network was trained on {want} images "
+                         f"({classifier.channels} channel(s)); load a checkpoint trained on {have} images")
+    if spatial == 2:
+        return [data]
+    if spatial == 3:
+        return list(data)  # a stack of 2D images
+    raise ValueError(f"layer {layer.name!r} has {spatial} dimensions (shape {data.shape}); the network "
+                     f"classifies 2D images or stacks of 2D images")
+
+
+@dataclass
+class FeatureResult:
+    """Feature maps of one image at one network layer, ready to display."""
+
+    features: np.ndarray  # (C, h, w)
+    level_map: np.ndarray | None  # (H', W') levels of the input APR, or None for pixel nets
+    layer: str
+    input_size: int
+
+
+def feature_job(classifier, image: np.ndarray, layer: str, *, cancel):
+    """Generator run in a worker: feature maps reconstructed to pixels, and the input APR's level map."""
+    from napari_aprnet.apr import APR
+
+    yield Progress(0, 2, f"computing {layer} feature maps...")
+    structure, features = classifier.feature_maps(image, layer)
+    if structure is None:  # pixel network: (C, H, W) already
+        return FeatureResult(np.asarray(features), None, layer, classifier.input_size)
+    yield Progress(1, 2, "reconstructing feature maps to pixels...")
+    fmap = APR(structure, features).reconstruct()
+    fmap = np.moveaxis(fmap.reshape(fmap.shape[:structure.ndim] + (-1,)), -1, 0)
+    spec = classifier.spec
+    input_apr = spec.to_apr(spec.prepare(image, convert_channels=False))
+    return FeatureResult(fmap, input_apr.reconstruct(mode="level"), layer, classifier.input_size)
+
+
+class ClassifyWidget(Container):
+    """Classify image layers with a trained checkpoint.
+
+    The probabilities of the image under the cursor's slice are drawn as
+    bars (a stack is classified plane by plane). "Show feature maps" adds
+    ``"<image> <layer> features"`` (channels along the first axis) and, for
+    APR networks, ``"<image> network input levels"`` (the level map of the
+    APR the network saw), both scaled to overlay the image.
+    """
+
+    def __init__(self, napari_viewer: napari.Viewer):
+        super().__init__(labels=False)
+        self.viewer = unwrap_viewer(napari_viewer)
+        self.checkpoint = FileEdit(label="checkpoint", mode="r", filter="*.pt",
+                                   tooltip="best.pt or checkpoint.pt written by Train or `aprnet train`")
+        self.load_button = PushButton(text="Load checkpoint")
+        self.info = Label(value="no network loaded")
+        self.info.native.setWordWrap(True)
+        self.layers = Select(label="image layers", choices=self._choices, allow_multiple=True,
+                             tooltip="2D images or stacks of 2D images (ctrl-click for several)")
+        self.layers.native.setMaximumHeight(90)
+        self.classify_button = PushButton(text="Classify")
+        self.net_layer = ComboBox(label="network layer", choices=[],
+                                  tooltip="layer whose output is shown as feature maps")
+        self.features_button = PushButton(text="Show feature maps")
+        self.progress, self.status, self.cancel_button = task_widgets("task")
+        self.task = BackgroundTask("Classification", self.progress, self.status, self.cancel_button)
+        self.table = Label(value="")
+        self.table.native.setWordWrap(True)
+        self.bars = BarPlot(title="class probabilities")
+        self.extend([form(self.checkpoint), self.load_button, self.info, form(self.layers), self.classify_button,
+                     form(self.net_layer), self.features_button, self.cancel_button, self.progress, self.status,
+                     self.table])
+        self.native.layout().addWidget(self.bars)
+        self.classifier = None
+        self.probabilities: dict[str, np.ndarray] = {}
+        self._shown: str | None = None
+        self.load_button.changed.connect(lambda *_: self.load())
+        self.classify_button.changed.connect(lambda *_: self.classify())
+        self.features_button.changed.connect(lambda *_: self.show_features())
+        self.viewer.dims.events.current_step.connect(self._show_current)
+        for ev in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
+            ev.connect(self._reset_layers)
+        register_widget(napari_viewer, "Classify", self)
+
+    def _choices(self, *_: Any) -> list[tuple[str, Any]]:
+        return [(layer.name, layer) for layer in image_layers(self.viewer)
+                if METADATA_KEY not in layer.metadata]
+
+    def _reset_layers(self, *_: Any) -> None:
+        try:
+            self.layers.reset_choices()
+        except RuntimeError:
+            pass
+
+    # -------------------------------------------------------------- load
+    def offer_checkpoint(self, path: str | Path, load: bool = False) -> None:
+        """Put ``path`` in the checkpoint field (and load it)."""
+        self.checkpoint.value = Path(path)
+        if load:
+            self.load()
+
+    def load(self, path: str | Path | None = None):
+        """Load a checkpoint in the background; return the worker or None."""
+        path = Path(self.checkpoint.value if path is None else path)
+        if not path.is_file():
+            notify(f"checkpoint {str(path)!r} not found; pick a .pt file written by training")
+            return None
+        if self.task.running:
+            notify("wait for the running task to finish", "warning")
+            return None
+
+        def job(*, cancel):
+            from napari_aprnet.classify import Classifier
+
+            yield Progress(0, 1, f"loading {path.name}...")
+            return Classifier.load(path)
+
+        return self.task.start(job, on_return=self._loaded)
+
+    def _loaded(self, classifier) -> None:
+        self.classifier = classifier
+        self.probabilities.clear()
+        names = classifier.layer_names()
+        self.net_layer.choices = names
+        self.net_layer.value = names[0]
+        spec = classifier.spec
+        e = f", E = {spec.rel_error:g}" if classifier.mode == "apr" else ""
+        self.info.value = (f"{classifier.model.config.get('name', type(classifier.model).__name__)}: "
+                           f"{classifier.mode} input, {classifier.input_size}x{classifier.input_size} "
+                           f"{'RGB' if classifier.channels == 3 else 'grey'}{e}\n"
+                           f"classes: {', '.join(classifier.class_names)}")
+        self.status.value = "network loaded"
+
+    # ---------------------------------------------------------- classify
+    def _selected(self) -> list:
+        chosen = list(self.layers.value or [])
+        if not chosen:
+            active = self.viewer.layers.selection.active
+            chosen = [active] if active is not None else [None]
+        return chosen
+
+    def classify(self, layers: list | None = None):
+        """Classify ``layers`` (default: the selection) in the background; return the worker or None."""
+        if self.classifier is None:
+            notify("load a checkpoint first (a .pt file written by Train)")
+            return None
+        layers = self._selected() if layers is None else list(layers)
+        try:
+            batches = {layer.name if layer is not None else None: images_for_classifier(layer, self.classifier)
+                       for layer in layers}
+        except ValueError as exc:
+            self.status.value = str(exc)
+            notify(str(exc))
+            return None
+        if self.task.running:
+            notify("wait for the running task to finish", "warning")
+            return None
+        classifier = self.classifier
+
+        def job(*, cancel):
+            out = {}
+            for i, (name, images) in enumerate(batches.items()):
+                yield Progress(i, len(batches), f"classifying {name} ({len(images)} image(s))...")
+                out[name] = classifier.predict_proba(images)
+                if cancel.is_set():
+                    return None
+            yield Progress(len(batches), len(batches), "classified")
+            return out
+
+        return self.task.start(job, on_return=self._classified)
+
+    def _classified(self, result: dict[str, np.ndarray] | None) -> None:
+        if result is None:
+            return
+        self.probabilities.update(result)
+        names = self.classifier.class_names
+        lines = []
+        for name, proba in result.items():
+            best = proba.argmax(1)
+            if len(proba) == 1:
+                lines.append(f"{name}: {names[best[0]]} ({100 * proba[0, best[0]]:.1f}%)")
+            else:
+                counts = np.bincount(best, minlength=len(names))
+                lines.append(f"{name}: {len(proba)} images: " +
+                             ", ".join(f"{names[k]} {c}" for k, c in enumerate(counts) if c))
+        self.table.value = "\n".join(lines)
+        self._shown = next(iter(result))
+        self._show_current()
+
+    def current_probabilities(self) -> np.ndarray | None:
+        """Probabilities of the image on screen (the plane under the slider for stacks)."""
+        name = self._shown
+        if name not in self.probabilities:
+            return None
+        proba = self.probabilities[name]
+        index = 0
+        if len(proba) > 1 and name in self.viewer.layers:
+            layer = self.viewer.layers[name]
+            axis = self.viewer.dims.ndim - layer.ndim
+            index = int(np.clip(self.viewer.dims.current_step[axis], 0, len(proba) - 1))
+        return proba[index]
+
+    def _show_current(self, *_: Any) -> None:
+        proba = self.current_probabilities()
+        if proba is not None:
+            self.bars.title = f"class probabilities: {self._shown}"
+            self.bars.set_bars(self.classifier.class_names, proba)
+
+    # ------------------------------------------------------ feature maps
+    def show_features(self, layer=None, net_layer: str | None = None):
+        """Add the feature maps of ``net_layer`` for the image on screen; return the worker or None."""
+        if self.classifier is None:
+            notify("load a checkpoint first (a .pt file written by Train)")
+            return None
+        layer = self._selected()[0] if layer is None else layer
+        net_layer = self.net_layer.value if net_layer is None else net_layer
+        try:
+            images = images_for_classifier(layer, self.classifier)
+        except ValueError as exc:
+            self.status.value = str(exc)
+            notify(str(exc))
+            return None
+        index = 0
+        if len(images) > 1:
+            axis = self.viewer.dims.ndim - layer.ndim
+            index = int(np.clip(self.viewer.dims.current_step[axis], 0, len(images) - 1))
+        if self.task.running:
+            notify("wait for the running task to finish", "warning")
+            return None
+        self._feature_source = (layer, images[index].shape[:2], index)
+        return self.task.start(feature_job, self.classifier, images[index], net_layer, on_return=self._add_features)
+
+    def _add_features(self, result: FeatureResult) -> None:
+        layer, (h, w), index = self._feature_source
+        # a stack gets its plane axis back (length 1, placed at the plane the maps come from)
+        stacked = layer.ndim == 3
+        lead_scale = (float(layer.scale[-3]),) if stacked else ()
+        lead_shift = (float(layer.translate[-3] + index * layer.scale[-3]),) if stacked else ()
+        lead_shape = (1,) if stacked else ()
+        spatial_scale = np.asarray(layer.scale[-2:], dtype=float)
+        translate = np.asarray(layer.translate[-2:], dtype=float)
+
+        def placed(shape2d):
+            # stretch a map of shape2d over the h x w image (pixel centres aligned)
+            factor = np.array([h, w], dtype=float) / np.asarray(shape2d, dtype=float)
+            return spatial_scale * factor, translate + spatial_scale * (factor - 1) / 2
+
+        scale, shift = placed(result.features.shape[1:])
+        features = result.features.reshape((result.features.shape[0],) + lead_shape + result.features.shape[1:])
+        update_or_add(self.viewer, features,
+                      {"name": f"{layer.name} {result.layer} features", "colormap": "viridis",
+                       "scale": (1.0, *lead_scale, *scale), "translate": (0.0, *lead_shift, *shift),
+                       "axis_labels": ("channel",) + (("plane",) if stacked else ()) + ("y", "x"),
+                       "metadata": {METADATA_KEY: {"role": "features", "network_layer": result.layer,
+                                                   "source_layer": layer.name}}}, "image")
+        if result.level_map is not None:
+            levels = result.level_map.astype(np.uint8)
+            scale, shift = placed(levels.shape)
+            update_or_add(self.viewer, levels.reshape(lead_shape + levels.shape),
+                          {"name": f"{layer.name} network input levels", "opacity": 0.5,
+                           "colormap": level_color_dict(int(levels.min()), int(levels.max())),
+                           "scale": (*lead_scale, *scale), "translate": (*lead_shift, *shift),
+                           "metadata": {METADATA_KEY: {"role": "input_levels", "source_layer": layer.name}}},
+                          "labels")
+        self.status.value = (f"{result.features.shape[0]} feature maps of {result.layer} "
+                             f"({result.features.shape[1]}x{result.features.shape[2]})")

@@ -1,0 +1,252 @@
+"""Dock widget "Convert to APR": image layer -> reconstruction + level map layers."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, PushButton
+from qtpy.QtCore import QTimer
+
+from napari_aprnet._layers import (APR_KEY, METADATA_KEY, apr_layer_data, level_color, level_legend,
+                                   particle_cells)
+from napari_aprnet._widgets._common import (BackgroundTask, Progress, image_from_layer, image_layers, notify,
+                                            form, register_widget, row, task_widgets, unwrap_viewer)
+from napari_aprnet._widgets._params import ParamsForm
+
+if TYPE_CHECKING:
+    import napari
+
+__all__ = ["ConvertResult", "ConvertWidget", "convert_job", "update_or_add"]
+
+#: Images up to this many pixels are re-converted automatically when E changes.
+AUTO_PIXELS = 512 * 512
+#: Particle cells are drawn as points only up to this many particles.
+MAX_CELL_POINTS = 20_000
+
+
+@dataclass
+class ConvertResult:
+    """What a conversion produced (computed in the worker thread)."""
+
+    apr: Any
+    reconstruction: np.ndarray
+    level_map: np.ndarray
+    mean_error: float
+    max_error: float
+    psnr: float
+    mode: str
+
+
+def convert_job(image: np.ndarray, params, channel_axis: int | None, mode: str, *, cancel):
+    """Generator run in a worker: convert, reconstruct, measure the error."""
+    from napari_aprnet.apr import APR
+    from napari_aprnet.sweep import error_stats
+
+    yield Progress(0, 3, f"converting a {'x'.join(map(str, image.shape))} image to an APR...")
+    apr = APR.from_image(image, params.rel_error, params=params, channel_axis=channel_axis,
+                         cancel=cancel.is_set)
+    if cancel.is_set():
+        return None
+    yield Progress(1, 3, f"{apr.n_particles:,} particles; reconstructing...")
+    recon = np.asarray(apr.reconstruct(mode=mode))
+    level_map = np.asarray(apr.reconstruct(mode="level"))
+    yield Progress(2, 3, "measuring the reconstruction error...")
+    mean_err, max_err, psnr = error_stats(image, recon)
+    yield Progress(3, 3, "done")
+    return ConvertResult(apr, recon, level_map, mean_err, max_err, psnr, mode)
+
+
+def update_or_add(viewer: napari.Viewer, data: np.ndarray, kwargs: dict, layer_type: str):
+    """Replace the data of the layer named ``kwargs["name"]`` (same type and ndim), else add one."""
+    name = kwargs["name"]
+    if name in viewer.layers:
+        layer = viewer.layers[name]
+        if layer._type_string == layer_type and layer.data.ndim == np.ndim(data) and \
+                getattr(layer, "rgb", False) == kwargs.get("rgb", False):
+            layer.data = data
+            for key in ("metadata", "colormap", "scale", "translate", "axis_labels"):
+                if key in kwargs:
+                    setattr(layer, key, kwargs[key])
+            return layer
+        viewer.layers.remove(name)
+    return getattr(viewer, f"add_{layer_type}")(data, **kwargs)
+
+
+def legend_html(apr, level_map: np.ndarray | None = None) -> str:
+    """HTML legend: one coloured square per level with its cell size and particle count."""
+    counts = np.bincount(np.asarray(apr.levels, dtype=np.int64), minlength=apr.level_max + 1)
+    lines = []
+    for level, color, side in level_legend(apr.level_min, apr.level_max):
+        n = int(counts[level]) if level < len(counts) else 0
+        if n:
+            lines.append(f'<span style="color:{color}; font-size:14pt">&#9632;</span> '
+                         f"level {level}: {side}-pixel cells, {n:,} particles")
+    return "<b>level map legend</b><br>" + "<br>".join(lines)
+
+
+class ConvertWidget(Container):
+    """Convert an image layer to an APR and show it.
+
+    Adds ``"<image> reconstruction"`` (image), ``"<image> level map"``
+    (labels, one colour per level; legend in the widget) and optionally
+    ``"<image> particle cells"`` (points) for small images. The APR and its
+    parameters are in the layers' metadata (``"aprnet_apr"``, ``"aprnet"``).
+    """
+
+    def __init__(self, napari_viewer: napari.Viewer):
+        super().__init__(labels=False)
+        self.viewer = unwrap_viewer(napari_viewer)
+        self.image = ComboBox(label="image", choices=self._choices, nullable=True,
+                              tooltip="2D or 3D image layer (RGB allowed) to convert")
+        self.params = ParamsForm()
+        self.mode = ComboBox(label="reconstruction", choices=["constant", "smooth"], value="constant",
+                             tooltip="constant: every pixel takes its particle's value; "
+                                     "smooth: values blended across cell borders")
+        self.show_cells = CheckBox(text=f"particle cells as points (<= {MAX_CELL_POINTS:,} particles)",
+                                   value=False, tooltip="draw each particle cell as a square")
+        self.auto_update = CheckBox(text="re-convert when E changes (small images)", value=True,
+                                    tooltip=f"images up to {AUTO_PIXELS:,} pixels are converted again "
+                                            "when a parameter changes")
+        self.convert_button = PushButton(text="Convert")
+        self.progress, self.status, self.cancel_button = task_widgets("conversion")
+        self.task = BackgroundTask("Conversion", self.progress, self.status, self.cancel_button)
+        self.results = Label(value="")
+        self.legend = Label(value="")
+        for lab in (self.results, self.legend):
+            lab.native.setWordWrap(True)
+        self.save_path = FileEdit(label="save as", mode="w", filter="*.apr", value="converted.apr")
+        self.save_button = PushButton(text="Save APR")
+        self.extend([form(self.image, *self.params.widgets, self.mode), self.show_cells, self.auto_update,
+                     row(self.convert_button, self.cancel_button), self.progress, self.status,
+                     self.results, self.legend, form(self.save_path), self.save_button])
+        self.result: ConvertResult | None = None
+        self.source_name: str | None = None
+        self._pending = False
+        self._timer = QTimer()
+        self._timer.setSingleShot(True)
+        self._timer.setInterval(300)
+        self._timer.timeout.connect(self._auto_convert)
+        self.convert_button.changed.connect(lambda *_: self.convert())
+        self.save_button.changed.connect(lambda *_: self.save())
+        for w in self.params.fields.values():
+            w.changed.connect(self._param_changed)
+        self.mode.changed.connect(self._param_changed)
+        for ev in (napari_viewer.layers.events.inserted, napari_viewer.layers.events.removed):
+            ev.connect(self._reset_layers)
+        register_widget(napari_viewer, "Convert to APR", self)
+
+    # ------------------------------------------------------------ choices
+    def _choices(self, *_: Any) -> list[tuple[str, Any]]:
+        return [(layer.name, layer) for layer in image_layers(self.viewer)
+                if METADATA_KEY not in layer.metadata]
+
+    def _reset_layers(self, *_: Any) -> None:
+        try:
+            self.image.reset_choices()
+        except RuntimeError:  # widget already deleted by Qt
+            pass
+
+    # ----------------------------------------------------------- actions
+    def set_rel_error(self, value: float, convert: bool = True) -> None:
+        """Set E (e.g. from the Tune E widget) and convert again."""
+        self.params.rel_error.value = float(value)
+        if convert:
+            self._timer.stop()
+            self.convert()
+
+    def convert(self, layer=None):
+        """Convert ``layer`` (default: the selected one) in the background; return the worker or None."""
+        layer = self.image.value if layer is None else layer
+        try:
+            image, channel_axis = image_from_layer(layer)
+            spatial = layer.ndim
+            params = self.params.parameters(spacing=tuple(layer.scale[-spatial:]))
+        except (ValueError, TypeError) as exc:
+            self.status.value = str(exc)
+            notify(str(exc))
+            return None
+        if self.task.running:
+            self._pending = True
+            self.task.cancel()
+            return None
+        self.source_name = layer.name
+        self._source = layer
+        return self.task.start(convert_job, image, params, channel_axis, self.mode.value,
+                               on_return=self._show, on_finish=self._finished)
+
+    def _finished(self) -> None:
+        if self._pending:
+            self._pending = False
+            self.convert()
+
+    def _param_changed(self, *_: Any) -> None:
+        layer = self.image.value
+        if (self.auto_update.value and self.result is not None and layer is not None
+                and layer.name == self.source_name and np.prod(layer.data.shape[:layer.ndim]) <= AUTO_PIXELS):
+            self._timer.start()
+
+    def _auto_convert(self) -> None:
+        self.convert()
+
+    def _show(self, result: ConvertResult | None) -> None:
+        if result is None:
+            return
+        self.result = result
+        apr, layer = result.apr, self._source
+        spatial = layer.ndim
+        extra = {"mean_error": result.mean_error, "max_error": result.max_error, "psnr": result.psnr,
+                 "source_layer": layer.name}
+        for data, kwargs, kind in apr_layer_data(apr, layer.name, mode=result.mode,
+                                                 reconstruction=result.reconstruction,
+                                                 level_map=result.level_map, extra=extra,
+                                                 scale=tuple(layer.scale[-spatial:]),
+                                                 translate=tuple(layer.translate[-spatial:])):
+            if kind == "image":
+                kwargs["colormap"] = layer.colormap.name if not layer.rgb else None
+                kwargs["contrast_limits"] = layer.contrast_limits
+                if kwargs["colormap"] is None:
+                    del kwargs["colormap"]
+            update_or_add(self.viewer, data, kwargs, kind)
+        cells_name = f"{layer.name} particle cells"
+        if self.show_cells.value and apr.n_particles <= MAX_CELL_POINTS:
+            centres, sides, levels = particle_cells(apr)
+            colors = [level_color(lv) for lv in levels]
+            if cells_name in self.viewer.layers:
+                self.viewer.layers.remove(cells_name)
+            self.viewer.add_points(centres, size=sides, symbol="square", face_color="transparent",
+                                   border_color=colors, border_width=0.08, border_width_is_relative=True,
+                                   name=cells_name, scale=tuple(layer.scale[-spatial:]),
+                                   translate=tuple(layer.translate[-spatial:]),
+                                   metadata={METADATA_KEY: {"role": "particle_cells"}})
+        elif self.show_cells.value:
+            notify(f"{apr.n_particles:,} particles are too many to draw as points "
+                   f"(limit {MAX_CELL_POINTS:,}); use the level map", "info")
+        self.results.value = (f"particles: {apr.n_particles:,}   CR: {apr.computational_ratio:.2f}\n"
+                              f"levels {apr.level_min}-{apr.level_max}   "
+                              f"mean |error|: {result.mean_error:.4g}   max |error|: {result.max_error:.4g}"
+                              f"   PSNR: {result.psnr:.1f} dB")
+        self.status.value = f"converted {layer.name!r} with E = {apr.parameters.rel_error:g}"
+        self.legend.value = legend_html(apr)
+
+    def save(self, path: str | Path | None = None):
+        """Save the last APR to ``path`` (default: the "save as" field) in the background."""
+        if self.result is None:
+            notify("nothing to save yet: convert an image first")
+            return None
+        path = Path(self.save_path.value if path is None else path)
+        if path.suffix.lower() != ".apr":
+            path = path.with_suffix(".apr")
+        apr = self.result.apr
+
+        def job(*, cancel):
+            yield Progress(0, 1, f"saving {path}...")
+            apr.save(str(path))
+            yield Progress(1, 1, f"saved {path}")
+            return path
+
+        if self.task.running:
+            notify("wait for the running conversion to finish before saving", "warning")
+            return None
+        return self.task.start(job)

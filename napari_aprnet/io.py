@@ -1,0 +1,110 @@
+"""Reading images from disk and writing small images (PNG/TIFF/NPY).
+
+``.apr`` files are handled by :mod:`napari_aprnet.apr_file` (re-exported here).
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from napari_aprnet.apr_file import APRFileError, load_apr, save_apr
+
+__all__ = ["IMAGE_EXTENSIONS", "read_image", "write_image", "APRFileError", "load_apr", "save_apr"]
+
+#: Extensions :func:`read_image` understands, by reader.
+IMAGE_EXTENSIONS = {".tif": "tifffile", ".tiff": "tifffile", ".png": "imageio", ".jpg": "imageio",
+                    ".jpeg": "imageio", ".npy": "numpy"}
+
+
+def _extension(path: str) -> str:
+    return os.path.splitext(path)[1].lower()
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Read a pixel image from a TIFF, PNG, JPEG or NPY file.
+
+    Parameters
+    ----------
+    path : str or path-like
+        ``.tif``/``.tiff`` (tifffile), ``.png``/``.jpg``/``.jpeg`` (imageio)
+        or ``.npy`` (numpy, without pickles).
+
+    Returns
+    -------
+    ndarray
+        The image as stored (dtype and axes unchanged; RGB images are
+        ``(y, x, 3)``).
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``path`` does not exist.
+    ValueError
+        If the extension is not supported or the content cannot be read as an image.
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no such image file: {path}")
+    if os.path.isdir(path):
+        raise ValueError(f"{path} is a directory, not an image file")
+    ext = _extension(path)
+    reader = IMAGE_EXTENSIONS.get(ext)
+    if reader is None:
+        supported = ", ".join(sorted(IMAGE_EXTENSIONS))
+        raise ValueError(f"cannot read {path}: unsupported extension {ext or '(none)'!r}; "
+                         f"supported: {supported}")
+    try:
+        if reader == "tifffile":
+            import tifffile
+
+            image = tifffile.imread(path)
+        elif reader == "imageio":
+            import imageio.v3 as iio
+
+            image = iio.imread(path)
+        else:
+            image = np.load(path, allow_pickle=False)
+    except Exception as exc:  # every reader has its own error types
+        raise ValueError(f"cannot read {path} as a {ext} image: {type(exc).__name__}: {exc}") from None
+    image = np.asarray(image)
+    if image.dtype == object or not (np.issubdtype(image.dtype, np.number) or image.dtype == bool):
+        raise ValueError(f"{path} does not hold a numeric image (dtype {image.dtype})")
+    if image.size == 0:
+        raise ValueError(f"{path} holds an empty image of shape {image.shape}")
+    return image
+
+
+def write_image(path: str | os.PathLike, image: np.ndarray) -> None:
+    """Write ``image`` to a PNG/JPEG (imageio), TIFF (tifffile) or NPY file atomically."""
+    import tempfile
+
+    path = os.fspath(path)
+    ext = _extension(path)
+    if ext not in IMAGE_EXTENSIONS:
+        raise ValueError(f"cannot write {path}: unsupported extension {ext or '(none)'!r}; "
+                         f"use one of {', '.join(sorted(IMAGE_EXTENSIONS))}")
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"cannot write {path}: directory {directory} does not exist")
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=ext, dir=directory)
+    os.close(fd)
+    try:
+        if IMAGE_EXTENSIONS[ext] == "tifffile":
+            import tifffile
+
+            tifffile.imwrite(tmp, image)
+        elif IMAGE_EXTENSIONS[ext] == "imageio":
+            import imageio.v3 as iio
+
+            iio.imwrite(tmp, image, extension=ext)
+        else:
+            with open(tmp, "wb") as fh:
+                np.save(fh, np.asarray(image), allow_pickle=False)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.remove(tmp)
+        except OSError:
+            pass
+        raise

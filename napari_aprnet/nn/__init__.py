@@ -1,0 +1,13 @@
+"""APRNet layers for PyTorch (thesis chapter 3).
+
+Data flows as :class:`APRBatch` (channels-last particle features of several
+APRs concatenated, plus their structures). See :mod:`napari_aprnet.nn.functional`
+for the exact convolution and pooling definitions.
+"""
+from napari_aprnet.nn import functional
+from napari_aprnet.nn.batch import APRBatch
+from napari_aprnet.nn.modules import (APRBatchNorm, APRConv, APRDropout, APRGlobalAvgPool, APRMaxPool, APRReLU,
+                                      APRSpatialDropout)
+
+__all__ = ["APRBatch", "APRConv", "APRMaxPool", "APRBatchNorm", "APRDropout", "APRSpatialDropout", "APRReLU",
+           "APRGlobalAvgPool", "functional"]

@@ -1,0 +1,325 @@
+"""Functional APR convolution and max pooling (autograd Functions).
+
+Convolution (thesis eq. 3.3, cross-correlation orientation as ``torch.nn.functional.conv2d``)::
+
+    out[p, d] = bias[d] + sum_{c, o} I[nb(p, o), c] * weight[lambda(p), d, c, o + k // 2]
+
+where ``nb(p, o)`` is the cell at offset ``o`` from particle ``p`` on ``p``'s
+own level and ``I`` is the isotropic neighbourhood value there: the particle at
+that cell, the mean of its children (recursively; interior tree node) where
+the region is finer, the covering coarser particle where it is coarser, and 0
+outside the image. A tree node on the image border averages only its children
+inside the image. ``lambda(p) = min(level_max - level(p), n_level_kernels - 1)``
+(the structure's finest level uses kernel 0).
+
+Numerics: tree values are filled bottom-up, the neighbourhood values are
+gathered into column blocks (im2col, by chunks) and multiplied with the level's
+kernel by one matrix product. The backward pass (eqs. 3.4-3.5) recomputes the
+columns, scatters the column gradients back to particles and tree nodes (a
+deterministic C kernel on CPU, ``index_add_`` elsewhere) and splits every tree
+node's gradient evenly among its children, coarse to fine - the exact adjoint
+of the averaging. Only the input features and the weights are kept for backward.
+"""
+from __future__ import annotations
+
+import threading
+
+import torch
+
+from napari_aprnet import _native
+from napari_aprnet.nn._plans import ConvPlan, PoolPlan, conv_plan, pool_plan
+from napari_aprnet.nn.batch import APRBatch
+
+__all__ = ["apr_conv", "apr_max_pool", "values_table"]
+
+_CHUNK_ELEMENTS = 1 << 21  # entries of one im2col block (8 MiB in float32)
+_workspace = threading.local()  # reused im2col blocks: fresh large allocations cost page faults
+
+
+def _native_ok(t: torch.Tensor) -> bool:
+    return t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64)
+
+
+def _counts(plan: ConvPlan, dtype: torch.dtype, device) -> list:
+    key = (dtype, str(device))
+    c = plan._dtype_cache.get(key)
+    if c is None:
+        c = [(1.0 / cnt).to(dtype) for _, _, cnt in plan.tree.steps]
+        plan._dtype_cache[key] = c
+    return c
+
+
+def values_table(x: torch.Tensor, plan: ConvPlan) -> torch.Tensor:
+    """``[particles | tree nodes | zero row]``, tree nodes = mean of their children (no autograd).
+
+    Tree levels are filled finest first, so every node averages values that are
+    already final.
+    """
+    n_channels = x.shape[1]
+    zero = plan.n_values - 1
+    v = x.new_empty((plan.n_values, n_channels))
+    v[: plan.n_particles] = x
+    v[zero] = 0
+    if plan.tree is None:
+        return v
+    if _native_ok(v):
+        vn = v.numpy()
+        for rows, ch, _ in plan.tree.steps:
+            _native.nn_tree_mean(vn, rows.numpy(), ch.numpy(), zero)
+        return v
+    for (rows, ch, _), ic in zip(plan.tree.steps, _counts(plan, x.dtype, x.device)):
+        s = v.index_select(0, ch.reshape(-1)).view(ch.shape[0], ch.shape[1], n_channels).sum(1)
+        v.index_copy_(0, rows, s.mul_(ic))
+    return v
+
+
+def _tree_backward(gv: torch.Tensor, plan: ConvPlan) -> None:
+    """Split tree-node gradients evenly among children, coarse to fine (in place)."""
+    if plan.tree is None:
+        return
+    zero = plan.n_values - 1
+    if _native_ok(gv):
+        gn = gv.numpy()
+        for rows, ch, _ in reversed(plan.tree.steps):
+            _native.nn_tree_spread(gn, rows.numpy(), ch.numpy(), zero)
+        return
+    n_channels = gv.shape[1]
+    for (rows, ch, _), ic in reversed(list(zip(plan.tree.steps, _counts(plan, gv.dtype, gv.device)))):
+        g = gv.index_select(0, rows).mul_(ic)
+        src = g.unsqueeze(1).expand(-1, ch.shape[1], -1).reshape(-1, n_channels)
+        gv.index_add_(0, ch.reshape(-1), src)  # children are unique; missing ones hit the zero row
+
+
+def _scatter_add(dst: torch.Tensor, index: torch.Tensor, src: torch.Tensor) -> None:
+    """``dst[index] += src`` row-wise; deterministic C kernel on CPU."""
+    if _native_ok(dst):
+        _native.nn_scatter_add(src.detach().contiguous().numpy(), index.numpy(), dst.detach().numpy())
+    else:
+        dst.index_add_(0, index, src)
+
+
+def _chunks(n: int, width: int):
+    step = max(1, _CHUNK_ELEMENTS // max(width, 1))
+    for a in range(0, n, step):
+        yield a, min(n, a + step)
+
+
+def _buffer(like: torch.Tensor, n_rows: int, width: int) -> torch.Tensor:
+    """A flat buffer for one chunk of ``width``-wide rows, reused across calls (per thread, device, dtype)."""
+    step = max(1, _CHUNK_ELEMENTS // max(width, 1))
+    n = min(n_rows, step) * width
+    bufs = getattr(_workspace, "bufs", None)
+    if bufs is None:
+        bufs = _workspace.bufs = {}
+    key = (like.device, like.dtype)
+    buf = bufs.get(key)
+    if buf is None or buf.numel() < n:
+        buf = bufs[key] = like.new_empty(max(n, _CHUNK_ELEMENTS))
+    return buf[:n]
+
+
+def _flat_weight(weight: torch.Tensor) -> torch.Tensor:
+    """(L, out, in, *k) -> (L, out, K * in) with offsets outer, channels inner."""
+    nd = weight.dim() - 3
+    perm = (0, 1) + tuple(range(3, 3 + nd)) + (2,)
+    return weight.permute(*perm).reshape(weight.shape[0], weight.shape[1], -1)
+
+
+class _APRConvFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, plan: ConvPlan):
+        n, c_in = x.shape
+        c_out = weight.shape[1]
+        wf = _flat_weight(weight)
+        out = x.new_empty((n, c_out))
+        v = values_table(x, plan) if plan.tree is not None else x
+        for g, grp in enumerate(plan.groups):
+            if grp is None:
+                continue
+            rows, rb = grp
+            wg = wf[g].t()
+            if rb is None:  # 1x1: no reconstruction
+                src = x if rows is None else x.index_select(0, rows)
+                res = src @ wg
+            else:
+                width = rb.shape[1] * c_in
+                res = out if rows is None else x.new_empty((rb.shape[0], c_out))
+                buf = _buffer(x, rb.shape[0], width)
+                for a, b in _chunks(rb.shape[0], width):
+                    cols = buf[: (b - a) * width]
+                    torch.index_select(v, 0, rb[a:b].reshape(-1), out=cols.view(-1, c_in))
+                    torch.mm(cols.view(b - a, width), wg, out=res[a:b])
+            if rows is None:
+                if res is not out:
+                    out.copy_(res)
+            else:
+                out.index_copy_(0, rows, res)
+        if bias is not None:
+            out += bias
+        ctx.plan = plan
+        ctx.has_bias = bias is not None
+        ctx.save_for_backward(x, weight)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, weight = ctx.saved_tensors
+        plan: ConvPlan = ctx.plan
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        grad_out = grad_out.contiguous()
+        n, c_in = x.shape
+        wf = _flat_weight(weight)
+        gwf = torch.zeros_like(wf) if need_w else None
+        gx = None
+        v = None
+        if plan.tree is not None and need_w:
+            v = values_table(x, plan)
+        gv = None
+        if need_x:
+            gv = x.new_zeros((plan.n_values, c_in)) if plan.tree is not None else x.new_zeros((n, c_in))
+        for g, grp in enumerate(plan.groups):
+            if grp is None:
+                continue
+            rows, rb = grp
+            go = grad_out if rows is None else grad_out.index_select(0, rows)
+            if rb is None:
+                if need_w:
+                    src = x if rows is None else x.index_select(0, rows)
+                    gwf[g] = go.t() @ src
+                if need_x:
+                    gs = go @ wf[g]
+                    if rows is None:
+                        gv += gs
+                    else:
+                        gv.index_add_(0, rows, gs)  # rows are unique
+                continue
+            width = rb.shape[1] * c_in
+            buf = _buffer(x, rb.shape[0], width)
+            for a, b in _chunks(rb.shape[0], width):
+                idx = rb[a:b].reshape(-1)
+                chunk = buf[: (b - a) * width]
+                if need_w:
+                    torch.index_select(v, 0, idx, out=chunk.view(-1, c_in))
+                    gwf[g].addmm_(go[a:b].t(), chunk.view(b - a, width))
+                if need_x:
+                    torch.mm(go[a:b], wf[g], out=chunk.view(b - a, width))
+                    _scatter_add(gv, idx, chunk.view(-1, c_in))
+        if need_x:
+            _tree_backward(gv, plan)
+            gx = gv[:n]
+        gw = None
+        if need_w:
+            nd = weight.dim() - 3
+            ks = weight.shape[3:]
+            gw = gwf.view(weight.shape[0], weight.shape[1], *ks, c_in)
+            gw = gw.permute(0, 1, 2 + nd, *range(2, 2 + nd)).contiguous()
+        gb = grad_out.sum(0) if (need_b and ctx.has_bias) else None
+        return gx, gw, gb, None
+
+
+def _check_conv_args(batch: APRBatch, weight: torch.Tensor, bias: torch.Tensor | None) -> int:
+    if not isinstance(batch, APRBatch):
+        raise TypeError(f"APR layers take an APRBatch, got {type(batch).__name__}")
+    nd = batch.ndim
+    if weight.dim() != 3 + nd:
+        raise ValueError(f"weight for {nd}D APRs must have shape (n_level_kernels, out, in{', k' * nd}), "
+                         f"got {tuple(weight.shape)}; the layer's ndim ({weight.dim() - 3}) does not match "
+                         f"the data ({nd}D)")
+    ks = weight.shape[3:]
+    if len(set(ks)) != 1 or ks[0] % 2 == 0:
+        raise ValueError(f"kernel must be cubic with an odd size, got {tuple(ks)}")
+    if weight.shape[2] != batch.n_channels:
+        raise ValueError(f"the convolution expects {weight.shape[2]} input channels, the batch has "
+                         f"{batch.n_channels}")
+    if batch.features.dtype != weight.dtype:
+        raise TypeError(f"features are {batch.features.dtype} but the weights are {weight.dtype}; "
+                        "convert one (e.g. module.to(torch.float64) or batch.to(torch.float32))")
+    if batch.features.device != weight.device:
+        raise ValueError(f"features are on {batch.features.device} but the weights on {weight.device}")
+    if bias is not None and bias.shape != (weight.shape[1],):
+        raise ValueError(f"bias must have shape ({weight.shape[1]},), got {tuple(bias.shape)}")
+    return int(ks[0])
+
+
+def apr_conv(batch: APRBatch, weight: torch.Tensor, bias: torch.Tensor | None = None) -> APRBatch:
+    """APR convolution (thesis eq. 3.3) of a batch.
+
+    Parameters
+    ----------
+    batch : APRBatch
+        Input, C_in channels.
+    weight : Tensor, shape (n_level_kernels, C_out, C_in, k, k[, k])
+        Kernel ``j`` is used for particles ``j`` levels below their structure's
+        ``level_max``; coarser levels share the last kernel.
+    bias : Tensor, shape (C_out,), optional
+
+    Returns
+    -------
+    APRBatch
+        Same structures, C_out channels.
+    """
+    k = _check_conv_args(batch, weight, bias)
+    plan = conv_plan(batch, k, weight.shape[0])
+    out = _APRConvFunction.apply(batch.features, weight, bias, plan)
+    return batch.with_features(out)
+
+
+class _APRMaxPoolFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, plan: PoolPlan):
+        n, c = x.shape
+        out = x.new_empty((plan.n_out, c))
+        out.index_copy_(0, plan.pass_dst, x.index_select(0, plan.pass_src))
+        ch = plan.pool_children
+        if ch.shape[0]:
+            xp = torch.cat([x, x.new_full((1, c), float("-inf"))])
+            grp = xp.index_select(0, ch.reshape(-1)).view(ch.shape[0], ch.shape[1], c)
+            vals, arg = grp.max(dim=1)
+            out.index_copy_(0, plan.pool_dst, vals)
+            ctx.src = ch.gather(1, arg)  # (n_pool, C) input particle of each max
+        else:
+            ctx.src = None
+        ctx.plan = plan
+        ctx.n = n
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        plan: PoolPlan = ctx.plan
+        gx = grad_out.new_zeros((ctx.n, grad_out.shape[1]))
+        gx.index_copy_(0, plan.pass_src, grad_out.index_select(0, plan.pass_dst))
+        if ctx.src is not None:
+            gx.scatter_(0, ctx.src, grad_out.index_select(0, plan.pool_dst))  # targets are unique
+        return gx, None
+
+
+def _max_pool_no_grad(x: torch.Tensor, plan: PoolPlan) -> torch.Tensor:
+    n, c = x.shape
+    out = x.new_empty((plan.n_out, c))
+    out.index_copy_(0, plan.pass_dst, x.index_select(0, plan.pass_src))
+    ch = plan.pool_children
+    if ch.shape[0]:
+        xp = torch.cat([x, x.new_full((1, c), float("-inf"))])
+        grp = xp.index_select(0, ch.reshape(-1)).view(ch.shape[0], ch.shape[1], c)
+        out.index_copy_(0, plan.pool_dst, grp.amax(dim=1))
+    return out
+
+
+def apr_max_pool(batch: APRBatch) -> APRBatch:
+    """APR max pooling (thesis algorithms 1-2).
+
+    Particles at each structure's ``level_max`` are pooled 2x per axis into
+    their parent cell (maximum over the children inside the image); coarser
+    particles pass through. The output structures have ``shape = ceil(shape /
+    2)`` and ``level_max - 1``. Under ``torch.no_grad()`` (or when the input
+    needs no gradient) no argmax map is stored.
+    """
+    if not isinstance(batch, APRBatch):
+        raise TypeError(f"APR layers take an APRBatch, got {type(batch).__name__}")
+    plan = pool_plan(batch)
+    x = batch.features
+    if torch.is_grad_enabled() and x.requires_grad:
+        out = _APRMaxPoolFunction.apply(x, plan)
+    else:
+        out = _max_pool_no_grad(x, plan)
+    return APRBatch(out, plan.out_structures)

@@ -1,0 +1,54 @@
+/* formation_internal.h -- private helpers shared by the APR formation sources
+ * (formation.c, bspline.c, gradient.c, sigma.c, pulling.c). Not part of the
+ * public C API (aprnet.h) and not seen by cffi. */
+#ifndef APRNET_FORMATION_INTERNAL_H
+#define APRNET_FORMATION_INTERNAL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* Grid dimensions in numpy order: nz planes of ny rows of nx (contiguous) values. */
+typedef struct {
+    int64_t nz, ny, nx;
+} fm_dims;
+
+static inline int64_t fm_size(fm_dims d) { return d.nz * d.ny * d.nx; }
+
+/* ceil(n / 2) */
+static inline int64_t fm_half(int64_t n) { return (n + 1) / 2; }
+
+static inline fm_dims fm_half_dims(fm_dims d) {
+    fm_dims h = {fm_half(d.nz), fm_half(d.ny), fm_half(d.nx)};
+    return h;
+}
+
+/* Reflection about the edge sample (f[-1] = f[1], f[n] = f[n-2]), repeated
+ * as often as needed for short axes. */
+static inline int64_t fm_mirror(int64_t i, int64_t n) {
+    if (n <= 1) return 0;
+    int64_t p = 2 * (n - 1);
+    i %= p;
+    if (i < 0) i += p;
+    return i < n ? i : p - i;
+}
+
+static inline int fm_cancelled(const int32_t *cancel) {
+    return cancel != NULL && *(const volatile int32_t *)cancel != 0;
+}
+
+/* bspline.c */
+int aprnet_fm_smoothing_spline(float *img, fm_dims d, double lambda, const int32_t *cancel);
+int aprnet_fm_inverse_bspline(float *img, fm_dims d);
+
+/* gradient.c */
+int aprnet_fm_gradient_maxds(const float *coef, fm_dims d, const double h[3], float *grad_ds);
+void aprnet_fm_mean_downsample(const float *img, fm_dims d, float *out);
+
+/* sigma.c */
+int aprnet_fm_local_intensity_scale(const float *smooth_ds, fm_dims dh, int psf, float *sigma);
+
+/* pixel loading (formation.c): convert `n` values of the given dtype starting at
+ * element `offset` into floats. */
+void aprnet_fm_load_row(const void *image, int dtype, int64_t offset, int64_t n, float *out);
+
+#endif

@@ -1,0 +1,93 @@
+"""npe2 manifest, reader, writer and sample data (no viewer needed)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import napari_aprnet
+from napari_aprnet import _reader, _sample_data, _writer
+from napari_aprnet.apr import APR
+from napari_aprnet.samples import fluorescence_blobs
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE_MANIFEST = Path(napari_aprnet.__file__).parent / "napari.yaml"
+WIDGETS = {"Convert to APR", "Tune E", "Classify", "Train", "Annotate"}
+
+
+def test_top_level_manifest_is_the_packaged_one():
+    assert (ROOT / "napari.yaml").read_bytes() == PACKAGE_MANIFEST.read_bytes()
+
+
+def test_manifest_validates_and_imports():
+    npe2 = pytest.importorskip("npe2")
+    mf = npe2.PluginManifest.from_file(PACKAGE_MANIFEST)
+    mf.validate_imports()  # every python_name resolves
+    assert mf.name == "napari-aprnet"
+
+
+def test_contributions_listed_by_plugin_manager():
+    npe2 = pytest.importorskip("npe2")
+    pm = npe2.PluginManager()
+    pm.discover(include_npe1=False)
+    assert "napari-aprnet" in pm  # found through the napari.manifest entry point
+    mf = pm.get_manifest("napari-aprnet")
+    assert {w.display_name for w in mf.contributions.widgets} == WIDGETS
+    readers = [r for r in pm.iter_compatible_readers(["x.apr"]) if r.plugin_name == "napari-aprnet"]
+    assert len(readers) == 1
+    writers = [w for w in pm.iter_compatible_writers(["image"]) if w.plugin_name == "napari-aprnet"]
+    assert [w.filename_extensions for w in writers] == [[".apr"]]
+    samples = dict(pm.iter_sample_data())["napari-aprnet"]
+    assert {s.key for s in samples} == {"shapes", "blobs_3d", "photo"}
+    menus = mf.contributions.menus
+    assert {m.command for m in menus["napari/layers/transform"]} == {"napari-aprnet.convert_widget",
+                                                                     "napari-aprnet.tune_widget"}
+    from napari._app_model.constants._menus import is_menu_contributable
+
+    assert all(is_menu_contributable(menu) for menu in menus)
+
+
+def test_reader_rejects_other_files():
+    assert _reader.get_reader("image.tif") is None
+    assert _reader.get_reader(["a.apr", "b.png"]) is None
+    assert _reader.get_reader("a.APR") is _reader.read_apr
+
+
+def test_writer_reader_round_trip(tmp_path):
+    from napari_aprnet.params import APRParameters
+
+    image = fluorescence_blobs((40, 52), 6, seed=5)
+    params = APRParameters(rel_error=0.3, lambda_=1.5)
+    meta = {"metadata": {"aprnet": {"parameters": params.to_dict()}}, "rgb": False}
+    written = _writer.write_apr(str(tmp_path / "out"), image, meta)
+    assert written == [str(tmp_path / "out.apr")]
+    direct = APR.from_image(image, params=params)
+    assert APR.load(written[0]).equals(direct)
+    layers = _reader.get_reader(written[0])(written[0])
+    (recon, rk, rt), (levels, lk, lt) = layers
+    assert (rt, lt) == ("image", "labels")
+    np.testing.assert_array_equal(recon, direct.reconstruct())
+    np.testing.assert_array_equal(levels, direct.reconstruct(mode="level"))
+    assert lk["metadata"]["aprnet"]["parameters"]["lambda_"] == 1.5
+    assert rk["metadata"]["aprnet"]["n_particles"] == direct.n_particles
+    assert set(np.unique(levels)) <= set(k for k in lk["colormap"] if k is not None)
+    # a layer made by the plugin is saved as its APR, without re-conversion
+    again = _writer.write_apr(str(tmp_path / "again.apr"), recon, {"metadata": rk["metadata"]})
+    assert APR.load(again[0]).equals(direct)
+
+
+def test_writer_rejects_4d(tmp_path):
+    with pytest.raises(ValueError, match="2D or 3D"):
+        _writer.write_apr(str(tmp_path / "x.apr"), np.zeros((2, 2, 8, 8)), {})
+    assert not list(tmp_path.iterdir())
+
+
+def test_sample_data():
+    (shapes, kw, kind), = _sample_data.shapes_sample()
+    assert shapes.shape == (6, 64, 64) and kind == "image" and len(kw["metadata"]["class_names"]) == 6
+    (blobs, _, _), = _sample_data.blobs_3d_sample()
+    assert blobs.shape == (32, 128, 128) and blobs.dtype == np.uint16
+    np.testing.assert_array_equal(blobs, _sample_data.blobs_3d_sample()[0][0])  # seeded
+    (photo, _, _), = _sample_data.natural_photo_sample()
+    assert photo.shape == (512, 512)
