@@ -113,13 +113,16 @@ def make_structures(images, params: dict, spread: float):
 
 # ----- timing helpers ---------------------------------------------------------------------------
 
-def timeit(fn, repeat: int) -> float:
-    fn()  # warm-up (plans, allocator)
-    best = float("inf")
+def interleaved(fns: dict, repeat: int) -> dict:
+    """Best time of each callable, running them round-robin so that they share the machine's load."""
+    for fn in fns.values():
+        fn()  # warm-up (plans, allocator)
+    best = {k: float("inf") for k in fns}
     for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
+        for k, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            best[k] = min(best[k], time.perf_counter() - t)
     return best
 
 
@@ -140,8 +143,28 @@ def saved_bytes(fn) -> int:
     return total[0]
 
 
-def conv_case(structures, c_in, c_out, k, n_lk, repeat, ndim=2):
-    """Time APRConv forward and forward+backward on the batch of structures."""
+def _fwd_and_fwdbwd(module, x, wrap):
+    """Callables: inference forward (no_grad) and forward + backward w.r.t. input and weights."""
+    xg = x.clone().requires_grad_()
+
+    def fwd():
+        with torch.no_grad():
+            return module(wrap(x))
+
+    def fwdbwd():
+        y = module(wrap(xg))
+        y = y.features if isinstance(y, APRBatch) else y
+        y.backward(torch.ones_like(y))
+
+    def forward_for_memory():
+        y = module(wrap(xg))
+        return y.features if isinstance(y, APRBatch) else y
+
+    return fwd, fwdbwd, forward_for_memory
+
+
+def apr_conv_case(structures, c_in, c_out, k, n_lk, ndim=2):
+    """Structure/plan build times and the callables of APRConv on the batch of structures."""
     torch.manual_seed(0)
     n = sum(s.n_particles for s in structures)
     x = torch.randn(n, c_in)
@@ -158,80 +181,40 @@ def conv_case(structures, c_in, c_out, k, n_lk, repeat, ndim=2):
     t0 = time.perf_counter()
     conv_plan(batch, k, n_lk)
     t_plan = time.perf_counter() - t0
-
-    def fwd():
-        with torch.no_grad():
-            return conv(batch)
-
-    xg = x.clone().requires_grad_()
-    bg = batch.with_features(xg)
-
-    def fwdbwd():
-        y = conv(bg).features
-        y.backward(torch.ones_like(y))
-
-    tf, tb = timeit(fwd, repeat), timeit(fwdbwd, repeat)
-    mem = saved_bytes(lambda: conv(bg).features)
-    return dict(n=n, t_struct=t_struct, t_plan=t_plan, fwd=tf, fwdbwd=tb, mem=mem)
+    fwd, fwdbwd, mem_fn = _fwd_and_fwdbwd(conv, x, batch.with_features)
+    return dict(n=n, t_struct=t_struct, t_plan=t_plan, mem=saved_bytes(mem_fn)), fwd, fwdbwd
 
 
-def pixel_conv_case(shape, batch, c_in, c_out, k, repeat):
+def pixel_conv_case(shape, batch, c_in, c_out, k):
     torch.manual_seed(0)
-    nd = len(shape)
-    layer = (nn.Conv2d if nd == 2 else nn.Conv3d)(c_in, c_out, k, padding=k // 2)
+    layer = (nn.Conv2d if len(shape) == 2 else nn.Conv3d)(c_in, c_out, k, padding=k // 2)
     x = torch.randn(batch, c_in, *shape)
-
-    def fwd():
-        with torch.no_grad():
-            return layer(x)
-
-    xg = x.clone().requires_grad_()
-
-    def fwdbwd():
-        y = layer(xg)
-        y.backward(torch.ones_like(y))
-
-    tf, tb = timeit(fwd, repeat), timeit(fwdbwd, repeat)
-    mem = saved_bytes(lambda: layer(xg))
-    return dict(fwd=tf, fwdbwd=tb, mem=mem)
+    fwd, fwdbwd, mem_fn = _fwd_and_fwdbwd(layer, x, lambda t: t)
+    return dict(mem=saved_bytes(mem_fn)), fwd, fwdbwd
 
 
-def pool_case(structures, c, repeat):
-    n = sum(s.n_particles for s in structures)
-    x = torch.randn(n, c)
+def apr_pool_case(structures, c):
+    x = torch.randn(sum(s.n_particles for s in structures), c)
     batch = APRBatch(x, structures)
     t0 = time.perf_counter()
     pool_plan(batch)
     t_plan = time.perf_counter() - t0
-    xg = x.clone().requires_grad_()
-    bg = batch.with_features(xg)
-
-    def fwd():
-        with torch.no_grad():
-            return APRMaxPool()(batch)
-
-    def fwdbwd():
-        y = APRMaxPool()(bg).features
-        y.backward(torch.ones_like(y))
-
-    return dict(t_plan=t_plan, fwd=timeit(fwd, repeat), fwdbwd=timeit(fwdbwd, repeat))
+    fwd, fwdbwd, _ = _fwd_and_fwdbwd(APRMaxPool(), x, batch.with_features)
+    return dict(t_plan=t_plan), fwd, fwdbwd
 
 
-def pixel_pool_case(shape, batch, c, repeat):
+def pixel_pool_case(shape, batch, c):
     x = torch.randn(batch, c, *shape)
-    layer = nn.MaxPool2d(2) if len(shape) == 2 else nn.MaxPool3d(2)
+    fwd, fwdbwd, _ = _fwd_and_fwdbwd(nn.MaxPool2d(2) if len(shape) == 2 else nn.MaxPool3d(2), x, lambda t: t)
+    return {}, fwd, fwdbwd
 
-    def fwd():
-        with torch.no_grad():
-            return layer(x)
 
-    xg = x.clone().requires_grad_()
-
-    def fwdbwd():
-        y = layer(xg)
-        y.backward(torch.ones_like(y))
-
-    return dict(fwd=timeit(fwd, repeat), fwdbwd=timeit(fwdbwd, repeat))
+def compare(apr_case, pixel_case, repeat):
+    """Run APR and pixel callables interleaved; returns merged info with times."""
+    info_a, fa, ba = apr_case
+    info_p, fp, bp = pixel_case
+    t = interleaved({"a_fwd": fa, "p_fwd": fp, "a_fwdbwd": ba, "p_fwdbwd": bp}, repeat)
+    return dict(info_a, pixel_mem=info_p.get("mem", 0), **t)
 
 
 # ----- main ----------------------------------------------------------------------------------------
@@ -246,7 +229,7 @@ def mib(b):
 
 def main():
     batch = 4 if ARGS.quick else 16
-    repeat = 2 if ARGS.quick else 3
+    repeat = 3 if ARGS.quick else 5
     size = 256
     lines = []
 
@@ -256,9 +239,10 @@ def main():
 
     out("# APR layers vs pixel layers")
     out()
-    out(f"Machine: {platform.machine()} {platform.processor() or ''}, {os.cpu_count()} cores; "
-        f"threads: torch {torch.get_num_threads()}, OpenMP {_native.max_threads()}; torch {torch.__version__}; "
-        f"batch {batch}, {size}x{size}, float32, best of {repeat}.")
+    out(f"Machine: {platform.machine()}, {os.cpu_count()} cores; threads: torch {torch.get_num_threads()}, "
+        f"OpenMP {_native.max_threads()}; torch {torch.__version__}; batch {batch}, {size}x{size}, float32; "
+        f"best of {repeat}, APR and pixel runs interleaved. fwd = inference forward (no_grad); "
+        "fwd+bwd = forward + backward for input, weights and bias. Speed-up = pixel time / APR time.")
     out()
 
     shapes_params = dict(rel_error=0.4, sigma_th=0.5, grad_th=0.05)
@@ -268,13 +252,11 @@ def main():
         "natural, dense": (natural_images(batch, size), dict(rel_error=0.1, grad_th=0.01), 0.1),
     }
     cases = [("32->32 k=3, 1 kernel", 32, 32, 3, 1), ("1->32 k=11, 5 kernels", 1, 32, 11, 5)]
-    pix = {}
-    for name, ci, co, k, _ in cases:
-        pix[name] = pixel_conv_case((size, size), batch, ci, co, k, repeat)
     out("## Convolution (2D)")
     out()
-    out("| data | structures | CR | layer | APR fwd ms | pixel fwd ms | speed-up fwd | APR fwd+bwd ms | "
-        "pixel fwd+bwd ms | speed-up fwd+bwd | rulebook ms (structure + batch plan) | saved MiB APR / pixel |")
+    out("| data | structures | CR | layer | APR fwd ms | Conv2d fwd ms | speed-up fwd | APR fwd+bwd ms | "
+        "Conv2d fwd+bwd ms | speed-up fwd+bwd | rulebook ms (structures + batch plan) | saved for backward MiB "
+        "APR / pixel |")
     out("|---|---|---|---|---|---|---|---|---|---|---|---|")
     structs = {}
     for dname, (images, params, spread) in datasets.items():
@@ -282,60 +264,59 @@ def main():
         structs[dname] = ss
         cr = batch * size * size / sum(s.n_particles for s in ss)
         for name, ci, co, k, nlk in cases:
-            r = conv_case(ss, ci, co, k, nlk, repeat)
-            p = pix[name]
-            out(f"| {dname} | {src} | {cr:.1f} | {name} | {ms(r['fwd'])} | {ms(p['fwd'])} | "
-                f"{p['fwd'] / r['fwd']:.2f}x | {ms(r['fwdbwd'])} | {ms(p['fwdbwd'])} | "
-                f"{p['fwdbwd'] / r['fwdbwd']:.2f}x | {ms(r['t_struct'])} + {ms(r['t_plan'])} | "
-                f"{mib(r['mem'])} / {mib(p['mem'])} |")
+            r = compare(apr_conv_case(ss, ci, co, k, nlk), pixel_conv_case((size, size), batch, ci, co, k), repeat)
+            out(f"| {dname} | {src} | {cr:.1f} | {name} | {ms(r['a_fwd'])} | {ms(r['p_fwd'])} | "
+                f"{r['p_fwd'] / r['a_fwd']:.2f}x | {ms(r['a_fwdbwd'])} | {ms(r['p_fwdbwd'])} | "
+                f"{r['p_fwdbwd'] / r['a_fwdbwd']:.2f}x | {ms(r['t_struct'])} + {ms(r['t_plan'])} | "
+                f"{mib(r['mem'])} / {mib(r['pixel_mem'])} |")
     out()
-    out("Speed-up = pixel time / APR time (> 1: APR faster). Rulebook time is paid once per structure "
-        "(cached on it) plus once per batch; it is not included in the layer times.")
+    out("Rulebook time is paid once per structure (cached on it) plus once per batch (shared by all layers "
+        "with the same kernel size); it is not included in the layer times.")
     out()
 
     out("## Max pooling (2D, 32 channels)")
     out()
-    out("| data | CR | APR fwd ms | pixel fwd ms | speed-up | APR fwd+bwd ms | pixel fwd+bwd ms | speed-up | plan ms |")
+    out("| data | CR | APR fwd ms | MaxPool2d fwd ms | speed-up | APR fwd+bwd ms | MaxPool2d fwd+bwd ms | speed-up "
+        "| plan ms |")
     out("|---|---|---|---|---|---|---|---|---|")
-    pp = pixel_pool_case((size, size), batch, 32, repeat)
     for dname, ss in structs.items():
         cr = batch * size * size / sum(s.n_particles for s in ss)
-        r = pool_case(ss, 32, repeat)
-        out(f"| {dname} | {cr:.1f} | {ms(r['fwd'])} | {ms(pp['fwd'])} | {pp['fwd'] / r['fwd']:.2f}x | "
-            f"{ms(r['fwdbwd'])} | {ms(pp['fwdbwd'])} | {pp['fwdbwd'] / r['fwdbwd']:.2f}x | {ms(r['t_plan'])} |")
+        r = compare(apr_pool_case(ss, 32), pixel_pool_case((size, size), batch, 32), repeat)
+        out(f"| {dname} | {cr:.1f} | {ms(r['a_fwd'])} | {ms(r['p_fwd'])} | {r['p_fwd'] / r['a_fwd']:.2f}x | "
+            f"{ms(r['a_fwdbwd'])} | {ms(r['p_fwdbwd'])} | {r['p_fwdbwd'] / r['a_fwdbwd']:.2f}x | "
+            f"{ms(r['t_plan'])} |")
     out()
 
-    out("## Time per particle vs density (32->32 k=3 fwd+bwd, shapes images)")
+    out("## Time per particle vs density (32->32 k=3, shapes images)")
     out()
-    out("| structures | particles | CR | fwd+bwd ms | ns / particle | speed-up vs Conv2d |")
-    out("|---|---|---|---|---|---|")
+    out("| structures | particles | CR | APR fwd+bwd ms | ns / particle | Conv2d fwd+bwd ms | speed-up |")
+    out("|---|---|---|---|---|---|---|")
     images = datasets["shapes"][0]
-    for rel_error, spread in [(0.4, 0.5), (0.2, 2.0), (0.1, 8.0), (0.05, 32.0)]:
-        ss, src = make_structures(images, dict(shapes_params, rel_error=rel_error), spread)
-        r = conv_case(ss, 32, 32, 3, 1, repeat)
+    for params, spread in [(shapes_params, 0.5), (dict(rel_error=0.2, sigma_th=0.2, grad_th=0.02), 2.0),
+                           (dict(rel_error=0.1, sigma_th=0.05, grad_th=0.01), 8.0), (dict(rel_error=0.05), 32.0)]:
+        ss, src = make_structures(images, params, spread)
+        r = compare(apr_conv_case(ss, 32, 32, 3, 1), pixel_conv_case((size, size), batch, 32, 32, 3), repeat)
         cr = batch * size * size / r["n"]
-        out(f"| {src} | {r['n']} | {cr:.1f} | {ms(r['fwdbwd'])} | {1e9 * r['fwdbwd'] / r['n']:.0f} | "
-            f"{pix[cases[0][0]]['fwdbwd'] / r['fwdbwd']:.2f}x |")
+        out(f"| {src} | {r['n']} | {cr:.1f} | {ms(r['a_fwdbwd'])} | {1e9 * r['a_fwdbwd'] / r['n']:.0f} | "
+            f"{ms(r['p_fwdbwd'])} | {r['p_fwdbwd'] / r['a_fwdbwd']:.2f}x |")
     out()
 
     if not ARGS.no_3d:
         shape3 = (32, 128, 128) if ARGS.quick else (64, 256, 256)
         b3 = 1
-        out(f"## 3D convolution 32->32 k=3 ({shape3}, batch {b3})")
+        out(f"## 3D convolution 32->32 k=3, {shape3}, batch {b3} (fluorescence blobs sample)")
         out()
         out("| structures | CR | APR fwd ms | Conv3d fwd ms | speed-up | APR fwd+bwd ms | Conv3d fwd+bwd ms | "
-            "speed-up | rulebook ms | saved MiB APR / pixel |")
+            "speed-up | rulebook ms | saved for backward MiB APR / pixel |")
         out("|---|---|---|---|---|---|---|---|---|---|")
         from napari_aprnet.samples import fluorescence_blobs
         vol = fluorescence_blobs(shape3, 40).astype(np.float32)
-        vol /= vol.max()
         ss, src = make_structures([vol], dict(auto_parameters=True), 2.0)
-        r = conv_case(ss, 32, 32, 3, 1, 1 if not ARGS.quick else 2, ndim=3)
-        p = pixel_conv_case(shape3, b3, 32, 32, 3, 1)
+        r = compare(apr_conv_case(ss, 32, 32, 3, 1, ndim=3), pixel_conv_case(shape3, b3, 32, 32, 3), 2)
         cr = np.prod(shape3) / r["n"]
-        out(f"| {src} | {cr:.1f} | {ms(r['fwd'])} | {ms(p['fwd'])} | {p['fwd'] / r['fwd']:.2f}x | "
-            f"{ms(r['fwdbwd'])} | {ms(p['fwdbwd'])} | {p['fwdbwd'] / r['fwdbwd']:.2f}x | "
-            f"{ms(r['t_struct'])} + {ms(r['t_plan'])} | {mib(r['mem'])} / {mib(p['mem'])} |")
+        out(f"| {src} | {cr:.1f} | {ms(r['a_fwd'])} | {ms(r['p_fwd'])} | {r['p_fwd'] / r['a_fwd']:.2f}x | "
+            f"{ms(r['a_fwdbwd'])} | {ms(r['p_fwdbwd'])} | {r['p_fwdbwd'] / r['a_fwdbwd']:.2f}x | "
+            f"{ms(r['t_struct'])} + {ms(r['t_plan'])} | {mib(r['mem'])} / {mib(r['pixel_mem'])} |")
         out()
 
     os.makedirs(os.path.dirname(ARGS.out), exist_ok=True)

@@ -530,20 +530,20 @@ def nn_scatter_add(src: np.ndarray, index: np.ndarray, dst: np.ndarray) -> None:
     Parameters
     ----------
     src : ndarray (n, c) of float32 or float64
-    index : ndarray (n,) of int64, values in ``[0, len(dst))``
+    index : ndarray (n,) of int32, values in ``[0, len(dst))``
     dst : ndarray (m, c), same dtype as ``src``, C-contiguous and writable
     """
     if src.dtype not in (np.float32, np.float64):
         raise TypeError(f"scatter_add supports float32 and float64, got {src.dtype}")
     src = np.ascontiguousarray(src)
-    index = np.ascontiguousarray(index, dtype=np.int64).reshape(-1)
+    index = np.ascontiguousarray(index, dtype=np.int32).reshape(-1)
     n = len(index)
     c = int(np.prod(dst.shape[1:])) if dst.ndim > 1 else 1
     if src.size != n * c:
         raise ValueError(f"src has {src.size} values, expected {n} rows of {c}")
     fn, ct = ((lib.aprnet_nn_scatter_add_f32, np.float32) if src.dtype == np.float32
               else (lib.aprnet_nn_scatter_add_f64, np.float64))
-    status = fn(ptr(src, ct, "src"), n, c, ptr(index, np.int64, "index"),
+    status = fn(ptr(src, ct, "src"), n, c, ptr(index, np.int32, "index"),
                 ptr(dst, ct, "dst", writable=True), int(dst.shape[0]))
     check(status, "aprnet_nn_scatter_add")
 

@@ -130,9 +130,9 @@ int aprnet_nn_structure_maps(int ndim, const int64_t *shape, int level_max,
                              int64_t n_tree, const int32_t *tree_coords, const int64_t *tree_offsets,
                              int kernel_size, int32_t *rulebook, int32_t *children);
 /* dst[index[i], :] += src[i, :]; rows of n_cols values; deterministic for any thread count. */
-int aprnet_nn_scatter_add_f32(const float *src, int64_t n_rows, int64_t n_cols, const int64_t *index,
+int aprnet_nn_scatter_add_f32(const float *src, int64_t n_rows, int64_t n_cols, const int32_t *index,
                               float *dst, int64_t n_dst);
-int aprnet_nn_scatter_add_f64(const double *src, int64_t n_rows, int64_t n_cols, const int64_t *index,
+int aprnet_nn_scatter_add_f64(const double *src, int64_t n_rows, int64_t n_cols, const int32_t *index,
                               double *dst, int64_t n_dst);
 
 /* Tree filling over a batch value table values (n_values, n_cols), nn_kernels.c:

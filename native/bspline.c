@@ -156,7 +156,10 @@ static void filter_block(float *base, int64_t n, int64_t stride, int64_t width,
     }
 }
 
-static int smooth_axis_x(float *img, fm_dims d, const fm_spline *s, const int32_t *cancel) {
+/* x pass; when src is not NULL the input rows are read (and converted) from
+ * the typed image src instead of img, which then only receives the output. */
+static int smooth_axis_x(float *img, fm_dims d, const fm_spline *s, const void *src, int dtype,
+                         const int32_t *cancel) {
     const int64_t nx = d.nx, nrows = d.nz * d.ny;
     int64_t L;
     double *c = boundary_coefs(s, nx, &L);
@@ -165,7 +168,7 @@ static int smooth_axis_x(float *img, fm_dims d, const fm_spline *s, const int32_
     int status = APRNET_OK;
 #pragma omp parallel
     {
-        float *buf = malloc(sizeof(float) * (size_t)(nx * FM_TILE + 5 * FM_TILE));
+        float *buf = malloc(sizeof(float) * (size_t)(nx * FM_TILE + 5 * FM_TILE + nx));
         if (!buf) {
 #pragma omp atomic write
             status = APRNET_ERR_NOMEM;
@@ -177,8 +180,13 @@ static int smooth_axis_x(float *img, fm_dims d, const fm_spline *s, const int32_
             const int64_t nr = (r0 + FM_TILE <= nrows) ? FM_TILE : nrows - r0;
             float *tmp = buf + nx * FM_TILE;
             /* transpose the rows into buf[x * FM_TILE + r] */
+            float *rowbuf = tmp + 5 * FM_TILE;
             for (int64_t r = 0; r < nr; ++r) {
                 const float *row = img + (r0 + r) * nx;
+                if (src) {
+                    aprnet_fm_load_row(src, dtype, (r0 + r) * nx, nx, rowbuf);
+                    row = rowbuf;
+                }
                 for (int64_t x = 0; x < nx; ++x) buf[x * FM_TILE + r] = row[x];
             }
             for (int64_t r = nr; r < FM_TILE; ++r)
@@ -224,12 +232,23 @@ static int smooth_axis_strided(float *img, int64_t nouter, int64_t outer_stride,
     return status;
 }
 
-int aprnet_fm_smoothing_spline(float *img, fm_dims d, double lambda, const int32_t *cancel) {
-    if (!(lambda > 0.0)) return APRNET_OK; /* lambda = 0: no smoothing */
+static void load_all(float *img, fm_dims d, const void *src, int dtype) {
+    const int64_t nrows = d.nz * d.ny;
+#pragma omp parallel for schedule(static)
+    for (int64_t r = 0; r < nrows; ++r) aprnet_fm_load_row(src, dtype, r * d.nx, d.nx, img + r * d.nx);
+}
+
+int aprnet_fm_smoothing_spline(float *img, fm_dims d, double lambda, const void *src, int dtype,
+                               const int32_t *cancel) {
+    if (!(lambda > 0.0)) { /* lambda = 0: no smoothing */
+        if (src) load_all(img, d, src, dtype);
+        return APRNET_OK;
+    }
     fm_spline s;
     int st = spline_init(&s, lambda);
     if (st != APRNET_OK) return st;
-    if (d.nx > 1) st = smooth_axis_x(img, d, &s, cancel);
+    if (d.nx > 1) st = smooth_axis_x(img, d, &s, src, dtype, cancel);
+    else if (src) load_all(img, d, src, dtype);
     if (st == APRNET_OK && d.ny > 1)
         st = smooth_axis_strided(img, d.nz, d.ny * d.nx, d.ny, d.nx, d.nx, &s, cancel);
     if (st == APRNET_OK && d.nz > 1)

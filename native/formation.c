@@ -54,10 +54,7 @@ int aprnet_formation_grad_sigma(const void *image, int dtype, const int64_t shap
     const int64_t n = fm_size(d);
     float *work = malloc(sizeof(float) * (size_t)n);
     if (!work) return APRNET_ERR_NOMEM;
-    const int64_t nrows = d.nz * d.ny;
-#pragma omp parallel for schedule(static)
-    for (int64_t r = 0; r < nrows; ++r) aprnet_fm_load_row(image, dtype, r * d.nx, d.nx, work + r * d.nx);
-    int st = aprnet_fm_smoothing_spline(work, d, lambda, cancel);
+    int st = aprnet_fm_smoothing_spline(work, d, lambda, image, dtype, cancel);
     if (st == APRNET_OK && fm_cancelled(cancel)) st = APRNET_ERR_CANCELLED;
     if (st == APRNET_OK) st = aprnet_fm_gradient_maxds(work, d, spacing, grad_ds);
     if (st == APRNET_OK) {
@@ -174,19 +171,13 @@ int aprnet_formation_sample(const void *image, int dtype, const int64_t shape[3]
                         for (int64_t y = 2 * yd; y < 2 * yd + 2 && y < dp.ny; ++y)
                             aprnet_fm_load_row(image, dtype, (z * dp.ny + y) * dp.nx, dp.nx, rows + (nr++) * dp.nx);
                     float *o = pyr[l] + r * d.nx;
-                    for (int64_t k = 0; k < d.nx; ++k) {
-                        float acc = 0.0f;
-                        int cnt = 0;
-                        for (int q = 0; q < nr; ++q) {
-                            acc += rows[q * dp.nx + 2 * k];
-                            ++cnt;
-                            if (2 * k + 1 < dp.nx) {
-                                acc += rows[q * dp.nx + 2 * k + 1];
-                                ++cnt;
-                            }
-                        }
-                        o[k] = acc / (float)cnt;
+                    for (int q = 1; q < nr; ++q) {
+                        const float *src = rows + q * dp.nx;
+                        for (int64_t x = 0; x < dp.nx; ++x) rows[x] += src[x];
                     }
+                    const float inv_full = 1.0f / (float)(2 * nr);
+                    for (int64_t k = 0; k < dp.nx / 2; ++k) o[k] = (rows[2 * k] + rows[2 * k + 1]) * inv_full;
+                    if (dp.nx & 1) o[d.nx - 1] = rows[dp.nx - 1] / (float)nr;
                 }
                 free(rows);
             }

@@ -37,7 +37,10 @@ static inline int fm_cancelled(const int32_t *cancel) {
 }
 
 /* bspline.c */
-int aprnet_fm_smoothing_spline(float *img, fm_dims d, double lambda, const int32_t *cancel);
+/* Smooth img in place; if src is not NULL, img is first filled from the typed
+ * image src (dtype code), fused with the first pass. */
+int aprnet_fm_smoothing_spline(float *img, fm_dims d, double lambda, const void *src, int dtype,
+                               const int32_t *cancel);
 int aprnet_fm_inverse_bspline(float *img, fm_dims d);
 
 /* gradient.c */

@@ -182,7 +182,7 @@ int aprnet_nn_structure_maps(int ndim, const int64_t *shape, int level_max,
 }
 
 #define NN_SCATTER_ADD(NAME, T)                                                                  \
-    int NAME(const T *src, int64_t n_rows, int64_t n_cols, const int64_t *index,                \
+    int NAME(const T *src, int64_t n_rows, int64_t n_cols, const int32_t *index,                \
              T *dst, int64_t n_dst) {                                                           \
         if (n_rows < 0 || n_cols < 0 || n_dst < 0) return APRNET_ERR_ARG;                       \
         if (n_rows == 0 || n_cols == 0) return APRNET_OK;                                       \

@@ -38,12 +38,15 @@ static int box_axis(const float *in, float *out, fm_dims d, int axis, int w) {
                 if (!pad) continue;
                 const float *src = in + r * nx;
                 float *dst = out + r * nx;
-                for (int64_t i = -w; i < nx + w; ++i) pad[i + w] = src[fm_mirror(i, nx)];
-                for (int64_t x = 0; x < nx; ++x) {
-                    float s = 0.0f;
-                    for (int j = 0; j <= 2 * w; ++j) s += pad[x + j];
-                    dst[x] = s * inv;
+                for (int64_t i = -w; i < 0; ++i) pad[i + w] = src[fm_mirror(i, nx)];
+                memcpy(pad + w, src, sizeof(float) * (size_t)nx);
+                for (int64_t i = nx; i < nx + w; ++i) pad[i + w] = src[fm_mirror(i, nx)];
+                for (int64_t x = 0; x < nx; ++x) dst[x] = pad[x];
+                for (int j = 1; j <= 2 * w; ++j) {
+                    const float *pj = pad + j;
+                    for (int64_t x = 0; x < nx; ++x) dst[x] += pj[x];
                 }
+                for (int64_t x = 0; x < nx; ++x) dst[x] *= inv;
             }
             free(pad);
         }

@@ -133,3 +133,14 @@ def test_results_do_not_depend_on_thread_count(tmp_path):
     for key in ("y", "gx", "gw"):
         # float64; only the BLAS summation order may differ between thread counts
         np.testing.assert_allclose(res[0][key], res[1][key], rtol=1e-12, atol=1e-12)
+
+
+def test_structure_caches_are_reused_and_clearable(two):
+    from napari_aprnet.nn import clear_structure_caches
+    b = APRBatch(torch.randn(sum(s.n_particles for s in two), 1), two)
+    APRConv(1, 1, 3)(b)
+    rb = two[0]._cache[("nn_conv", 3)]
+    APRConv(1, 1, 3)(APRBatch(b.features, two))  # a new batch reuses the structure's rulebook
+    assert two[0]._cache[("nn_conv", 3)] is rb
+    clear_structure_caches(two)
+    assert not any(str(k[0]).startswith("nn_") for s in two for k in s._cache)

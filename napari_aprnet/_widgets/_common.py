@@ -89,6 +89,27 @@ def image_from_layer(layer) -> tuple[np.ndarray, int | None]:
     return data, (-1 if rgb else None)
 
 
+class TaskError(Exception):
+    """A ``RuntimeError`` raised inside a background job, re-raised as a plain ``Exception``.
+
+    superqt's workers treat a ``RuntimeError`` as "the worker was deleted" and
+    then emit neither ``errored`` nor ``finished``; re-raising keeps the
+    widget informed.
+    """
+
+
+def _guarded(func: Callable[..., Generator], args: tuple, kwargs: dict, cancel: threading.Event):
+    """Run the job generator; a cancellation ends it quietly, RuntimeErrors become TaskError."""
+    from napari_aprnet._native import CancelledError
+
+    try:
+        return (yield from func(*args, cancel=cancel, **kwargs))
+    except CancelledError:
+        return None
+    except RuntimeError as exc:
+        raise TaskError(str(exc) or type(exc).__name__) from exc
+
+
 class Progress(dict):
     """A progress message yielded by a background generator: ``Progress(done, total, text)``."""
 
@@ -144,7 +165,7 @@ class BackgroundTask:
             raise RuntimeError(f"{self.name} is already running")
         self.cancel_event = threading.Event()
         self.error = None
-        worker = create_worker(func, *args, cancel=self.cancel_event, _start_thread=False, **kwargs)
+        worker = create_worker(_guarded, func, args, kwargs, self.cancel_event, _start_thread=False)
 
         def yielded(value):
             if isinstance(value, Progress):
@@ -167,9 +188,11 @@ class BackgroundTask:
             self.worker = None
             if self.cancel_button is not None:
                 self.cancel_button.enabled = False
+            self.progress.max = max(self.progress.max, 1)
             if self.cancel_event.is_set() and self.error is None:
                 self.status.value = f"{self.name} cancelled"
-            self.progress.max = max(self.progress.max, 1)
+            elif self.error is None:
+                self.progress.value = self.progress.max
             if on_finish is not None:
                 on_finish()
 

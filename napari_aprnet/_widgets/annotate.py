@@ -210,13 +210,12 @@ class AnnotateWidget(Container):
         if self.task.running:
             notify("wait for the running task to finish", "warning")
             return None
-        return self.task.start(job, on_return=self._model_loaded)
+        return self.task.start(job, on_return=self._model_loaded, on_finish=self._predict)
 
     def _model_loaded(self, classifier) -> None:
         self.classifier = classifier
         self._predictions.clear()
         self.status.value = f"model loaded: classes {', '.join(classifier.class_names)}"
-        self._predict()
 
     def _predict(self) -> None:
         if self.classifier is None or self.annotations is None:

@@ -90,6 +90,7 @@ class ClassifyWidget(Container):
     def __init__(self, napari_viewer: napari.Viewer):
         super().__init__(labels=False)
         self.viewer = unwrap_viewer(napari_viewer)
+        self.classifier = None
         self.checkpoint = FileEdit(label="checkpoint", mode="r", filter="*.pt",
                                    tooltip="best.pt or checkpoint.pt written by Train or `aprnet train`")
         self.load_button = PushButton(text="Load checkpoint")
@@ -99,7 +100,7 @@ class ClassifyWidget(Container):
                              tooltip="2D images or stacks of 2D images (ctrl-click for several)")
         self.layers.native.setMaximumHeight(90)
         self.classify_button = PushButton(text="Classify")
-        self.net_layer = ComboBox(label="network layer", choices=[],
+        self.net_layer = ComboBox(label="network layer", choices=self._net_layers,
                                   tooltip="layer whose output is shown as feature maps")
         self.features_button = PushButton(text="Show feature maps")
         self.progress, self.status, self.cancel_button = task_widgets("task")
@@ -111,7 +112,6 @@ class ClassifyWidget(Container):
                      form(self.net_layer), self.features_button, self.cancel_button, self.progress, self.status,
                      self.table])
         self.native.layout().addWidget(self.bars)
-        self.classifier = None
         self.probabilities: dict[str, np.ndarray] = {}
         self._shown: str | None = None
         self.load_button.changed.connect(lambda *_: self.load())
@@ -125,6 +125,9 @@ class ClassifyWidget(Container):
     def _choices(self, *_: Any) -> list[tuple[str, Any]]:
         return [(layer.name, layer) for layer in image_layers(self.viewer)
                 if METADATA_KEY not in layer.metadata]
+
+    def _net_layers(self, *_: Any) -> list[str]:
+        return [] if self.classifier is None else list(self.classifier.layer_names())
 
     def _reset_layers(self, *_: Any) -> None:
         try:
@@ -160,9 +163,7 @@ class ClassifyWidget(Container):
     def _loaded(self, classifier) -> None:
         self.classifier = classifier
         self.probabilities.clear()
-        names = classifier.layer_names()
-        self.net_layer.choices = names
-        self.net_layer.value = names[0]
+        self.net_layer.reset_choices()
         spec = classifier.spec
         e = f", E = {spec.rel_error:g}" if classifier.mode == "apr" else ""
         self.info.value = (f"{classifier.model.config.get('name', type(classifier.model).__name__)}: "

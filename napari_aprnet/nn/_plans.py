@@ -22,7 +22,7 @@ from napari_aprnet import _native
 from napari_aprnet.structure import APRStructure, _row_major_keys
 
 __all__ = ["structure_rulebook", "structure_children", "structure_pool", "conv_plan", "pool_plan",
-           "ConvPlan", "PoolPlan", "TreePlan"]
+           "clear_structure_caches", "ConvPlan", "PoolPlan", "TreePlan"]
 
 
 # ===== structure level =======================================================
@@ -118,7 +118,7 @@ class ConvPlan:
     n_particles: int
     n_values: int                 # particles + tree nodes + 1 zero row
     kernel_size: int
-    groups: list                  # per kernel index: (rows or None, rulebook rows (n, K) or None)
+    groups: list                  # per kernel index: (rows or None, int32 rulebook rows (n, K) or None)
     tree: TreePlan | None         # None for 1x1 convolutions
     _dtype_cache: dict
 
@@ -181,9 +181,12 @@ def conv_plan(batch, kernel_size: int, n_level_kernels: int) -> ConvPlan:
         nt_counts = [int(s.tree[2][-1]) for s in structures]
         toffs = np.concatenate([[0], np.cumsum(nt_counts)]).astype(np.int64)
         # local index (particle | tree | zero) -> batch value-table index
+        if n_values >= 2 ** 31:
+            raise ValueError(f"batch too large for 32-bit particle indices ({n_values} values); "
+                             "use smaller batches")
         luts = [np.concatenate([np.arange(s.n_particles, dtype=np.int64) + offsets[b],
                                 np.arange(nt_counts[b], dtype=np.int64) + n_total + toffs[b],
-                                [zero]]) for b, s in enumerate(structures)]
+                                [zero]]).astype(np.int32) for b, s in enumerate(structures)]
     ranges = [_level_kernel_ranges(s, n_level_kernels) for s in structures]
     groups = []
     for g in range(n_level_kernels):
@@ -216,7 +219,7 @@ class PoolPlan:
     pass_src: torch.Tensor
     pass_dst: torch.Tensor
     pool_dst: torch.Tensor
-    pool_children: torch.Tensor  # (n_pool, 2**d) into [particles | -inf row]
+    pool_children: torch.Tensor  # (n_pool, 2**d) input particles; a missing child repeats child 0
 
 
 def pool_plan(batch) -> PoolPlan:
@@ -226,15 +229,16 @@ def pool_plan(batch) -> PoolPlan:
     plan = batch._cache.get(key)
     if plan is not None:
         return plan
-    n_total = int(batch.offsets[-1])
     sp = [structure_pool(s) for s in batch.structures]
     out_off = np.concatenate([[0], np.cumsum([p.out.n_particles for p in sp])]).astype(np.int64)
     pass_src = np.concatenate([p.pass_src + batch.offsets[b] for b, p in enumerate(sp)])
     pass_dst = np.concatenate([p.pass_dst + out_off[b] for b, p in enumerate(sp)])
     pool_dst = np.concatenate([p.pool_dst + out_off[b] for b, p in enumerate(sp)])
     nch = 2 ** batch.ndim
+    # child 0 (2c, 2c, ...) of a parent always lies inside the image; a missing child repeats it,
+    # which leaves the maximum unchanged and sends its gradient to a real particle
     pool_children = np.concatenate(
-        [np.where(p.pool_children < 0, n_total, p.pool_children + batch.offsets[b]).reshape(-1, nch)
+        [np.where(p.pool_children < 0, p.pool_children[:, :1], p.pool_children).reshape(-1, nch) + batch.offsets[b]
          for b, p in enumerate(sp)])
 
     def t(a):
@@ -244,3 +248,16 @@ def pool_plan(batch) -> PoolPlan:
                     t(pool_children))
     batch._cache[key] = plan
     return plan
+
+
+def clear_structure_caches(structures) -> None:
+    """Drop the layer index maps cached on ``structures`` (rulebooks, children, pooling maps).
+
+    The maps are kept on each APRStructure so that repeated epochs reuse them;
+    a k x k rulebook costs ``4 * k**d`` bytes per particle. Call this when a
+    dataset keeps many structures alive and memory matters more than the
+    (milliseconds per structure) recomputation.
+    """
+    for s in structures:
+        for key in [k for k in s._cache if isinstance(k, tuple) and k and str(k[0]).startswith("nn_")]:
+            del s._cache[key]

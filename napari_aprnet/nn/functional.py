@@ -25,6 +25,7 @@ from __future__ import annotations
 import threading
 
 import torch
+from torch.autograd.function import once_differentiable
 
 from napari_aprnet import _native
 from napari_aprnet.nn._plans import ConvPlan, PoolPlan, conv_plan, pool_plan
@@ -162,6 +163,7 @@ class _APRConvFunction(torch.autograd.Function):
         return out
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_out):
         x, weight = ctx.saved_tensors
         plan: ConvPlan = ctx.plan
@@ -272,8 +274,7 @@ class _APRMaxPoolFunction(torch.autograd.Function):
         out.index_copy_(0, plan.pass_dst, x.index_select(0, plan.pass_src))
         ch = plan.pool_children
         if ch.shape[0]:
-            xp = torch.cat([x, x.new_full((1, c), float("-inf"))])
-            grp = xp.index_select(0, ch.reshape(-1)).view(ch.shape[0], ch.shape[1], c)
+            grp = x.index_select(0, ch.reshape(-1)).view(ch.shape[0], ch.shape[1], c)
             vals, arg = grp.max(dim=1)
             out.index_copy_(0, plan.pool_dst, vals)
             ctx.src = ch.gather(1, arg)  # (n_pool, C) input particle of each max
@@ -284,6 +285,7 @@ class _APRMaxPoolFunction(torch.autograd.Function):
         return out
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_out):
         plan: PoolPlan = ctx.plan
         gx = grad_out.new_zeros((ctx.n, grad_out.shape[1]))
@@ -299,8 +301,7 @@ def _max_pool_no_grad(x: torch.Tensor, plan: PoolPlan) -> torch.Tensor:
     out.index_copy_(0, plan.pass_dst, x.index_select(0, plan.pass_src))
     ch = plan.pool_children
     if ch.shape[0]:
-        xp = torch.cat([x, x.new_full((1, c), float("-inf"))])
-        grp = xp.index_select(0, ch.reshape(-1)).view(ch.shape[0], ch.shape[1], c)
+        grp = x.index_select(0, ch.reshape(-1)).view(ch.shape[0], ch.shape[1], c)
         out.index_copy_(0, plan.pool_dst, grp.amax(dim=1))
     return out
 
