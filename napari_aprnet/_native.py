@@ -572,3 +572,68 @@ def nn_tree_mean(values: np.ndarray, rows: np.ndarray, children: np.ndarray, zer
 def nn_tree_spread(grad: np.ndarray, rows: np.ndarray, children: np.ndarray, zero_index: int) -> None:
     """In place adjoint of :func:`nn_tree_mean`: ``grad[child] += grad[rows[i]] / count``."""
     _nn_tree_call("tree_spread", grad, rows, children, zero_index)
+
+
+def _conv_dtype(*arrays):
+    dt = arrays[0].dtype
+    if dt not in (np.float32, np.float64):
+        raise TypeError(f"APR convolution kernels support float32 and float64, got {dt}")
+    for a in arrays:
+        if a is not None and a.dtype != dt:
+            raise TypeError(f"all arrays must have dtype {dt}, got {a.dtype}")
+    return ("f32", np.float32) if dt == np.float32 else ("f64", np.float64)
+
+
+def _check_conv_shapes(values, rulebook, weight, n_out_rows=None):
+    if values.ndim != 2 or rulebook.ndim != 2 or weight.ndim != 3:
+        raise ValueError("values (M, cin), rulebook (n, K) and weight (K, cin, cout) have the wrong ranks")
+    if rulebook.dtype != np.int32:
+        raise TypeError(f"rulebook must be int32, got {rulebook.dtype}")
+    if weight.shape[0] != rulebook.shape[1] or weight.shape[1] != values.shape[1]:
+        raise ValueError(f"weight {weight.shape} does not match rulebook {rulebook.shape} / values {values.shape}")
+
+
+def nn_conv_forward(values: np.ndarray, rulebook: np.ndarray, weight: np.ndarray, bias, out: np.ndarray) -> None:
+    """``out[i] = bias + sum_o values[rulebook[i, o]] @ weight[o]`` (in place, deterministic)."""
+    _check_conv_shapes(values, rulebook, weight)
+    suf, ct = _conv_dtype(values, weight, bias, out)
+    n, k = rulebook.shape
+    cin, cout = weight.shape[1], weight.shape[2]
+    if out.shape != (n, cout) or (bias is not None and bias.shape != (cout,)):
+        raise ValueError(f"out must be ({n}, {cout}) and bias ({cout},)")
+    status = getattr(lib, f"aprnet_nn_conv_forward_{suf}")(
+        ptr(values, ct, "values"), values.shape[0], cin, ptr(rulebook, np.int32, "rulebook"), n, k,
+        ptr(weight, ct, "weight"), cout, ptr(bias, ct, "bias") if bias is not None else ffi.NULL,
+        ptr(out, ct, "out", writable=True))
+    check(status, "aprnet_nn_conv_forward")
+
+
+def nn_conv_grad_weight(values: np.ndarray, rulebook: np.ndarray, grad_out: np.ndarray,
+                        grad_weight: np.ndarray) -> None:
+    """``grad_weight[o] += sum_i values[rulebook[i, o]]^T grad_out[i]`` (in place, deterministic)."""
+    _check_conv_shapes(values, rulebook, grad_weight)
+    suf, ct = _conv_dtype(values, grad_out, grad_weight)
+    n, k = rulebook.shape
+    cin, cout = grad_weight.shape[1], grad_weight.shape[2]
+    if grad_out.shape != (n, cout):
+        raise ValueError(f"grad_out must be ({n}, {cout}), got {grad_out.shape}")
+    status = getattr(lib, f"aprnet_nn_conv_grad_weight_{suf}")(
+        ptr(values, ct, "values"), values.shape[0], cin, ptr(rulebook, np.int32, "rulebook"), n, k,
+        ptr(grad_out, ct, "grad_out"), cout, ptr(grad_weight, ct, "grad_weight", writable=True))
+    check(status, "aprnet_nn_conv_grad_weight")
+
+
+def nn_conv_grad_values(grad_out: np.ndarray, rulebook: np.ndarray, weight: np.ndarray,
+                        grad_values: np.ndarray, skip_index: int = -1) -> None:
+    """``grad_values[rulebook[i, o]] += weight[o] @ grad_out[i]`` except row ``skip_index`` (deterministic)."""
+    _check_conv_shapes(grad_values, rulebook, weight)
+    suf, ct = _conv_dtype(grad_out, weight, grad_values)
+    n, k = rulebook.shape
+    cin, cout = weight.shape[1], weight.shape[2]
+    if grad_out.shape != (n, cout):
+        raise ValueError(f"grad_out must be ({n}, {cout}), got {grad_out.shape}")
+    status = getattr(lib, f"aprnet_nn_conv_grad_values_{suf}")(
+        ptr(grad_out, ct, "grad_out"), n, cout, ptr(rulebook, np.int32, "rulebook"), k,
+        ptr(weight, ct, "weight"), cin, ptr(grad_values, ct, "grad_values", writable=True),
+        grad_values.shape[0], int(skip_index))
+    check(status, "aprnet_nn_conv_grad_values")

@@ -78,7 +78,8 @@ def parse_rel_errors(text: str) -> list[float]:
     """Parse a list of E values.
 
     Accepts a comma/space separated list (``"0.05, 0.1, 0.2"``) or a geometric
-    range ``"start:stop:count"`` (``"0.02:0.5:6"`` gives 6 log-spaced values).
+    range ``"start:stop:count"`` (``"0.02:0.5:6"`` gives 6 log-spaced values,
+    rounded to 3 significant digits).
 
     Raises
     ------
@@ -106,7 +107,7 @@ def parse_rel_errors(text: str) -> list[float]:
     bad = [v for v in values if not (np.isfinite(v) and v > 0)]
     if bad:
         raise ValueError(f"E values must be positive numbers, got {bad}")
-    return [float(round(v, 6)) for v in values]
+    return [float(f"{v:.3g}") if ":" in text else float(v) for v in values]
 
 
 def sweep_rel_error(image: np.ndarray, rel_errors: Sequence[float], *, params=None,

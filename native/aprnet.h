@@ -148,4 +148,29 @@ int aprnet_nn_tree_spread_f32(float *grad, int64_t n_values, int64_t n_cols, con
                               const int64_t *children, int64_t n_rows, int n_children, int64_t zero_index);
 int aprnet_nn_tree_spread_f64(double *grad, int64_t n_values, int64_t n_cols, const int64_t *rows,
                               const int64_t *children, int64_t n_rows, int n_children, int64_t zero_index);
+
+/* Fused CPU convolution kernels (nn_conv.c). values (n_values, cin) is the
+ * table [particles | tree | zero]; rulebook (n, K) int32 indexes it; weight is
+ * (K, cin, cout). forward: out[i] = bias + sum_o values[rb[i,o]] @ weight[o]
+ * (bias may be NULL). grad_weight: grad_weight[o] += sum_i values[rb[i,o]]^T
+ * grad_out[i]. grad_values: grad_values[rb[i,o]] += weight[o] @ grad_out[i],
+ * rows equal to skip_index (the zero row; -1 for none) are skipped. All three
+ * give the same result for any number of threads. */
+int aprnet_nn_conv_forward_f32(const float *values, int64_t n_values, int64_t cin, const int32_t *rulebook,
+                               int64_t n, int64_t K, const float *weight, int64_t cout, const float *bias,
+                               float *out);
+int aprnet_nn_conv_forward_f64(const double *values, int64_t n_values, int64_t cin, const int32_t *rulebook,
+                               int64_t n, int64_t K, const double *weight, int64_t cout, const double *bias,
+                               double *out);
+int aprnet_nn_conv_grad_weight_f32(const float *values, int64_t n_values, int64_t cin, const int32_t *rulebook,
+                                   int64_t n, int64_t K, const float *grad_out, int64_t cout, float *grad_weight);
+int aprnet_nn_conv_grad_weight_f64(const double *values, int64_t n_values, int64_t cin, const int32_t *rulebook,
+                                   int64_t n, int64_t K, const double *grad_out, int64_t cout,
+                                   double *grad_weight);
+int aprnet_nn_conv_grad_values_f32(const float *grad_out, int64_t n, int64_t cout, const int32_t *rulebook,
+                                   int64_t K, const float *weight, int64_t cin, float *grad_values,
+                                   int64_t n_values, int64_t skip_index);
+int aprnet_nn_conv_grad_values_f64(const double *grad_out, int64_t n, int64_t cout, const int32_t *rulebook,
+                                   int64_t K, const double *weight, int64_t cin, double *grad_values,
+                                   int64_t n_values, int64_t skip_index);
 #endif /* APRNET_H */

@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     import napari
 
 __all__ = ["BackgroundTask", "PLUGIN", "Progress", "find_widget", "image_from_layer", "image_layers", "notify",
-           "form", "open_widget", "register_widget", "row", "task_widgets", "unwrap_viewer"]
+           "form", "open_widget", "register_widget", "row", "task_widgets", "text", "unwrap_viewer"]
 
 PLUGIN = "napari-aprnet"
 _REGISTRY: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
@@ -110,6 +110,23 @@ def _guarded(func: Callable[..., Generator], args: tuple, kwargs: dict, cancel: 
         raise TaskError(str(exc) or type(exc).__name__) from exc
 
 
+def _unless_deleted(handler: Callable, cancel: threading.Event,
+                    fallback: Callable[[], None] | None = None) -> Callable:
+    """Wrap a worker signal handler: if the widget was closed meanwhile, cancel the job quietly."""
+
+    def wrapped(*args: Any) -> None:
+        try:
+            handler(*args)
+        except RuntimeError as exc:
+            if "has been deleted" not in str(exc):
+                raise
+            cancel.set()
+            if fallback is not None:
+                fallback()
+
+    return wrapped
+
+
 class Progress(dict):
     """A progress message yielded by a background generator: ``Progress(done, total, text)``."""
 
@@ -196,10 +213,13 @@ class BackgroundTask:
             if on_finish is not None:
                 on_finish()
 
-        worker.yielded.connect(yielded)
-        worker.errored.connect(errored)
-        worker.returned.connect(returned)
-        worker.finished.connect(finished)
+        def finished_after_close():
+            self.worker = None
+
+        worker.yielded.connect(_unless_deleted(yielded, self.cancel_event))
+        worker.errored.connect(_unless_deleted(errored, self.cancel_event))
+        worker.returned.connect(_unless_deleted(returned, self.cancel_event))
+        worker.finished.connect(_unless_deleted(finished, self.cancel_event, finished_after_close))
         self.worker = worker
         if self.cancel_button is not None:
             self.cancel_button.enabled = True
@@ -228,10 +248,20 @@ class BackgroundTask:
 def task_widgets(name: str) -> tuple[ProgressBar, Label, PushButton]:
     """A progress bar, a status label and a cancel button for a :class:`BackgroundTask`."""
     progress = ProgressBar(value=0, min=0, max=1, label="progress")
-    status = Label(value="")
-    status.native.setWordWrap(True)
+    status = text(value="")
     cancel = PushButton(text=f"Cancel {name.lower()}")
     return progress, status, cancel
+
+
+def text(value: str = "") -> Label:
+    """A read-only text that wraps and takes the dock's full width."""
+    from qtpy.QtWidgets import QSizePolicy
+
+    label = Label(value=value)
+    label.native.setWordWrap(True)
+    label.native.setSizePolicy(QSizePolicy.Expanding, QSizePolicy.Minimum)
+    label.native.setMinimumWidth(260)
+    return label
 
 
 def form(*widgets) -> Container:

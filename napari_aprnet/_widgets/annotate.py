@@ -5,10 +5,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from magicgui.widgets import Container, FileEdit, Label, LineEdit, PushButton
+from magicgui.widgets import Container, FileEdit, LineEdit, PushButton
 
-from napari_aprnet._widgets._common import (BackgroundTask, Progress, find_widget, notify, form, register_widget, row,
-                                            task_widgets, unwrap_viewer)
+from napari_aprnet._widgets._common import (BackgroundTask, Progress, find_widget, form, notify, register_widget, row,
+                                            task_widgets, text, unwrap_viewer)
 
 if TYPE_CHECKING:
     import napari
@@ -36,9 +36,8 @@ class AnnotateWidget(Container):
                                 tooltip="comma-separated class names; classes already in the labels file "
                                         "are added")
         self.open_button = PushButton(text="Open folder")
-        self.info = Label(value="no folder open")
-        self.info.native.setWordWrap(True)
-        self.prediction = Label(value="")
+        self.info = text("no folder open")
+        self.prediction = text("")
         self.class_buttons = Container(layout="horizontal", labels=False)
         self.prev_button, self.next_button = PushButton(text="< Previous"), PushButton(text="Next >")
         self.next_free_button = PushButton(text="Next unlabelled")

@@ -6,11 +6,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from magicgui.widgets import ComboBox, Container, FileEdit, Label, PushButton, Select
+from magicgui.widgets import ComboBox, Container, FileEdit, PushButton, Select
 
 from napari_aprnet._layers import METADATA_KEY, level_color_dict
-from napari_aprnet._widgets._common import (BackgroundTask, Progress, image_layers, notify, form, register_widget,
-                                            row, task_widgets, unwrap_viewer)
+from napari_aprnet._widgets._common import (BackgroundTask, Progress, form, image_layers, notify, register_widget,
+                                            row, task_widgets, text, unwrap_viewer)
 from napari_aprnet._widgets._plot import BarPlot
 from napari_aprnet._widgets.convert import update_or_add
 
@@ -94,8 +94,7 @@ class ClassifyWidget(Container):
         self.checkpoint = FileEdit(label="checkpoint", mode="r", filter="*.pt",
                                    tooltip="best.pt or checkpoint.pt written by Train or `aprnet train`")
         self.load_button = PushButton(text="Load checkpoint")
-        self.info = Label(value="no network loaded")
-        self.info.native.setWordWrap(True)
+        self.info = text("no network loaded")
         self.layers = Select(label="image layers", choices=self._choices, allow_multiple=True,
                              tooltip="2D images or stacks of 2D images (ctrl-click for several)")
         self.layers.native.setMaximumHeight(90)
@@ -105,8 +104,7 @@ class ClassifyWidget(Container):
         self.features_button = PushButton(text="Show feature maps")
         self.progress, self.status, self.cancel_button = task_widgets("task")
         self.task = BackgroundTask("Classification", self.progress, self.status, self.cancel_button)
-        self.table = Label(value="")
-        self.table.native.setWordWrap(True)
+        self.table = text("")
         self.bars = BarPlot(title="class probabilities")
         self.extend([form(self.checkpoint), self.load_button, self.info, form(self.layers), self.classify_button,
                      form(self.net_layer), self.features_button, self.cancel_button, self.progress, self.status,

@@ -6,13 +6,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, PushButton
+from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, PushButton
 from qtpy.QtCore import QTimer
 
 from napari_aprnet._layers import (APR_KEY, METADATA_KEY, apr_layer_data, level_color, level_legend,
                                    particle_cells)
 from napari_aprnet._widgets._common import (BackgroundTask, Progress, image_from_layer, image_layers, notify,
-                                            form, register_widget, row, task_widgets, unwrap_viewer)
+                                            form, register_widget, row, task_widgets, text, unwrap_viewer)
 from napari_aprnet._widgets._params import ParamsForm
 
 if TYPE_CHECKING:
@@ -112,10 +112,8 @@ class ConvertWidget(Container):
         self.convert_button = PushButton(text="Convert")
         self.progress, self.status, self.cancel_button = task_widgets("conversion")
         self.task = BackgroundTask("Conversion", self.progress, self.status, self.cancel_button)
-        self.results = Label(value="")
-        self.legend = Label(value="")
-        for lab in (self.results, self.legend):
-            lab.native.setWordWrap(True)
+        self.results = text("")
+        self.legend = text("")
         self.save_path = FileEdit(label="save as", mode="w", filter="*.apr", value="converted.apr")
         self.save_button = PushButton(text="Save APR")
         self.extend([form(self.image, *self.params.widgets, self.mode), self.show_cells, self.auto_update,

@@ -5,12 +5,12 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from magicgui.widgets import ComboBox, Container, FileEdit, FloatSpinBox, Label, PushButton, SpinBox
+from magicgui.widgets import ComboBox, Container, FileEdit, FloatSpinBox, PushButton, SpinBox
 from qtpy.QtCore import QEvent, QObject
 from qtpy.QtWidgets import QApplication, QMessageBox
 
 from napari_aprnet._widgets._common import (BackgroundTask, Progress, find_widget, notify, open_widget,
-                                            form, register_widget, row, task_widgets, unwrap_viewer)
+                                            form, register_widget, row, task_widgets, text, unwrap_viewer)
 from napari_aprnet._widgets._plot import LinePlot
 
 if TYPE_CHECKING:
@@ -99,8 +99,7 @@ class TrainWidget(Container):
         self.stop_button.text = "Stop"
         self.task = BackgroundTask("Training", self.progress, self.status, self.stop_button, quit_on_cancel=False)
         self.plot = LinePlot(title="training loss and accuracy", xlabel="step")
-        self.result = Label(value="")
-        self.result.native.setWordWrap(True)
+        self.result = text("")
         self.classify_button = PushButton(text="Open checkpoint in Classify")
         self.classify_button.enabled = False
         self.extend([form(self.dataset, self.folder, self.network, self.steps, self.epochs, self.size, self.batch,

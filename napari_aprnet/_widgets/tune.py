@@ -4,11 +4,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from magicgui.widgets import ComboBox, Container, Label, LineEdit, PushButton
+from magicgui.widgets import ComboBox, Container, LineEdit, PushButton
 
 from napari_aprnet._layers import METADATA_KEY, level_color_dict
 from napari_aprnet._widgets._common import (BackgroundTask, Progress, image_from_layer, image_layers, notify,
-                                            open_widget, form, register_widget, row, task_widgets, unwrap_viewer)
+                                            form, open_widget, register_widget, row, task_widgets, text,
+                                            unwrap_viewer)
 from napari_aprnet._widgets._params import ParamsForm
 from napari_aprnet._widgets._plot import LinePlot
 from napari_aprnet._widgets.convert import update_or_add
@@ -57,7 +58,7 @@ class TuneWidget(Container):
         self.progress, self.status, self.cancel_button = task_widgets("sweep")
         self.task = BackgroundTask("E sweep", self.progress, self.status, self.cancel_button)
         self.plot = LinePlot(title="computational ratio and error vs E", xlabel="E", log_x=True)
-        self.current = Label(value="")
+        self.current = text("")
         self.use_button = PushButton(text="Use this E in Convert to APR")
         self.use_button.enabled = False
         self.extend([form(self.image, self.values, *[w for w in self.params.widgets if w is not self.params.rel_error],

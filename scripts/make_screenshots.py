@@ -1,0 +1,203 @@
+"""Regenerate screenshots/*.png: every APRNet widget in use on real data.
+
+Usage (needs a display; headless: ``xvfb-run -a -s "-screen 0 1600x1000x24" python ...``)::
+
+    python scripts/make_screenshots.py [--out screenshots] [--checkpoint best.pt] [--steps 60]
+
+Writes ``convert.png`` (3D blobs sample with its level map and legend),
+``tune_e.png`` (E sweep of the natural photo with the CR/error plot),
+``train.png`` (training on synthetic shapes, live loss/accuracy plot),
+``classify.png`` (probabilities and feature maps of a shape image) and
+``annotate.png`` (labelling a folder of shape images with the model's
+prediction beside the label). Without ``--checkpoint`` the network used for
+classify/annotate is the one trained for ``train.png`` (a few steps only, so
+its predictions are near chance; pass a trained checkpoint for better ones).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+PLUGIN = "napari-aprnet"
+SIZE = (1500, 950)
+
+
+def wait(widget, timeout: float = 600.0, until=None) -> None:
+    """Process Qt events until the widget's task ended (or ``until()`` is true)."""
+    from qtpy.QtWidgets import QApplication
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        QApplication.processEvents()
+        if (until() if until is not None else not widget.task.running):
+            return
+        time.sleep(0.02)
+    raise TimeoutError(f"{type(widget).__name__} did not finish in {timeout} s")
+
+
+def new_viewer(title: str):
+    import napari
+
+    viewer = napari.Viewer(title=f"napari-aprnet: {title}")
+    viewer.window._qt_window.resize(*SIZE)
+    return viewer
+
+
+def dock(viewer, name: str):
+    return viewer.window.add_plugin_dock_widget(PLUGIN, name)[1]
+
+
+def save(viewer, out: Path, name: str) -> Path:
+    from qtpy.QtWidgets import QApplication
+
+    for _ in range(20):
+        QApplication.processEvents()
+        time.sleep(0.02)
+    viewer.window._qt_window.resize(*SIZE)
+    viewer.reset_view()
+    for _ in range(10):
+        QApplication.processEvents()
+        time.sleep(0.02)
+    path = out / name
+    viewer.screenshot(str(path), canvas_only=False, flash=False)
+    print(f"wrote {path}")
+    return path
+
+
+def shot_convert(out: Path) -> None:
+    viewer = new_viewer("Convert to APR")
+    viewer.open_sample(PLUGIN, "blobs_3d")
+    layer = viewer.layers["blobs 3D"]
+    w = dock(viewer, "Convert to APR")
+    w.image.value = layer
+    w.params.fields["auto_parameters"].value = True
+    w.convert()
+    wait(w)
+    viewer.layers["blobs 3D level map"].opacity = 0.45
+    viewer.grid.enabled = True
+    viewer.grid.shape = (1, 2)
+    viewer.layers.move(viewer.layers.index("blobs 3D"), len(viewer.layers) - 1)
+    layer.visible = False
+    viewer.dims.set_current_step(0, 16)
+    save(viewer, out, "convert.png")
+    viewer.close()
+
+
+def shot_tune(out: Path) -> None:
+    from napari_aprnet.samples import natural_photo
+
+    viewer = new_viewer("Tune E")
+    layer = viewer.add_image(natural_photo()[::2, ::2], name="camera")
+    w = dock(viewer, "Tune E")
+    w.image.value = layer
+    w.params.fields["auto_parameters"].value = True
+    w.values.value = "0.03:1.0:7"
+    w.run()
+    wait(w)
+    layer.visible = False
+    viewer.layers["camera E sweep levels"].opacity = 0.35
+    viewer.dims.set_current_step(0, 4)
+    save(viewer, out, "tune_e.png")
+    viewer.close()
+
+
+def shot_train(out: Path, run_dir: Path, steps: int) -> Path:
+    viewer = new_viewer("Train")
+    w = dock(viewer, "Train")
+    w.network.value = "APR_A"
+    w.steps.value = steps
+    w.size.value = 64
+    w.batch.value = 16
+    w.out_dir.value = run_dir
+    w.start()
+    wait(w, until=lambda: len(w.history["step"]) >= max(2, int(steps * 0.8)))
+    save(viewer, out, "train.png")  # mid-run: live plot and progress
+    wait(w)
+    checkpoint = w.checkpoint
+    viewer.close()
+    if checkpoint is None:
+        raise RuntimeError("training did not write a checkpoint")
+    return checkpoint
+
+
+def shot_classify(out: Path, checkpoint: Path) -> None:
+    from napari_aprnet.samples import shapes_gallery
+
+    images, _ = shapes_gallery(64, seed=3)
+    viewer = new_viewer("Classify")
+    stack = viewer.add_image(images, name="shapes", axis_labels=("image", "y", "x"))
+    w = dock(viewer, "Classify")
+    w.load(checkpoint)
+    wait(w)
+    w.layers.value = [stack]
+    w.classify()
+    wait(w)
+    viewer.dims.set_current_step(0, 2)
+    w.show_features(stack, w.classifier.layer_names()[0])
+    wait(w)
+    viewer.grid.enabled = True
+    viewer.grid.shape = (1, 3)
+    save(viewer, out, "classify.png")
+    viewer.close()
+
+
+def shot_annotate(out: Path, checkpoint: Path, folder: Path) -> None:
+    import numpy as np
+
+    from napari_aprnet.io import write_image
+    from napari_aprnet.samples import shapes_gallery
+
+    images, names = shapes_gallery(96, seed=5)
+    more, _ = shapes_gallery(96, seed=6)
+    for i, im in enumerate(np.concatenate([images, more])):
+        write_image(folder / f"shape_{i:02d}.png", (im * 255).astype(np.uint8))
+    viewer = new_viewer("Annotate")
+    w = dock(viewer, "Annotate")
+    w.classes.value = ", ".join(names)
+    w.open(folder)
+    w.load_model(checkpoint)
+    wait(w)
+    for k in (1, 2, 3):  # the first three images are a triangle, a square and a circle
+        w.assign_number(k)
+        wait(w)
+    wait(w, until=lambda: w.prediction.value not in ("", "model: ..."))
+    save(viewer, out, "annotate.png")
+    viewer.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "screenshots")
+    parser.add_argument("--checkpoint", type=Path, default=None,
+                        help="trained checkpoint for classify/annotate (default: the one trained here)")
+    parser.add_argument("--steps", type=int, default=60, help="training steps for train.png (default 60)")
+    parser.add_argument("--only", nargs="*", default=None,
+                        choices=["convert", "tune", "train", "classify", "annotate"])
+    args = parser.parse_args(argv)
+    os.environ.setdefault("NAPARI_APPLICATION_GUI_NOTIFICATION_LEVEL", "error")  # no toasts in the shots
+    args.out.mkdir(parents=True, exist_ok=True)
+    only = set(args.only or ["convert", "tune", "train", "classify", "annotate"])
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        if "convert" in only:
+            shot_convert(args.out)
+        if "tune" in only:
+            shot_tune(args.out)
+        checkpoint = args.checkpoint
+        if "train" in only or (checkpoint is None and only & {"classify", "annotate"}):
+            trained = shot_train(args.out, tmp / "run", args.steps)
+            checkpoint = checkpoint or trained
+        if "classify" in only:
+            shot_classify(args.out, checkpoint)
+        if "annotate" in only:
+            (tmp / "images").mkdir()
+            shot_annotate(args.out, checkpoint, tmp / "images")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
