@@ -126,6 +126,19 @@ def interleaved(fns: dict, repeat: int) -> dict:
     return best
 
 
+def cpu_times(fns: dict, repeat: int) -> dict:
+    """Best process CPU time of each callable (meaningful with one thread: independent of machine load)."""
+    for fn in fns.values():
+        fn()
+    best = {k: float("inf") for k in fns}
+    for _ in range(repeat):
+        for k, fn in fns.items():
+            t = time.process_time()
+            fn()
+            best[k] = min(best[k], time.process_time() - t)
+    return best
+
+
 def saved_bytes(fn) -> int:
     """Bytes of tensors autograd keeps for backward during fn() (parameters excluded)."""
     total = [0]
@@ -318,6 +331,53 @@ def main():
             f"{ms(r['a_fwdbwd'])} | {ms(r['p_fwdbwd'])} | {r['p_fwdbwd'] / r['a_fwdbwd']:.2f}x | "
             f"{ms(r['t_struct'])} + {ms(r['t_plan'])} | {mib(r['mem'])} / {mib(r['pixel_mem'])} |")
         out()
+
+    out("## Load-independent check: 1 thread, process CPU time (2D convolution)")
+    out()
+    out("The machine these numbers come from is shared; wall-clock ratios above move with the load. With one "
+        "thread, process CPU time measures the work itself.")
+    out()
+    out("| data | CR | layer | APR fwd ms | Conv2d fwd ms | speed-up fwd | APR fwd+bwd ms | Conv2d fwd+bwd ms | "
+        "speed-up fwd+bwd |")
+    out("|---|---|---|---|---|---|---|---|---|")
+    torch.set_num_threads(1)
+    _native.set_num_threads(1)
+    for dname, ss in structs.items():
+        cr = batch * size * size / sum(s.n_particles for s in ss)
+        for name, ci, co, k, nlk in cases:
+            _, fa, ba = apr_conv_case(ss, ci, co, k, nlk)
+            _, fp, bp = pixel_conv_case((size, size), batch, ci, co, k)
+            r = cpu_times({"a_fwd": fa, "p_fwd": fp, "a_fwdbwd": ba, "p_fwdbwd": bp}, repeat)
+            out(f"| {dname} | {cr:.1f} | {name} | {ms(r['a_fwd'])} | {ms(r['p_fwd'])} | "
+                f"{r['p_fwd'] / r['a_fwd']:.2f}x | {ms(r['a_fwdbwd'])} | {ms(r['p_fwdbwd'])} | "
+                f"{r['p_fwdbwd'] / r['a_fwdbwd']:.2f}x |")
+    torch.set_num_threads(ARGS.threads)
+    _native.set_num_threads(ARGS.threads)
+    out()
+
+    out("## CPU numeric path: gather + matmul vs fused C kernels (1 thread, CPU time, 32->32 k=3, fwd+bwd)")
+    out()
+    out("| data | CR | gather + matmul ms | fused C ms |")
+    out("|---|---|---|---|")
+    from napari_aprnet.nn import functional as apr_functional
+    torch.set_num_threads(1)
+    _native.set_num_threads(1)
+    for dname, ss in structs.items():
+        cr = batch * size * size / sum(s.n_particles for s in ss)
+        _, _, ba = apr_conv_case(ss, 32, 32, 3, 1)
+
+        def fused():
+            apr_functional.FUSED_CPU_KERNELS = True
+            try:
+                ba()
+            finally:
+                apr_functional.FUSED_CPU_KERNELS = False
+
+        r = cpu_times({"gather": ba, "fused": fused}, repeat)
+        out(f"| {dname} | {cr:.1f} | {ms(r['gather'])} | {ms(r['fused'])} |")
+    torch.set_num_threads(ARGS.threads)
+    _native.set_num_threads(ARGS.threads)
+    out()
 
     os.makedirs(os.path.dirname(ARGS.out), exist_ok=True)
     tmp = ARGS.out + ".tmp"

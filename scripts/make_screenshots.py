@@ -77,7 +77,7 @@ def shot_convert(out: Path) -> None:
     w.params.fields["auto_parameters"].value = True
     w.convert()
     wait(w)
-    viewer.layers["blobs 3D level map"].opacity = 0.45
+    viewer.layers["blobs 3D level map"].opacity = 0.9
     viewer.grid.enabled = True
     viewer.grid.shape = (1, 2)
     viewer.layers.move(viewer.layers.index("blobs 3D"), len(viewer.layers) - 1)
@@ -106,7 +106,13 @@ def shot_tune(out: Path) -> None:
 
 
 def shot_train(out: Path, run_dir: Path, steps: int) -> Path:
+    from napari_aprnet.data.shapes import ShapeStream
+
     viewer = new_viewer("Train")
+    images, labels = ShapeStream(seed=0, size=64, batch=16).batch(0)  # the first training batch
+    viewer.add_image(images, name="training batch 0", axis_labels=("image", "y", "x"))
+    viewer.grid.enabled = True
+    viewer.grid.shape = (1, 1)
     w = dock(viewer, "Train")
     w.network.value = "APR_A"
     w.steps.value = steps
@@ -114,8 +120,11 @@ def shot_train(out: Path, run_dir: Path, steps: int) -> Path:
     w.batch.value = 16
     w.out_dir.value = run_dir
     w.start()
-    wait(w, until=lambda: len(w.history["step"]) >= max(2, int(steps * 0.8)))
-    save(viewer, out, "train.png")  # mid-run: live plot and progress
+    wait(w, until=lambda: len(w.history["step"]) >= max(2, int(steps * 0.7)))
+    w.toggle_pause()  # mid-run: live plot and progress, paused for the shot
+    wait(w, until=lambda: w.task.worker is not None and w.task.worker.is_paused)
+    save(viewer, out, "train.png")
+    w.toggle_pause()
     wait(w)
     checkpoint = w.checkpoint
     viewer.close()

@@ -199,6 +199,10 @@ class AnnotateWidget(Container):
     def load_model(self, path: str | Path | None = None):
         """Load a classifier checkpoint in the background (then predictions are shown)."""
         path = Path(self.checkpoint.value if path is None else path)
+        if not path.is_file():
+            notify(f"checkpoint {str(path)!r} not found; pick a .pt file written by training")
+            return None
+        self.checkpoint.value = path
 
         def job(*, cancel):
             from napari_aprnet.classify import Classifier

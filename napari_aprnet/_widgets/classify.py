@@ -146,6 +146,7 @@ class ClassifyWidget(Container):
         if not path.is_file():
             notify(f"checkpoint {str(path)!r} not found; pick a .pt file written by training")
             return None
+        self.checkpoint.value = path
         if self.task.running:
             notify("wait for the running task to finish", "warning")
             return None

@@ -183,10 +183,14 @@ class TrainWidget(Container):
         worker = self.task.worker
         if worker is None:
             return
-        worker.toggle_pause()
-        paused = worker.is_paused or getattr(worker, "_paused", False)
-        self.pause_button.text = "Resume" if paused else "Pause"
-        self.status.value = "paused (Resume continues, Stop ends the run)" if paused else "resumed"
+        pausing = self.pause_button.text == "Pause"
+        if pausing:
+            worker.pause()
+        else:
+            worker.resume()
+        self.pause_button.text = "Resume" if pausing else "Pause"
+        self.status.value = ("paused after the current step (Resume continues, Stop ends the run)" if pausing
+                             else "resumed")
 
     def stop(self, wait: bool = False, timeout: float = 60.0) -> None:
         """Stop the run (a checkpoint is saved); with ``wait``, block until the worker ended."""

@@ -12,13 +12,24 @@ outside the image. A tree node on the image border averages only its children
 inside the image. ``lambda(p) = min(level_max - level(p), n_level_kernels - 1)``
 (the structure's finest level uses kernel 0).
 
-Numerics: tree values are filled bottom-up, the neighbourhood values are
-gathered into column blocks (im2col, by chunks) and multiplied with the level's
-kernel by one matrix product. The backward pass (eqs. 3.4-3.5) recomputes the
-columns, scatters the column gradients back to particles and tree nodes (a
-deterministic C kernel on CPU, ``index_add_`` elsewhere) and splits every tree
-node's gradient evenly among its children, coarse to fine - the exact adjoint
-of the averaging. Only the input features and the weights are kept for backward.
+The thesis writes eq. 3.3 as a true convolution (``omega_k`` multiplies
+``I_{i-k}``); our ``weight`` is that kernel flipped, so a one-kernel APRConv on
+an all-pixel APR equals ``F.conv2d(..., padding=k // 2)`` with the same weight.
+
+Numerics: the rulebook (for each particle and offset, the index of the value
+in ``[particles | tree nodes | zero row]``) is built in C once per structure
+and kernel size. Tree values are filled bottom-up (C on CPU, torch ops
+elsewhere), the neighbourhood values are gathered into column blocks (im2col,
+by chunks) and multiplied with the level's kernel by one matrix product per
+block. The backward pass (eqs. 3.4-3.5) recomputes the columns for the weight
+gradient, scatters the column gradients back to particles and tree nodes
+(a deterministic C kernel on CPU, ``index_add_`` elsewhere) and splits every
+tree node's gradient evenly among its children, coarse to fine - the exact
+adjoint of the averaging. Only the input features and the weights are kept
+for backward. The C kernels give identical results for any number of OpenMP
+threads; only torch's matrix products may differ in the last bits.
+``FUSED_CPU_KERNELS = True`` switches the CPU path to fused C kernels (same
+results, measured slower; see benchmarks/bench_layers.py).
 """
 from __future__ import annotations
 
