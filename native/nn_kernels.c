@@ -19,7 +19,7 @@
         if (n_rows == 0 || n_cols == 0) return APRNET_OK;                                       \
         if (values == NULL || rows == NULL || children == NULL) return APRNET_ERR_ARG;          \
         int bad = 0;                                                                            \
-        _Pragma("omp parallel for schedule(static) reduction(|:bad) if(n_rows > NN_PAR_MIN)")   \
+        _Pragma("omp parallel for schedule(dynamic, 256) reduction(|:bad) if(n_rows > NN_PAR_MIN)")   \
         for (int64_t i = 0; i < n_rows; i++) {                                                  \
             int64_t r = rows[i];                                                                \
             if (r < 0 || r >= n_values) { bad |= 1; continue; }                                 \
@@ -50,7 +50,7 @@
         if (n_rows == 0 || n_cols == 0) return APRNET_OK;                                       \
         if (grad == NULL || rows == NULL || children == NULL) return APRNET_ERR_ARG;            \
         int bad = 0;                                                                            \
-        _Pragma("omp parallel for schedule(static) reduction(|:bad) if(n_rows > NN_PAR_MIN)")   \
+        _Pragma("omp parallel for schedule(dynamic, 256) reduction(|:bad) if(n_rows > NN_PAR_MIN)")   \
         for (int64_t i = 0; i < n_rows; i++) {                                                  \
             int64_t r = rows[i];                                                                \
             if (r < 0 || r >= n_values) { bad |= 1; continue; }                                 \

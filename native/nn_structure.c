@@ -96,7 +96,7 @@ int aprnet_nn_structure_maps(int ndim, const int64_t *shape, int level_max,
         int bad = 0;
 
         /* inherit coarser particles from the parent level */
-        #pragma omp parallel for schedule(static) if(ncell > NN_PAR_MIN)
+        #pragma omp parallel for schedule(dynamic, 1024) if(ncell > NN_PAR_MIN)
         for (int64_t i = 0; i < ncell; i++) {
             int32_t v = -1;
             if (prev != NULL) {
@@ -108,7 +108,7 @@ int aprnet_nn_structure_maps(int ndim, const int64_t *shape, int level_max,
             cur[i] = v;
         }
         /* particles and tree nodes of this level (positions are distinct: checked sorted) */
-        #pragma omp parallel for schedule(static) reduction(|:bad) if(level_offsets[l + 1] - level_offsets[l] > NN_PAR_MIN)
+        #pragma omp parallel for schedule(dynamic, 1024) reduction(|:bad) if(level_offsets[l + 1] - level_offsets[l] > NN_PAR_MIN)
         for (int64_t p = level_offsets[l]; p < level_offsets[l + 1]; p++) {
             int64_t c[3];
             nn_coord3(coords, ndim, p, c);
@@ -116,7 +116,7 @@ int aprnet_nn_structure_maps(int ndim, const int64_t *shape, int level_max,
             if (cur[i] != -1) bad |= 1;
             cur[i] = (int32_t)p;
         }
-        #pragma omp parallel for schedule(static) reduction(|:bad) if(tree_offsets[l + 1] - tree_offsets[l] > NN_PAR_MIN)
+        #pragma omp parallel for schedule(dynamic, 1024) reduction(|:bad) if(tree_offsets[l + 1] - tree_offsets[l] > NN_PAR_MIN)
         for (int64_t t = tree_offsets[l]; t < tree_offsets[l + 1]; t++) {
             int64_t c[3];
             nn_coord3(tree_coords, ndim, t, c);
@@ -125,14 +125,14 @@ int aprnet_nn_structure_maps(int ndim, const int64_t *shape, int level_max,
             cur[i] = (int32_t)(n_particles + t);
         }
         /* every cell must be covered: particles form a partition of the image */
-        #pragma omp parallel for schedule(static) reduction(|:bad) if(ncell > NN_PAR_MIN)
+        #pragma omp parallel for schedule(dynamic, 1024) reduction(|:bad) if(ncell > NN_PAR_MIN)
         for (int64_t i = 0; i < ncell; i++)
             if (cur[i] < 0) bad |= 1;
         if (bad) { free(cur); status = APRNET_ERR_ARG; break; }
 
         /* children of the tree nodes one level up */
         if (children != NULL && l > 0) {
-            #pragma omp parallel for schedule(static) if(tree_offsets[l] - tree_offsets[l - 1] > NN_PAR_MIN)
+            #pragma omp parallel for schedule(dynamic, 1024) if(tree_offsets[l] - tree_offsets[l - 1] > NN_PAR_MIN)
             for (int64_t t = tree_offsets[l - 1]; t < tree_offsets[l]; t++) {
                 int64_t c[3];
                 nn_coord3(tree_coords, ndim, t, c);
@@ -152,7 +152,7 @@ int aprnet_nn_structure_maps(int ndim, const int64_t *shape, int level_max,
         }
         /* convolution rulebook of this level's particles */
         if (rulebook != NULL) {
-            #pragma omp parallel for schedule(static) if(level_offsets[l + 1] - level_offsets[l] > NN_PAR_MIN / 16)
+            #pragma omp parallel for schedule(dynamic, 1024) if(level_offsets[l + 1] - level_offsets[l] > NN_PAR_MIN / 16)
             for (int64_t p = level_offsets[l]; p < level_offsets[l + 1]; p++) {
                 int64_t c[3];
                 nn_coord3(coords, ndim, p, c);

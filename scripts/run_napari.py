@@ -30,6 +30,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--sample", choices=sorted(SAMPLE_LAYERS), default="blobs_3d",
                         help="bundled sample to open and convert (default blobs_3d)")
     parser.add_argument("--rel-error", type=float, default=0.1, help="E used for the conversion (default 0.1)")
+    parser.add_argument("--manual-thresholds", action="store_true",
+                        help="convert with sigma_th = grad_th = 0 instead of automatic thresholds "
+                             "(noisy images then stay near full resolution)")
     parser.add_argument("--screenshot-dir", type=Path, default=None,
                         help="write DIR/run_napari.png after converting, then exit")
     return parser.parse_args(argv)
@@ -45,6 +48,8 @@ def _rerun_under_xvfb(args: argparse.Namespace) -> int:
     print(f"run_napari: no display; running under Xvfb and writing a screenshot to {out}/", file=sys.stderr)
     cmd = [xvfb, "-a", "-s", "-screen 0 1600x1000x24", sys.executable, os.path.abspath(__file__),
            "--sample", args.sample, "--rel-error", str(args.rel_error), "--screenshot-dir", str(out)]
+    if args.manual_thresholds:
+        cmd.append("--manual-thresholds")
     return subprocess.call(cmd)
 
 
@@ -53,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     if not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY") and sys.platform.startswith("linux"):
         return _rerun_under_xvfb(args)
 
+    if args.screenshot_dir is not None:
+        os.environ.setdefault("NAPARI_APPLICATION_GUI_NOTIFICATION_LEVEL", "error")  # no toasts in the shot
     import napari
     from qtpy.QtWidgets import QApplication
 
@@ -68,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     convert = widgets["Convert to APR"]
     convert.image.value = layer
     convert.params.rel_error.value = args.rel_error
+    convert.params.fields["auto_parameters"].value = not args.manual_thresholds
     convert.convert()
     if args.screenshot_dir is None:
         napari.run()
@@ -77,6 +85,10 @@ def main(argv: list[str] | None = None) -> int:
         QApplication.processEvents()
         time.sleep(0.02)
     ok = convert.result is not None
+    viewer.reset_view()
+    for _ in range(25):  # let the dock lay out the new texts before the shot
+        QApplication.processEvents()
+        time.sleep(0.02)
     args.screenshot_dir.mkdir(parents=True, exist_ok=True)
     path = args.screenshot_dir / "run_napari.png"
     viewer.screenshot(str(path), canvas_only=False, flash=False)

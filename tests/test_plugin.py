@@ -91,3 +91,14 @@ def test_sample_data():
     np.testing.assert_array_equal(blobs, _sample_data.blobs_3d_sample()[0][0])  # seeded
     (photo, _, _), = _sample_data.natural_photo_sample()
     assert photo.shape == (512, 512)
+
+
+def test_reader_writer_samples_do_not_import_the_gui():
+    import subprocess
+    import sys
+
+    code = ("import sys, napari_aprnet._reader, napari_aprnet._writer, napari_aprnet._sample_data, "
+            "napari_aprnet.sweep, napari_aprnet.annotations, napari_aprnet.samples, napari_aprnet._layers; "
+            "print(sorted(m for m in ('napari', 'qtpy', 'magicgui', 'PyQt5') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

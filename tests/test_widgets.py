@@ -6,13 +6,17 @@ compared with the APR computed directly, or with the CLI's output.
 """
 from __future__ import annotations
 
-import json
+import os
+import sys
 
 import numpy as np
 import pytest
 
 pytest.importorskip("napari")
 pytestmark = pytest.mark.gui
+if sys.platform.startswith("linux") and not os.environ.get("DISPLAY"):  # pytest-xvfb sets it when Xvfb exists
+    pytest.skip("napari widgets need a display: install Xvfb (apt-get install xvfb) for pytest-xvfb",
+                allow_module_level=True)
 
 from napari_aprnet.apr import APR  # noqa: E402
 from napari_aprnet.samples import fluorescence_blobs  # noqa: E402
@@ -238,7 +242,11 @@ def test_annotate_labels_survive_reopen(make_napari_viewer, qtbot, image_folder,
     np.testing.assert_array_equal(viewer.layers["annotation image"].data, np.load(image_folder / "im0.npy"))
     w.class_buttons[1].changed.emit(True)  # click "2: square"
     assert w.current_name == "im1.npy"  # moved on to the next unlabelled image
-    w.assign_number(1)  # as the "1" key does
+    from qtpy.QtCore import Qt
+    from qtpy.QtTest import QTest
+
+    QTest.keyClick(viewer.window._qt_viewer.canvas.native, Qt.Key_1)  # the "1" key on the canvas
+    assert w.annotations.label_of("im1.npy") == "round"
     w.assign_number(7)  # no class 7: a warning, nothing saved
     assert notes[-1][1] == "warning"
     viewer.window.remove_dock_widget("all")
@@ -283,3 +291,18 @@ def test_canvas_screenshot_of_converted_sample_not_blank(make_napari_viewer, qtb
     rgb = shot[..., :3].astype(float)
     assert rgb.std() > 5  # not a uniform (e.g. black) canvas
     assert (rgb.max(axis=2) > 40).mean() > 0.05  # a good part of the canvas is lit
+
+
+def test_run_script_converts_sample_and_writes_screenshot(tmp_path):
+    import subprocess
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "run_napari.py"
+    out = subprocess.run([sys.executable, str(script), "--sample", "photo", "--screenshot-dir", str(tmp_path)],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "converted 'camera'" in out.stdout
+    import imageio.v3 as iio
+
+    shot = iio.imread(tmp_path / "run_napari.png")
+    assert shot.shape[0] > 500 and shot[..., :3].std() > 10

@@ -5,11 +5,17 @@ input) so that every test has a real checkpoint to load.
 """
 from __future__ import annotations
 
+import os
+import sys
+
 import numpy as np
 import pytest
 
 pytest.importorskip("napari")
 pytestmark = pytest.mark.gui
+if sys.platform.startswith("linux") and not os.environ.get("DISPLAY"):  # pytest-xvfb sets it when Xvfb exists
+    pytest.skip("napari widgets need a display: install Xvfb (apt-get install xvfb) for pytest-xvfb",
+                allow_module_level=True)
 
 from napari_aprnet.samples import shapes_gallery  # noqa: E402
 
@@ -164,7 +170,7 @@ def test_train_runs_offers_checkpoint_and_stops_cleanly(make_napari_viewer, qtbo
     n = len(w.history["step"])
     qtbot.wait(300)
     assert len(w.history["step"]) <= n + 1  # at most the step in flight lands
-    # closing napari asks first: "No" keeps training, "Yes" stops it cleanly
+    # closing napari asks first: "No" keeps training, "Yes" stops it cleanly (here: while paused)
     w.confirm_close = lambda: False
     assert w._guard.eventFilter(viewer.window._qt_window, QCloseEvent()) is True
     assert w.task.running
@@ -174,6 +180,16 @@ def test_train_runs_offers_checkpoint_and_stops_cleanly(make_napari_viewer, qtbo
     assert "stopped at step" in w.result.value
     assert (tmp_path / "run2" / "checkpoint.pt").exists()
     qtbot.waitUntil(lambda: QThreadPool.globalInstance().activeThreadCount() == 0, timeout=WAIT)
+
+    # the Stop button also ends a paused run
+    w.out_dir.value = tmp_path / "run3"
+    worker = w.start()
+    qtbot.waitUntil(lambda: len(w.history["step"]) >= 1, timeout=WAIT)
+    w.pause_button.changed.emit(True)
+    qtbot.waitUntil(lambda: worker.is_paused, timeout=WAIT)
+    w.stop_button.changed.emit(True)
+    wait_idle(qtbot, w)
+    assert "stopped at step" in w.result.value and (tmp_path / "run3" / "checkpoint.pt").exists()
 
 
 def test_train_bad_input(make_napari_viewer, tmp_path, notes):

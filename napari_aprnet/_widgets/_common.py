@@ -59,7 +59,10 @@ def image_layers(viewer: napari.Viewer) -> list:
 
 
 def image_from_layer(layer) -> tuple[np.ndarray, int | None]:
-    """Return ``(image, channel_axis)`` of a layer that APR conversion accepts.
+    """Return ``(data, channel_axis)`` of a layer that APR conversion accepts.
+
+    ``data`` is the layer's array as is (possibly lazy); read it with
+    ``np.asarray`` in the worker thread.
 
     Raises
     ------
@@ -83,9 +86,10 @@ def image_from_layer(layer) -> tuple[np.ndarray, int | None]:
         raise ValueError(f"layer {layer.name!r} has {spatial} dimensions (shape {tuple(layer.data.shape)}); "
                          "APR conversion takes 2D or 3D images (RGB allowed). Extract one time point or "
                          "channel first (e.g. right-click the layer > Split Stack)")
-    data = np.asarray(layer.data)
+    data = layer.data  # not read here: lazy (dask) data is loaded in the worker thread
     if min(data.shape[:spatial]) < 2:
-        raise ValueError(f"layer {layer.name!r} has shape {data.shape}: every spatial side must be >= 2 pixels")
+        raise ValueError(f"layer {layer.name!r} has shape {tuple(data.shape)}: every spatial side must be "
+                         ">= 2 pixels")
     return data, (-1 if rgb else None)
 
 
@@ -243,6 +247,8 @@ class BackgroundTask:
             self.status.value = f"{self.name}: cancelling..."
             if self.quit_on_cancel:
                 self.worker.quit()
+            if getattr(self.worker, "is_paused", False):  # a paused worker must run to see the request
+                self.worker.resume()
 
 
 def task_widgets(name: str) -> tuple[ProgressBar, Label, PushButton]:

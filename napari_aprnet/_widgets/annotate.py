@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 from magicgui.widgets import Container, FileEdit, LineEdit, PushButton
@@ -21,8 +21,9 @@ IMAGE_LAYER = "annotation image"
 class AnnotateWidget(Container):
     """Assign one class per image of a folder; labels are saved at once in ``aprnet_labels.csv``.
 
-    Number keys 1-9 (with the canvas focused) or the class buttons assign a
-    class and move to the next unlabelled image. With a classifier
+    Number keys 1-9 (canvas focused, no layer selected: the widget clears the
+    selection when it shows an image) or the class buttons assign a class and
+    move to the next unlabelled image. With a classifier
     checkpoint loaded, its prediction is shown beside the label.
     """
 
@@ -71,13 +72,30 @@ class AnnotateWidget(Container):
 
     # ---------------------------------------------------------------- keys
     def _bind_keys(self) -> None:
+        """Bind 1-9 on the viewer (they reach it while no layer with its own digit keys is active)."""
+        import weakref
+
+        ref = weakref.ref(self)
+        viewer = self.viewer
+
+        def make(k):
+            def handler(_viewer):
+                widget = ref()
+                if widget is not None:
+                    widget.assign_number(k)
+            return handler
+
         for k in range(1, 10):
-            def handler(viewer, k=k):
-                self.assign_number(k)
-            try:
-                self.viewer.bind_key(str(k), handler, overwrite=True)
-            except (AttributeError, TypeError, ValueError):  # pragma: no cover - napari API change
-                break
+            viewer.bind_key(str(k), make(k), overwrite=True)
+
+        def unbind(*_):
+            for k in range(1, 10):
+                try:
+                    viewer.bind_key(str(k), None)
+                except (KeyError, ValueError, TypeError):
+                    pass
+
+        self.native.destroyed.connect(unbind)
 
     def assign_number(self, k: int) -> None:
         """Assign class number ``k`` (1-based), as the number keys do."""
@@ -109,6 +127,7 @@ class AnnotateWidget(Container):
             notify("type the class names first (comma-separated), then open the folder")
             return False
         self.annotations = annotations
+        self.folder.value = folder
         self.classes.value = ", ".join(annotations.class_names)
         self._predictions.clear()
         self._rebuild_buttons()
@@ -148,6 +167,8 @@ class AnnotateWidget(Container):
                     self.viewer.layers.remove(IMAGE_LAYER)
                 self.viewer.add_image(image, name=IMAGE_LAYER, rgb=rgb)
             self.viewer.reset_view()
+            # image layers use 1 and 2 for their modes; with no active layer the digits label
+            self.viewer.layers.selection.clear()
         self._update_info()
         self._predict()
 
@@ -243,6 +264,7 @@ class AnnotateWidget(Container):
 
         def done(result):
             self._predictions[result[0]] = result[1]
+            self.status.value = f"predicted {result[0]}"
             if result[0] == self.current_name:
                 self.prediction.value = result[1]
 

@@ -10,7 +10,7 @@ from magicgui.widgets import ComboBox, Container, FileEdit, PushButton, Select
 
 from napari_aprnet._layers import METADATA_KEY, level_color_dict
 from napari_aprnet._widgets._common import (BackgroundTask, Progress, form, image_layers, notify, register_widget,
-                                            row, task_widgets, text, unwrap_viewer)
+                                            task_widgets, text, unwrap_viewer)
 from napari_aprnet._widgets._plot import BarPlot
 from napari_aprnet._widgets.convert import update_or_add
 

@@ -9,10 +9,9 @@ import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, PushButton
 from qtpy.QtCore import QTimer
 
-from napari_aprnet._layers import (APR_KEY, METADATA_KEY, apr_layer_data, level_color, level_legend,
-                                   particle_cells)
-from napari_aprnet._widgets._common import (BackgroundTask, Progress, image_from_layer, image_layers, notify,
-                                            form, register_widget, row, task_widgets, text, unwrap_viewer)
+from napari_aprnet._layers import METADATA_KEY, apr_layer_data, level_color, level_legend, particle_cells
+from napari_aprnet._widgets._common import (BackgroundTask, Progress, form, image_from_layer, image_layers,
+                                            notify, register_widget, row, task_widgets, text, unwrap_viewer)
 from napari_aprnet._widgets._params import ParamsForm
 
 if TYPE_CHECKING:
@@ -44,6 +43,8 @@ def convert_job(image: np.ndarray, params, channel_axis: int | None, mode: str, 
     from napari_aprnet.apr import APR
     from napari_aprnet.sweep import error_stats
 
+    yield Progress(0, 3, f"reading the {'x'.join(map(str, image.shape))} image...")
+    image = np.asarray(image)
     yield Progress(0, 3, f"converting a {'x'.join(map(str, image.shape))} image to an APR...")
     apr = APR.from_image(image, params.rel_error, params=params, channel_axis=channel_axis,
                          cancel=cancel.is_set)

@@ -198,8 +198,6 @@ class TrainWidget(Container):
         if worker is None:
             return
         self.task.cancel()
-        if getattr(worker, "is_paused", False):
-            worker.resume()
         if wait:
             deadline = time.monotonic() + timeout
             while self.task.worker is not None and time.monotonic() < deadline:

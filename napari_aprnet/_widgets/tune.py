@@ -7,8 +7,8 @@ import numpy as np
 from magicgui.widgets import ComboBox, Container, LineEdit, PushButton
 
 from napari_aprnet._layers import METADATA_KEY, level_color_dict
-from napari_aprnet._widgets._common import (BackgroundTask, Progress, image_from_layer, image_layers, notify,
-                                            form, open_widget, register_widget, row, task_widgets, text,
+from napari_aprnet._widgets._common import (BackgroundTask, Progress, form, image_from_layer, image_layers,
+                                            notify, open_widget, register_widget, row, task_widgets, text,
                                             unwrap_viewer)
 from napari_aprnet._widgets._params import ParamsForm
 from napari_aprnet._widgets._plot import LinePlot
@@ -26,6 +26,8 @@ def sweep_job(image: np.ndarray, rel_errors: list[float], params, channel_axis: 
     from napari_aprnet.sweep import sweep_rel_error
 
     n = len(rel_errors)
+    yield Progress(0, n, "reading the image...")
+    image = np.asarray(image)
     yield Progress(0, n, f"converting at E = {rel_errors[0]:g} (1/{n})...")
     for i, point in enumerate(sweep_rel_error(image, rel_errors, params=params, channel_axis=channel_axis,
                                               mode=mode, cancel=cancel.is_set)):
