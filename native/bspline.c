@@ -13,15 +13,23 @@
  * number of threads, so results do not depend on OpenMP scheduling.
  */
 #include <math.h>
+#include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "aprnet.h"
 #include "formation_internal.h"
 
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#define FM_SSE 1
+#endif
+
 #define FM_TOL 1e-4
 #define FM_CHUNK 512 /* values per vector block for the y and z passes */
-#define FM_TILE 16   /* rows transposed together for the x pass */
+#define FM_BLOCK_BYTES (512 << 10) /* column block of the strided passes */
+#define FM_FAR_STRIDE (64 << 10)   /* strides (bytes) from which blocks are copied */
+#define FM_TILE 32   /* rows transposed together for the x pass */
 
 typedef struct {
     float b1, b2, norm;
@@ -109,8 +117,15 @@ static double *boundary_coefs(const fm_spline *s, int64_t n, int64_t *L_out) {
 
 /* Filter a block of `width` parallel lines of length n: element (i, k) is
  * base[i * stride + k]. tmp holds 5 * width floats. */
-static void filter_block(float *base, int64_t n, int64_t stride, int64_t width,
-                         const fm_spline *s, const double *c, int64_t L, float *tmp) {
+#if defined(__GNUC__)
+#define FM_INLINE inline __attribute__((always_inline))
+#else
+#define FM_INLINE inline
+#endif
+
+static FM_INLINE void filter_lines(float *restrict base, int64_t n, int64_t stride, int64_t width,
+                                   const fm_spline *s, const double *c, int64_t L,
+                                   float *restrict tmp) {
     float *y0 = tmp, *y1 = tmp + width, *zN1 = tmp + 2 * width, *zN2 = tmp + 3 * width;
     float *za = tmp + 4 * width;
     const float b1 = s->b1, b2 = s->b2, norm = s->norm;
@@ -135,32 +150,141 @@ static void filter_block(float *base, int64_t n, int64_t stride, int64_t width,
         const float *p1 = cur - stride, *p2 = cur - 2 * stride;
         for (int64_t k = 0; k < width; ++k) cur[k] = cur[k] + b1 * p1[k] + b2 * p2[k];
     }
-    /* anti-causal pass: zN1 holds z[i+2], za holds z[i+1] (unnormalised) */
-    float *zi2 = zN1, *zi1 = zN2;
+    /* anti-causal pass on the unnormalised z: zN1 starts as z[n-1] = z[i+2] and
+     * zN2 as z[n-2] = z[i+1] for i = n-3; each step overwrites the older one
+     * (fixed roles, two steps per iteration, so the loops vectorise) */
     float *line_last = base + (n - 1) * stride, *line_prev = base + (n - 2) * stride;
     for (int64_t k = 0; k < width; ++k) {
-        line_last[k] = norm * zi2[k];
-        line_prev[k] = norm * zi1[k];
+        line_last[k] = norm * zN1[k];
+        line_prev[k] = norm * zN2[k];
     }
-    for (int64_t i = n - 3; i >= 0; --i) {
+    (void)za;
+    for (int64_t i = n - 3; i >= 0; i -= 2) {
         float *cur = base + i * stride;
-        for (int64_t k = 0; k < width; ++k) {
-            float z = cur[k] + b1 * zi1[k] + b2 * zi2[k];
+        for (int64_t k = 0; k < width; ++k) { /* z[i+1] in zN2, z[i+2] in zN1 */
+            const float z = cur[k] + b1 * zN2[k] + b2 * zN1[k];
             cur[k] = norm * z;
-            za[k] = z;
+            zN1[k] = z;
         }
-        float *t = zi2;
-        zi2 = zi1;
-        zi1 = za;
-        za = t;
+        if (i == 0) break;
+        cur -= stride;
+        for (int64_t k = 0; k < width; ++k) { /* z[i] in zN1, z[i+1] in zN2 */
+            const float z = cur[k] + b1 * zN1[k] + b2 * zN2[k];
+            cur[k] = norm * z;
+            zN2[k] = z;
+        }
     }
 }
 
-/* x pass; when src is not NULL the input rows are read (and converted) from
- * the typed image src instead of img, which then only receives the output. */
+static void filter_block(float *base, int64_t n, int64_t stride, int64_t width,
+                         const fm_spline *s, const double *c, int64_t L, float *tmp) {
+    filter_lines(base, n, stride, width, s, c, L, tmp);
+}
+
+/* the same for the FM_TILE lines of a transposed tile (constant width: the
+ * compiler unrolls the vector loops) */
+static void filter_tile(float *base, int64_t n, const fm_spline *s, const double *c, int64_t L,
+                        float *tmp) {
+    filter_lines(base, n, FM_TILE, FM_TILE, s, c, L, tmp);
+}
+
+/* ----- x pass: tiles of FM_TILE rows transposed so that the recursion runs
+ * along x with one row per vector lane ----- */
+
+#ifdef FM_SSE
+/* 4 consecutive values of a typed image from element i, as floats */
+static inline __m128 load4(const void *src, int dtype, int64_t i) {
+    const __m128i zero = _mm_setzero_si128();
+    if (dtype == APRNET_DTYPE_U16) {
+        __m128i v = _mm_loadl_epi64((const __m128i *)((const uint16_t *)src + i));
+        return _mm_cvtepi32_ps(_mm_unpacklo_epi16(v, zero));
+    }
+    if (dtype == APRNET_DTYPE_U8) {
+        int32_t w;
+        memcpy(&w, (const uint8_t *)src + i, sizeof w);
+        __m128i v = _mm_unpacklo_epi8(_mm_cvtsi32_si128(w), zero);
+        return _mm_cvtepi32_ps(_mm_unpacklo_epi16(v, zero));
+    }
+    return _mm_loadu_ps((const float *)src + i);
+}
+#endif
+
+/* buf[x * FM_TILE + r] = row (row0 + r) of the typed image, 0 for r >= nr */
+static void tile_load(float *restrict buf, const void *src, int dtype, int64_t row0, int64_t nr,
+                      int64_t nx) {
+    int64_t x0 = 0;
+#ifdef FM_SSE
+    if (nr == FM_TILE) {
+        for (; x0 + 4 <= nx; x0 += 4) {
+            for (int r = 0; r < FM_TILE; r += 4) {
+                const int64_t i = (row0 + r) * nx + x0;
+                __m128 a = load4(src, dtype, i), b = load4(src, dtype, i + nx);
+                __m128 c = load4(src, dtype, i + 2 * nx), e = load4(src, dtype, i + 3 * nx);
+                _MM_TRANSPOSE4_PS(a, b, c, e);
+                float *o = buf + x0 * FM_TILE + r;
+                _mm_storeu_ps(o, a);
+                _mm_storeu_ps(o + FM_TILE, b);
+                _mm_storeu_ps(o + 2 * FM_TILE, c);
+                _mm_storeu_ps(o + 3 * FM_TILE, e);
+            }
+        }
+    }
+#endif
+    for (int64_t x = x0; x < nx; ++x) {
+        for (int64_t r = 0; r < nr; ++r) buf[x * FM_TILE + r] = fm_load_one(src, dtype, (row0 + r) * nx + x);
+        for (int64_t r = nr; r < FM_TILE; ++r) buf[x * FM_TILE + r] = 0.0f;
+    }
+}
+
+/* row (row0 + r) of img = buf[x * FM_TILE + r], r < nr */
+static void tile_store(const float *restrict buf, float *restrict img, int64_t row0, int64_t nr,
+                       int64_t nx) {
+    int64_t x0 = 0;
+#ifdef FM_SSE
+    if (nr == FM_TILE) {
+        for (; x0 + 4 <= nx; x0 += 4) {
+            for (int r = 0; r < FM_TILE; r += 4) {
+                const float *q = buf + x0 * FM_TILE + r;
+                __m128 a = _mm_loadu_ps(q), b = _mm_loadu_ps(q + FM_TILE);
+                __m128 c = _mm_loadu_ps(q + 2 * FM_TILE), e = _mm_loadu_ps(q + 3 * FM_TILE);
+                _MM_TRANSPOSE4_PS(a, b, c, e);
+                float *o = img + (row0 + r) * nx + x0;
+                _mm_storeu_ps(o, a);
+                _mm_storeu_ps(o + nx, b);
+                _mm_storeu_ps(o + 2 * nx, c);
+                _mm_storeu_ps(o + 3 * nx, e);
+            }
+        }
+    }
+#endif
+    for (int64_t x = x0; x < nx; ++x)
+        for (int64_t r = 0; r < nr; ++r) img[(row0 + r) * nx + x] = buf[x * FM_TILE + r];
+}
+
+/* Thread-local scratch of the x pass: the transposed tile and 5 * FM_TILE temporaries. */
+static float *xpass_scratch(int64_t nx) {
+    return malloc(sizeof(float) * (size_t)(nx * FM_TILE + 5 * FM_TILE));
+}
+
+/* x pass over rows [row0, row0 + nrows) of img, read from the typed image
+ * src (img itself when src is NULL, dtype F32). */
+static void xpass_rows(float *img, int64_t nx, int64_t row0, int64_t nrows, const void *src, int dtype,
+                       const fm_spline *s, const double *c, int64_t L, float *scratch) {
+    for (int64_t r0 = row0; r0 < row0 + nrows; r0 += FM_TILE) {
+        const int64_t nr = (r0 + FM_TILE <= row0 + nrows) ? FM_TILE : row0 + nrows - r0;
+        tile_load(scratch, src, dtype, r0, nr, nx);
+        filter_tile(scratch, nx, s, c, L, scratch + nx * FM_TILE);
+        tile_store(scratch, img, r0, nr, nx);
+    }
+}
+
 static int smooth_axis_x(float *img, fm_dims d, const fm_spline *s, const void *src, int dtype,
                          const int32_t *cancel) {
     const int64_t nx = d.nx, nrows = d.nz * d.ny;
+    if (!src) {
+        src = img;
+        dtype = APRNET_DTYPE_F32;
+    }
     int64_t L;
     double *c = boundary_coefs(s, nx, &L);
     if (!c) return APRNET_ERR_NOMEM;
@@ -168,7 +292,7 @@ static int smooth_axis_x(float *img, fm_dims d, const fm_spline *s, const void *
     int status = APRNET_OK;
 #pragma omp parallel
     {
-        float *buf = malloc(sizeof(float) * (size_t)(nx * FM_TILE + 5 * FM_TILE + nx));
+        float *buf = xpass_scratch(nx);
         if (!buf) {
 #pragma omp atomic write
             status = APRNET_ERR_NOMEM;
@@ -177,25 +301,7 @@ static int smooth_axis_x(float *img, fm_dims d, const fm_spline *s, const void *
         for (int64_t t = 0; t < ntiles; ++t) {
             if (!buf || fm_cancelled(cancel)) continue;
             const int64_t r0 = t * FM_TILE;
-            const int64_t nr = (r0 + FM_TILE <= nrows) ? FM_TILE : nrows - r0;
-            float *tmp = buf + nx * FM_TILE;
-            /* transpose the rows into buf[x * FM_TILE + r] */
-            float *rowbuf = tmp + 5 * FM_TILE;
-            for (int64_t r = 0; r < nr; ++r) {
-                const float *row = img + (r0 + r) * nx;
-                if (src) {
-                    aprnet_fm_load_row(src, dtype, (r0 + r) * nx, nx, rowbuf);
-                    row = rowbuf;
-                }
-                for (int64_t x = 0; x < nx; ++x) buf[x * FM_TILE + r] = row[x];
-            }
-            for (int64_t r = nr; r < FM_TILE; ++r)
-                for (int64_t x = 0; x < nx; ++x) buf[x * FM_TILE + r] = 0.0f;
-            filter_block(buf, nx, FM_TILE, FM_TILE, s, c, L, tmp);
-            for (int64_t r = 0; r < nr; ++r) {
-                float *row = img + (r0 + r) * nx;
-                for (int64_t x = 0; x < nx; ++x) row[x] = buf[x * FM_TILE + r];
-            }
+            xpass_rows(img, nx, r0, (r0 + FM_TILE <= nrows) ? FM_TILE : nrows - r0, src, dtype, s, c, L, buf);
         }
         free(buf);
     }
@@ -212,23 +318,44 @@ static int smooth_axis_strided(float *img, int64_t nouter, int64_t outer_stride,
     int64_t L;
     double *c = boundary_coefs(s, n, &L);
     if (!c) return APRNET_ERR_NOMEM;
-    const int64_t nchunks = (width_total + FM_CHUNK - 1) / FM_CHUNK;
+    /* For large strides each job copies a block of w columns (all n lines)
+     * into a contiguous buffer of about FM_BLOCK_BYTES, filters it there and
+     * copies it back: lines far apart in memory would otherwise evict each
+     * other from the cache between the causal and the anti-causal pass. */
+    const int copy = stride * (int64_t)sizeof(float) >= FM_FAR_STRIDE;
+    int64_t wmax = FM_CHUNK;
+    if (copy) {
+        wmax = FM_BLOCK_BYTES / (int64_t)sizeof(float) / n;
+        wmax = wmax < 16 ? 16 : wmax > FM_CHUNK ? FM_CHUNK : wmax & ~(int64_t)15;
+    }
+    const int64_t nchunks = (width_total + wmax - 1) / wmax;
     const int64_t njobs = nouter * nchunks;
     int status = APRNET_OK;
 #pragma omp parallel
     {
-        float tmp[5 * FM_CHUNK];
+        float *buf = malloc(sizeof(float) * (size_t)((copy ? n + 5 : 5) * wmax));
+        if (!buf) {
+#pragma omp atomic write
+            status = APRNET_ERR_NOMEM;
+        }
 #pragma omp for schedule(static)
         for (int64_t job = 0; job < njobs; ++job) {
-            if (fm_cancelled(cancel)) continue;
-            const int64_t o = job / nchunks, ch = job % nchunks;
-            const int64_t k0 = ch * FM_CHUNK;
-            const int64_t w = (k0 + FM_CHUNK <= width_total) ? FM_CHUNK : width_total - k0;
-            filter_block(img + o * outer_stride + k0, n, stride, w, s, c, L, tmp);
+            if (!buf || fm_cancelled(cancel)) continue;
+            const int64_t o = job / nchunks, k0 = (job % nchunks) * wmax;
+            const int64_t w = (k0 + wmax <= width_total) ? wmax : width_total - k0;
+            float *base = img + o * outer_stride + k0;
+            if (!copy) {
+                filter_block(base, n, stride, w, s, c, L, buf);
+                continue;
+            }
+            for (int64_t i = 0; i < n; ++i) memcpy(buf + i * w, base + i * stride, sizeof(float) * (size_t)w);
+            filter_block(buf, n, w, w, s, c, L, buf + n * w);
+            for (int64_t i = 0; i < n; ++i) memcpy(base + i * stride, buf + i * w, sizeof(float) * (size_t)w);
         }
+        free(buf);
     }
     free(c);
-    if (fm_cancelled(cancel)) status = APRNET_ERR_CANCELLED;
+    if (status == APRNET_OK && fm_cancelled(cancel)) status = APRNET_ERR_CANCELLED;
     return status;
 }
 
@@ -236,6 +363,52 @@ static void load_all(float *img, fm_dims d, const void *src, int dtype) {
     const int64_t nrows = d.nz * d.ny;
 #pragma omp parallel for schedule(static)
     for (int64_t r = 0; r < nrows; ++r) aprnet_fm_load_row(src, dtype, r * d.nx, d.nx, img + r * d.nx);
+}
+
+/* x and y passes plane by plane, one plane per thread at a time, so that the
+ * y pass reads a plane the x pass has just left in cache. Same arithmetic per
+ * line as smooth_axis_x + smooth_axis_strided. */
+static int smooth_planes_xy(float *img, fm_dims d, const fm_spline *s, const void *src, int dtype,
+                            const int32_t *cancel) {
+    const int64_t nx = d.nx, ny = d.ny, plane = nx * ny;
+    if (!src) {
+        src = img;
+        dtype = APRNET_DTYPE_F32;
+    }
+    int64_t Lx = 0, Ly = 0;
+    double *cx = nx > 1 ? boundary_coefs(s, nx, &Lx) : NULL;
+    double *cy = ny > 1 ? boundary_coefs(s, ny, &Ly) : NULL;
+    if ((nx > 1 && !cx) || (ny > 1 && !cy)) {
+        free(cx);
+        free(cy);
+        return APRNET_ERR_NOMEM;
+    }
+    int status = APRNET_OK;
+#pragma omp parallel
+    {
+        float *buf = xpass_scratch(nx);
+        float tmp[5 * FM_CHUNK];
+        if (!buf) {
+#pragma omp atomic write
+            status = APRNET_ERR_NOMEM;
+        }
+#pragma omp for schedule(static)
+        for (int64_t z = 0; z < d.nz; ++z) {
+            if (!buf || fm_cancelled(cancel)) continue;
+            if (nx > 1) xpass_rows(img, nx, z * ny, ny, src, dtype, s, cx, Lx, buf);
+            else if (src != img)
+                aprnet_fm_load_row(src, dtype, z * plane, plane, img + z * plane);
+            if (ny > 1)
+                for (int64_t k0 = 0; k0 < nx; k0 += FM_CHUNK)
+                    filter_block(img + z * plane + k0, ny, nx, (k0 + FM_CHUNK <= nx) ? FM_CHUNK : nx - k0,
+                                 s, cy, Ly, tmp);
+        }
+        free(buf);
+    }
+    free(cx);
+    free(cy);
+    if (status == APRNET_OK && fm_cancelled(cancel)) status = APRNET_ERR_CANCELLED;
+    return status;
 }
 
 int aprnet_fm_smoothing_spline(float *img, fm_dims d, double lambda, const void *src, int dtype,
@@ -247,10 +420,14 @@ int aprnet_fm_smoothing_spline(float *img, fm_dims d, double lambda, const void 
     fm_spline s;
     int st = spline_init(&s, lambda);
     if (st != APRNET_OK) return st;
-    if (d.nx > 1) st = smooth_axis_x(img, d, &s, src, dtype, cancel);
-    else if (src) load_all(img, d, src, dtype);
-    if (st == APRNET_OK && d.ny > 1)
-        st = smooth_axis_strided(img, d.nz, d.ny * d.nx, d.ny, d.nx, d.nx, &s, cancel);
+    if (d.nz > 1 && d.nz >= 4 * (int64_t)omp_get_max_threads()) {
+        st = smooth_planes_xy(img, d, &s, src, dtype, cancel);
+    } else {
+        if (d.nx > 1) st = smooth_axis_x(img, d, &s, src, dtype, cancel);
+        else if (src) load_all(img, d, src, dtype);
+        if (st == APRNET_OK && d.ny > 1)
+            st = smooth_axis_strided(img, d.nz, d.ny * d.nx, d.ny, d.nx, d.nx, &s, cancel);
+    }
     if (st == APRNET_OK && d.nz > 1)
         st = smooth_axis_strided(img, 1, 0, d.nz, d.ny * d.nx, d.ny * d.nx, &s, cancel);
     spline_free(&s);

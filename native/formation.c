@@ -6,12 +6,30 @@
  *   3. aprnet_pulling_scheme / aprnet_pulling_emit (pulling.c): particle cells;
  *   4. aprnet_formation_sample: particle values = mean of the cell's pixels.
  */
+#define _DEFAULT_SOURCE /* madvise */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
 
 #include "aprnet.h"
 #include "formation_internal.h"
+
+#define FM_HUGE ((size_t)2 << 20)
+
+void *aprnet_fm_alloc(size_t bytes) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+    if (bytes >= 2 * FM_HUGE) {
+        void *p = NULL;
+        if (posix_memalign(&p, FM_HUGE, bytes) != 0) return NULL;
+        (void)madvise(p, bytes, MADV_HUGEPAGE); /* advisory: failure is harmless */
+        return p;
+    }
+#endif
+    return malloc(bytes ? bytes : 1);
+}
 
 void aprnet_fm_load_row(const void *image, int dtype, int64_t offset, int64_t n, float *out) {
     if (dtype == APRNET_DTYPE_U16) {
@@ -25,10 +43,17 @@ void aprnet_fm_load_row(const void *image, int dtype, int64_t offset, int64_t n,
     }
 }
 
-static float load_one(const void *image, int dtype, int64_t i) {
-    if (dtype == APRNET_DTYPE_U16) return (float)((const uint16_t *)image)[i];
-    if (dtype == APRNET_DTYPE_U8) return (float)((const uint8_t *)image)[i];
-    return ((const float *)image)[i];
+void aprnet_fm_add_row(const void *image, int dtype, int64_t offset, int64_t n, float *out) {
+    if (dtype == APRNET_DTYPE_U16) {
+        const uint16_t *p = (const uint16_t *)image + offset;
+        for (int64_t i = 0; i < n; ++i) out[i] += (float)p[i];
+    } else if (dtype == APRNET_DTYPE_U8) {
+        const uint8_t *p = (const uint8_t *)image + offset;
+        for (int64_t i = 0; i < n; ++i) out[i] += (float)p[i];
+    } else {
+        const float *p = (const float *)image + offset;
+        for (int64_t i = 0; i < n; ++i) out[i] += p[i];
+    }
 }
 
 static int check_shape(const int64_t shape[3]) {
@@ -52,13 +77,12 @@ int aprnet_formation_grad_sigma(const void *image, int dtype, const int64_t shap
         if (!(spacing[a] > 0.0) || !isfinite(spacing[a])) return APRNET_ERR_ARG;
     const fm_dims d = {shape[0], shape[1], shape[2]};
     const int64_t n = fm_size(d);
-    float *work = malloc(sizeof(float) * (size_t)n);
+    float *work = aprnet_fm_alloc(sizeof(float) * (size_t)n);
     if (!work) return APRNET_ERR_NOMEM;
     int st = aprnet_fm_smoothing_spline(work, d, lambda, image, dtype, cancel);
     if (st == APRNET_OK && fm_cancelled(cancel)) st = APRNET_ERR_CANCELLED;
-    if (st == APRNET_OK) st = aprnet_fm_gradient_maxds(work, d, spacing, grad_ds);
+    if (st == APRNET_OK) st = aprnet_fm_grad_mean_ds(work, d, spacing, grad_ds, smooth_ds);
     if (st == APRNET_OK) {
-        aprnet_fm_mean_downsample(work, d, smooth_ds);
         if (lambda > 0.0) st = aprnet_fm_inverse_bspline(smooth_ds, fm_half_dims(d));
     }
     free(work);
@@ -111,6 +135,75 @@ static inline int64_t extent(int64_t c, int64_t step, int64_t n) {
     return e < step ? e : step;
 }
 
+/* Level level_max - 1 of the mean pyramid: means of the 2x2(x2) pixel blocks. */
+static int pyramid_from_pixels(const void *image, int dtype, fm_dims dp, fm_dims d, float *out) {
+    int st = APRNET_OK;
+#pragma omp parallel
+    {
+        float *acc = malloc(sizeof(float) * (size_t)dp.nx);
+        if (!acc) {
+#pragma omp atomic write
+            st = APRNET_ERR_NOMEM;
+        }
+#pragma omp for schedule(static)
+        for (int64_t r = 0; r < d.nz * d.ny; ++r) {
+            if (!acc) continue;
+            const int64_t zd = r / d.ny, yd = r % d.ny;
+            int nr = 0;
+            for (int64_t z = 2 * zd; z < 2 * zd + 2 && z < dp.nz; ++z)
+                for (int64_t y = 2 * yd; y < 2 * yd + 2 && y < dp.ny; ++y, ++nr) {
+                    const int64_t off = (z * dp.ny + y) * dp.nx;
+                    if (nr) aprnet_fm_add_row(image, dtype, off, dp.nx, acc);
+                    else aprnet_fm_load_row(image, dtype, off, dp.nx, acc);
+                }
+            float *restrict o = out + r * d.nx;
+            const float inv_full = 1.0f / (float)(2 * nr);
+            for (int64_t k = 0; k < dp.nx / 2; ++k) o[k] = (acc[2 * k] + acc[2 * k + 1]) * inv_full;
+            if (dp.nx & 1) o[d.nx - 1] = acc[dp.nx - 1] / (float)nr;
+        }
+        free(acc);
+    }
+    return st;
+}
+
+/* Level l of the mean pyramid from level l + 1 (dims dc): weighted mean of
+ * the children, weights = their pixel counts (step = their cell size). */
+static int pyramid_from_children(const float *c, fm_dims dc, fm_dims d, const int64_t shape[3],
+                                 int64_t step, float *out) {
+    /* pixel counts of the child cells along each axis */
+    double *w = malloc(sizeof(double) * (size_t)(dc.nz + dc.ny + dc.nx));
+    if (!w) return APRNET_ERR_NOMEM;
+    double *wz = w, *wy = w + dc.nz, *wx = w + dc.nz + dc.ny;
+    for (int64_t i = 0; i < dc.nz; ++i) wz[i] = (double)extent(i, step, shape[0]);
+    for (int64_t i = 0; i < dc.ny; ++i) wy[i] = (double)extent(i, step, shape[1]);
+    for (int64_t i = 0; i < dc.nx; ++i) wx[i] = (double)extent(i, step, shape[2]);
+#pragma omp parallel for schedule(static)
+    for (int64_t r = 0; r < d.nz * d.ny; ++r) {
+        const int64_t zd = r / d.ny, yd = r % d.ny;
+        const int64_t z1 = 2 * zd + 2 < dc.nz ? 2 * zd + 2 : dc.nz;
+        const int64_t y1 = 2 * yd + 2 < dc.ny ? 2 * yd + 2 : dc.ny;
+        float *o = out + r * d.nx;
+        for (int64_t k = 0; k < d.nx; ++k) {
+            const int64_t x1 = 2 * k + 2 < dc.nx ? 2 * k + 2 : dc.nx;
+            double acc = 0.0, wsum = 0.0;
+            for (int64_t z = 2 * zd; z < z1; ++z) {
+                for (int64_t y = 2 * yd; y < y1; ++y) {
+                    const double wzy = wz[z] * wy[y];
+                    const float *cr = c + (z * dc.ny + y) * dc.nx;
+                    for (int64_t x = 2 * k; x < x1; ++x) {
+                        const double wt = wzy * wx[x];
+                        acc += wt * cr[x];
+                        wsum += wt;
+                    }
+                }
+            }
+            o[k] = (float)(acc / wsum);
+        }
+    }
+    free(w);
+    return APRNET_OK;
+}
+
 int aprnet_formation_sample(const void *image, int dtype, const int64_t shape[3], int level_max,
                             int64_t n_particles, const uint8_t *levels, const int32_t *coords,
                             int ndim, float *values, int64_t value_stride, const int32_t *cancel) {
@@ -120,110 +213,60 @@ int aprnet_formation_sample(const void *image, int dtype, const int64_t shape[3]
         return APRNET_ERR_ARG;
     if (n_particles == 0) return APRNET_OK;
     if (!levels || !coords || !values) return APRNET_ERR_ARG;
-    /* validate particles and find the coarsest level */
-    int lmin = level_max;
+    /* the coarsest level present (and a first range check of the levels) */
+    int lmin = level_max, bad = 0;
+#pragma omp parallel for schedule(static) reduction(min : lmin) reduction(| : bad)
     for (int64_t p = 0; p < n_particles; ++p) {
         const int l = levels[p];
-        if (l > level_max) return APRNET_ERR_BOUNDS;
-        if (l < lmin) lmin = l;
-        const int s = level_max - l;
-        const int32_t *q = coords + p * ndim;
-        for (int a = 0; a < ndim; ++a) {
-            const int64_t na = ((shape[3 - ndim + a] - 1) >> s) + 1;
-            if (q[a] < 0 || q[a] >= na) return APRNET_ERR_BOUNDS;
-        }
+        bad |= l > level_max;
+        lmin = l < lmin ? l : lmin;
+    }
+    if (bad) return APRNET_ERR_BOUNDS;
+    /* grid of every level: dl[l] (numpy order) */
+    fm_dims dl[64];
+    for (int l = lmin; l <= level_max; ++l) {
+        const int sh = level_max - l;
+        dl[l].nz = ((shape[0] - 1) >> sh) + 1;
+        dl[l].ny = ((shape[1] - 1) >> sh) + 1;
+        dl[l].nx = ((shape[2] - 1) >> sh) + 1;
     }
     /* mean pyramid for levels lmin .. level_max - 1 */
     float *pyr[64] = {0};
-    fm_dims dl[64];
     int st = APRNET_OK;
     for (int l = level_max - 1; l >= lmin && st == APRNET_OK; --l) {
-        const int s = level_max - l;
-        dl[l].nz = ((shape[0] - 1) >> s) + 1;
-        dl[l].ny = ((shape[1] - 1) >> s) + 1;
-        dl[l].nx = ((shape[2] - 1) >> s) + 1;
-        pyr[l] = malloc(sizeof(float) * (size_t)fm_size(dl[l]));
-        if (!pyr[l]) {
-            st = APRNET_ERR_NOMEM;
-            break;
-        }
         if (fm_cancelled(cancel)) {
             st = APRNET_ERR_CANCELLED;
             break;
         }
-        const fm_dims d = dl[l];
-        if (l == level_max - 1) {
-            /* from pixels */
-            const fm_dims dp = {shape[0], shape[1], shape[2]};
-#pragma omp parallel
-            {
-                float *rows = malloc(sizeof(float) * (size_t)(4 * dp.nx));
-                if (!rows) {
-#pragma omp atomic write
-                    st = APRNET_ERR_NOMEM;
-                }
-#pragma omp for schedule(static)
-                for (int64_t r = 0; r < d.nz * d.ny; ++r) {
-                    if (!rows) continue;
-                    const int64_t zd = r / d.ny, yd = r % d.ny;
-                    int nr = 0;
-                    for (int64_t z = 2 * zd; z < 2 * zd + 2 && z < dp.nz; ++z)
-                        for (int64_t y = 2 * yd; y < 2 * yd + 2 && y < dp.ny; ++y)
-                            aprnet_fm_load_row(image, dtype, (z * dp.ny + y) * dp.nx, dp.nx, rows + (nr++) * dp.nx);
-                    float *o = pyr[l] + r * d.nx;
-                    for (int q = 1; q < nr; ++q) {
-                        const float *src = rows + q * dp.nx;
-                        for (int64_t x = 0; x < dp.nx; ++x) rows[x] += src[x];
-                    }
-                    const float inv_full = 1.0f / (float)(2 * nr);
-                    for (int64_t k = 0; k < dp.nx / 2; ++k) o[k] = (rows[2 * k] + rows[2 * k + 1]) * inv_full;
-                    if (dp.nx & 1) o[d.nx - 1] = rows[dp.nx - 1] / (float)nr;
-                }
-                free(rows);
-            }
-        } else {
-            /* weighted mean of the children (weights = their pixel counts) */
-            const fm_dims dc = dl[l + 1];
-            const float *c = pyr[l + 1];
-            const int64_t step = (int64_t)1 << (level_max - l - 1);
-#pragma omp parallel for schedule(static)
-            for (int64_t r = 0; r < d.nz * d.ny; ++r) {
-                const int64_t zd = r / d.ny, yd = r % d.ny;
-                float *o = pyr[l] + r * d.nx;
-                for (int64_t k = 0; k < d.nx; ++k) {
-                    double acc = 0.0, wsum = 0.0;
-                    for (int64_t z = 2 * zd; z < 2 * zd + 2 && z < dc.nz; ++z) {
-                        const double wz = (double)extent(z, step, shape[0]);
-                        for (int64_t y = 2 * yd; y < 2 * yd + 2 && y < dc.ny; ++y) {
-                            const double wy = wz * (double)extent(y, step, shape[1]);
-                            for (int64_t x = 2 * k; x < 2 * k + 2 && x < dc.nx; ++x) {
-                                const double w = wy * (double)extent(x, step, shape[2]);
-                                acc += w * c[(z * dc.ny + y) * dc.nx + x];
-                                wsum += w;
-                            }
-                        }
-                    }
-                    o[k] = (float)(acc / wsum);
-                }
-            }
+        pyr[l] = aprnet_fm_alloc(sizeof(float) * (size_t)fm_size(dl[l]));
+        if (!pyr[l]) {
+            st = APRNET_ERR_NOMEM;
+            break;
         }
+        if (l == level_max - 1)
+            st = pyramid_from_pixels(image, dtype, dl[level_max], dl[l], pyr[l]);
+        else
+            st = pyramid_from_children(pyr[l + 1], dl[l + 1], dl[l], shape,
+                                       (int64_t)1 << (level_max - l - 1), pyr[l]);
     }
     if (st == APRNET_OK && fm_cancelled(cancel)) st = APRNET_ERR_CANCELLED;
     if (st == APRNET_OK) {
-#pragma omp parallel for schedule(static)
+        /* read the particles' values, checking their coordinates */
+        bad = 0;
+#pragma omp parallel for schedule(static) reduction(| : bad)
         for (int64_t p = 0; p < n_particles; ++p) {
             const int l = levels[p];
             const int32_t *q = coords + p * ndim;
+            const fm_dims d = dl[l];
             const int64_t z = ndim == 3 ? q[0] : 0, y = q[ndim - 2], x = q[ndim - 1];
-            float v;
-            if (l == level_max) {
-                v = load_one(image, dtype, (z * shape[1] + y) * shape[2] + x);
-            } else {
-                const fm_dims d = dl[l];
-                v = pyr[l][(z * d.ny + y) * d.nx + x];
+            if ((uint64_t)z >= (uint64_t)d.nz || (uint64_t)y >= (uint64_t)d.ny || (uint64_t)x >= (uint64_t)d.nx) {
+                bad = 1;
+                continue;
             }
-            values[p * value_stride] = v;
+            const int64_t i = (z * d.ny + y) * d.nx + x;
+            values[p * value_stride] = l == level_max ? fm_load_one(image, dtype, i) : pyr[l][i];
         }
+        if (bad) st = APRNET_ERR_BOUNDS;
     }
     for (int l = 0; l < 64; ++l) free(pyr[l]);
     return st;

@@ -7,6 +7,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "aprnet.h"
+
 /* Grid dimensions in numpy order: nz planes of ny rows of nx (contiguous) values. */
 typedef struct {
     int64_t nz, ny, nx;
@@ -32,6 +34,13 @@ static inline int64_t fm_mirror(int64_t i, int64_t n) {
     return i < n ? i : p - i;
 }
 
+/* Element i of a uint8/uint16/float32 image (dtype code) as a float; exact. */
+static inline float fm_load_one(const void *image, int dtype, int64_t i) {
+    if (dtype == APRNET_DTYPE_U16) return (float)((const uint16_t *)image)[i];
+    if (dtype == APRNET_DTYPE_U8) return (float)((const uint8_t *)image)[i];
+    return ((const float *)image)[i];
+}
+
 static inline int fm_cancelled(const int32_t *cancel) {
     return cancel != NULL && *(const volatile int32_t *)cancel != 0;
 }
@@ -43,15 +52,21 @@ int aprnet_fm_smoothing_spline(float *img, fm_dims d, double lambda, const void 
                                const int32_t *cancel);
 int aprnet_fm_inverse_bspline(float *img, fm_dims d);
 
-/* gradient.c */
-int aprnet_fm_gradient_maxds(const float *coef, fm_dims d, const double h[3], float *grad_ds);
-void aprnet_fm_mean_downsample(const float *img, fm_dims d, float *out);
+/* gradient.c: gradient magnitude max-downsampled 2x and the 2x mean of coef */
+int aprnet_fm_grad_mean_ds(const float *coef, fm_dims d, const double h[3], float *grad_ds,
+                           float *smooth_ds);
 
 /* sigma.c */
 int aprnet_fm_local_intensity_scale(const float *smooth_ds, fm_dims dh, int psf, float *sigma);
 
+/* formation.c: a buffer for `bytes` bytes (release with free); large ones are
+ * aligned to 2 MiB and marked for transparent huge pages, which makes their
+ * first touch much cheaper. NULL when out of memory. */
+void *aprnet_fm_alloc(size_t bytes);
+
 /* pixel loading (formation.c): convert `n` values of the given dtype starting at
- * element `offset` into floats. */
+ * element `offset` into floats (out[i] = value), or add them (out[i] += value). */
 void aprnet_fm_load_row(const void *image, int dtype, int64_t offset, int64_t n, float *out);
+void aprnet_fm_add_row(const void *image, int dtype, int64_t offset, int64_t n, float *out);
 
 #endif

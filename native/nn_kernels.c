@@ -9,7 +9,7 @@
 
 #include "aprnet.h"
 
-#define NN_PAR_MIN 2048 /* rows below which loops stay serial */
+#define NN_PAR_MIN 512 /* rows below which loops stay serial */
 
 #define NN_TREE_MEAN(NAME, T)                                                                    \
     int NAME(T *values, int64_t n_values, int64_t n_cols, const int64_t *rows,                  \

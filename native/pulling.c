@@ -92,20 +92,143 @@ static void dilate(const uint8_t *mask, uint8_t *out, uint8_t *tmp, fm_dims d) {
     }
 }
 
-/* max-pool the child level (dims dc) into the parent level (dims dp) */
-static void maxpool(const uint8_t *child, fm_dims dc, uint8_t *parent, fm_dims dp) {
-#pragma omp parallel for schedule(static)
-    for (int64_t r = 0; r < dp.nz * dp.ny; ++r) {
-        const int64_t zp = r / dp.ny, yp = r % dp.ny;
-        uint8_t *o = parent + r * dp.nx;
-        for (int64_t x = 0; x < dp.nx; ++x) o[x] = 0;
-        for (int64_t z = 2 * zp; z < 2 * zp + 2 && z < dc.nz; ++z)
-            for (int64_t y = 2 * yp; y < 2 * yp + 2 && y < dc.ny; ++y) {
-                const uint8_t *s = child + (z * dc.ny + y) * dc.nx;
-                for (int64_t x = 0; x < dc.nx; ++x)
-                    if (s[x] > o[x >> 1]) o[x >> 1] = s[x];
-            }
+/* out[x] = p[x >> 1] for x < n: a parent row at child resolution */
+static void expand_row(const uint8_t *restrict p, int64_t n, uint8_t *restrict out) {
+    for (int64_t k = 0; k < n / 2; ++k) {
+        out[2 * k] = p[k];
+        out[2 * k + 1] = p[k];
     }
+    if (n & 1) out[n - 1] = p[n / 2];
+}
+
+/* o[k] = max(m[2k], m[2k + 1]) (the last one alone when n is odd) */
+static void pair_max(const uint8_t *restrict m, int64_t n, uint8_t *restrict o) {
+    for (int64_t k = 0; k < n / 2; ++k) o[k] = m[2 * k] > m[2 * k + 1] ? m[2 * k] : m[2 * k + 1];
+    if (n & 1) o[n / 2] = m[n - 1];
+}
+
+/* max-pool the child level (dims dc) into the parent level (dims dp) */
+static int maxpool(const uint8_t *child, fm_dims dc, uint8_t *parent, fm_dims dp) {
+    int status = APRNET_OK;
+#pragma omp parallel
+    {
+        uint8_t *m = malloc((size_t)dc.nx);
+        if (!m) {
+#pragma omp atomic write
+            status = APRNET_ERR_NOMEM;
+        }
+#pragma omp for schedule(static)
+        for (int64_t r = 0; r < dp.nz * dp.ny; ++r) {
+            if (!m) continue;
+            const int64_t zp = r / dp.ny, yp = r % dp.ny;
+            int first = 1;
+            for (int64_t z = 2 * zp; z < 2 * zp + 2 && z < dc.nz; ++z)
+                for (int64_t y = 2 * yp; y < 2 * yp + 2 && y < dc.ny; ++y) {
+                    const uint8_t *restrict s = child + (z * dc.ny + y) * dc.nx;
+                    if (first) memcpy(m, s, (size_t)dc.nx);
+                    else
+                        for (int64_t x = 0; x < dc.nx; ++x) m[x] = s[x] > m[x] ? s[x] : m[x];
+                    first = 0;
+                }
+            pair_max(m, dc.nx, parent + r * dp.nx);
+        }
+        free(m);
+    }
+    return status;
+}
+
+/* Empty children (level with codes tc, dims dc) of ascendant-neighbour or
+ * propagate cells (codes t, dims d) become fillers. */
+static int mark_fillers(uint8_t *tc, fm_dims dc, const uint8_t *t, fm_dims d) {
+    int status = APRNET_OK;
+#pragma omp parallel
+    {
+        uint8_t *pe = malloc((size_t)dc.nx);
+        if (!pe) {
+#pragma omp atomic write
+            status = APRNET_ERR_NOMEM;
+        }
+#pragma omp for schedule(static)
+        for (int64_t r = 0; r < dc.nz * dc.ny; ++r) {
+            if (!pe) continue;
+            const int64_t z = r / dc.ny, y = r % dc.ny;
+            expand_row(t + ((z >> 1) * d.ny + (y >> 1)) * d.nx, dc.nx, pe);
+            uint8_t *restrict c = tc + r * dc.nx;
+            for (int64_t x = 0; x < dc.nx; ++x) {
+                const int f = c[x] == ST_EMPTY && (pe[x] == ST_ASC_NEIGHBOUR || pe[x] == ST_PROPAGATE);
+                c[x] = f ? ST_FILLER : c[x];
+            }
+        }
+        free(pe);
+    }
+    return status;
+}
+
+/* Parents (codes tp, dims dp) of seed, propagate and ascendant cells (codes t,
+ * dims d) become ascendants, unless they are seeds. */
+static int mark_ascendants(uint8_t *tp, fm_dims dp, const uint8_t *t, fm_dims d) {
+    int status = APRNET_OK;
+#pragma omp parallel
+    {
+        uint8_t *f = malloc((size_t)(d.nx + dp.nx));
+        if (!f) {
+#pragma omp atomic write
+            status = APRNET_ERR_NOMEM;
+        }
+#pragma omp for schedule(static)
+        for (int64_t r = 0; r < dp.nz * dp.ny; ++r) {
+            if (!f) continue;
+            const int64_t zp = r / dp.ny, yp = r % dp.ny;
+            uint8_t *restrict fl = f, *restrict fp = f + d.nx;
+            memset(fl, 0, (size_t)d.nx);
+            for (int64_t z = 2 * zp; z < 2 * zp + 2 && z < d.nz; ++z)
+                for (int64_t y = 2 * yp; y < 2 * yp + 2 && y < d.ny; ++y) {
+                    const uint8_t *restrict s = t + (z * d.ny + y) * d.nx;
+                    for (int64_t x = 0; x < d.nx; ++x)
+                        fl[x] |= (uint8_t)(s[x] == ST_SEED || s[x] == ST_PROPAGATE || s[x] == ST_ASCENDANT);
+                }
+            pair_max(fl, d.nx, fp);
+            uint8_t *restrict o = tp + r * dp.nx;
+            for (int64_t k = 0; k < dp.nx; ++k) o[k] = (fp[k] && o[k] != ST_SEED) ? ST_ASCENDANT : o[k];
+        }
+        free(f);
+    }
+    return status;
+}
+
+/* Resolve level l (codes t, dims d) into particle codes given the resolved
+ * parent level (tp, dims dp; NULL at the coarsest level). Returns the number
+ * of particles, or -1 when out of memory. */
+static int64_t resolve_level(uint8_t *t, fm_dims d, const uint8_t *tp, fm_dims dp, int min_type) {
+    int64_t count = 0;
+    int status = APRNET_OK;
+#pragma omp parallel reduction(+ : count)
+    {
+        uint8_t *pe = malloc((size_t)d.nx);
+        if (!pe) {
+#pragma omp atomic write
+            status = APRNET_ERR_NOMEM;
+        }
+#pragma omp for schedule(static)
+        for (int64_t r = 0; r < d.nz * d.ny; ++r) {
+            if (!pe) continue;
+            const int64_t z = r / d.ny, y = r % d.ny;
+            uint8_t *restrict c = t + r * d.nx;
+            if (tp) expand_row(tp + ((z >> 1) * dp.ny + (y >> 1)) * dp.nx, d.nx, pe);
+            else memset(pe, 0, (size_t)d.nx);
+            int64_t cnt = 0;
+            for (int64_t x = 0; x < d.nx; ++x) {
+                const int eff = pe[x] == FM_UP ? ST_UPSEED : c[x];
+                const uint8_t code = (eff > min_type && eff <= ST_UPSEED) ? FM_PART
+                                     : (eff >= ST_SEED && eff <= min_type) ? FM_UP : 0;
+                c[x] = code;
+                cnt += code == FM_PART;
+            }
+            count += cnt;
+        }
+        free(pe);
+    }
+    return status == APRNET_OK ? count : -1;
 }
 
 int aprnet_pulling_scheme(const uint8_t *level_ds, const int64_t shape[3], int level_max,
@@ -131,7 +254,8 @@ int aprnet_pulling_scheme(const uint8_t *level_ds, const int64_t shape[3], int l
     }
     (void)nlev;
     const int64_t nfine = fm_size(dl[lps]);
-    uint8_t *m1 = malloc((size_t)nfine), *m2 = malloc((size_t)nfine), *m3 = malloc((size_t)nfine);
+    uint8_t *m1 = aprnet_fm_alloc((size_t)nfine), *m2 = aprnet_fm_alloc((size_t)nfine);
+    uint8_t *m3 = aprnet_fm_alloc((size_t)nfine);
     if (!m1 || !m2 || !m3) {
         free(m1);
         free(m2);
@@ -140,7 +264,9 @@ int aprnet_pulling_scheme(const uint8_t *level_ds, const int64_t shape[3], int l
     }
     /* required levels, max-pooled down the tree, then seeds */
     memcpy(lv[lps], level_ds, (size_t)nfine);
-    for (int l = lps - 1; l >= level_min; --l) maxpool(lv[l + 1], dl[l + 1], lv[l], dl[l]);
+    int status = APRNET_OK;
+    for (int l = lps - 1; l >= level_min && status == APRNET_OK; --l)
+        status = maxpool(lv[l + 1], dl[l + 1], lv[l], dl[l]);
     for (int l = level_min; l <= lps; ++l) {
         uint8_t *t = lv[l];
         const int64_t n = fm_size(dl[l]);
@@ -151,8 +277,7 @@ int aprnet_pulling_scheme(const uint8_t *level_ds, const int64_t shape[3], int l
             t[i] = seed ? ST_SEED : ST_EMPTY;
         }
     }
-    int status = APRNET_OK;
-    for (int l = lps; l >= level_min; --l) {
+    for (int l = lps; l >= level_min && status == APRNET_OK; --l) {
         if (fm_cancelled(cancel)) {
             status = APRNET_ERR_CANCELLED;
             break;
@@ -167,51 +292,24 @@ int aprnet_pulling_scheme(const uint8_t *level_ds, const int64_t shape[3], int l
             dilate(m1, m2, m3, d);
 #pragma omp parallel for schedule(static)
             for (int64_t i = 0; i < n; ++i) {
-                if (m2[i]) {
-                    if (t[i] == ST_EMPTY) t[i] = ST_ASC_NEIGHBOUR;
-                    else if (t[i] == ST_SEED) t[i] = ST_PROPAGATE;
-                }
+                const uint8_t v = t[i];
+                const uint8_t nv = v == ST_EMPTY ? ST_ASC_NEIGHBOUR : v == ST_SEED ? ST_PROPAGATE : v;
+                t[i] = m2[i] ? nv : v;
             }
             /* empty children of those become fillers */
-            uint8_t *tc = lv[l + 1];
-            const fm_dims dc = dl[l + 1];
-#pragma omp parallel for schedule(static)
-            for (int64_t r = 0; r < dc.nz * dc.ny; ++r) {
-                const int64_t z = r / dc.ny, y = r % dc.ny;
-                const uint8_t *p = t + ((z >> 1) * d.ny + (y >> 1)) * d.nx;
-                uint8_t *c = tc + r * dc.nx;
-                for (int64_t x = 0; x < dc.nx; ++x) {
-                    const uint8_t ps = p[x >> 1];
-                    if (c[x] == ST_EMPTY && (ps == ST_ASC_NEIGHBOUR || ps == ST_PROPAGATE)) c[x] = ST_FILLER;
-                }
-            }
+            status = mark_fillers(lv[l + 1], dl[l + 1], t, d);
+            if (status != APRNET_OK) break;
         }
         /* empty neighbours of seeds become boundary cells */
 #pragma omp parallel for schedule(static)
         for (int64_t i = 0; i < n; ++i) m1[i] = t[i] == ST_SEED || t[i] == ST_PROPAGATE;
         dilate(m1, m2, m3, d);
 #pragma omp parallel for schedule(static)
-        for (int64_t i = 0; i < n; ++i)
-            if (m2[i] && t[i] == ST_EMPTY) t[i] = ST_BOUNDARY;
+        for (int64_t i = 0; i < n; ++i) t[i] = (m2[i] && t[i] == ST_EMPTY) ? ST_BOUNDARY : t[i];
         /* parents of seeds and ascendants become ascendants (seeds stay seeds) */
         if (l - 1 >= level_min) {
-            uint8_t *tp = lv[l - 1];
-            const fm_dims dp = dl[l - 1];
-#pragma omp parallel for schedule(static)
-            for (int64_t r = 0; r < dp.nz * dp.ny; ++r) {
-                const int64_t zp = r / dp.ny, yp = r % dp.ny;
-                uint8_t *o = tp + r * dp.nx;
-                for (int64_t z = 2 * zp; z < 2 * zp + 2 && z < d.nz; ++z)
-                    for (int64_t y = 2 * yp; y < 2 * yp + 2 && y < d.ny; ++y) {
-                        const uint8_t *s = t + (z * d.ny + y) * d.nx;
-                        for (int64_t x = 0; x < d.nx; ++x) {
-                            const uint8_t cs = s[x];
-                            if ((cs == ST_SEED || cs == ST_PROPAGATE || cs == ST_ASCENDANT) &&
-                                o[x >> 1] != ST_SEED)
-                                o[x >> 1] = ST_ASCENDANT;
-                        }
-                    }
-            }
+            status = mark_ascendants(lv[l - 1], dl[l - 1], t, d);
+            if (status != APRNET_OK) break;
         }
     }
     free(m1);
@@ -228,22 +326,8 @@ int aprnet_pulling_scheme(const uint8_t *level_ds, const int64_t shape[3], int l
         const fm_dims d = dl[l];
         const uint8_t *tp = l > level_min ? lv[l - 1] : NULL;
         const fm_dims dp = l > level_min ? dl[l - 1] : d;
-        int64_t count = 0;
-#pragma omp parallel for schedule(static) reduction(+ : count)
-        for (int64_t r = 0; r < d.nz * d.ny; ++r) {
-            const int64_t z = r / d.ny, y = r % d.ny;
-            uint8_t *c = t + r * d.nx;
-            const uint8_t *p = tp ? tp + ((z >> 1) * dp.ny + (y >> 1)) * dp.nx : NULL;
-            for (int64_t x = 0; x < d.nx; ++x) {
-                int eff = c[x];
-                if (p && p[x >> 1] == FM_UP) eff = ST_UPSEED;
-                uint8_t code = 0;
-                if (eff > min_type && eff <= ST_UPSEED) code = FM_PART;
-                else if (eff >= ST_SEED && eff <= min_type) code = FM_UP;
-                c[x] = code;
-                count += code == FM_PART;
-            }
-        }
+        const int64_t count = resolve_level(t, d, tp, dp, min_type);
+        if (count < 0) return APRNET_ERR_NOMEM;
         level_counts[l] = count;
     }
     /* pixels under upsampled cells of level lps */
@@ -266,6 +350,54 @@ int aprnet_pulling_scheme(const uint8_t *level_ds, const int64_t shape[3], int l
         level_counts[level_max] = count;
     }
     return APRNET_OK;
+}
+
+/* Particles of one row of level l (numpy row r = (z, y) of grid d):
+ * mode 0: every cell; mode 1: cells coded FM_PART (codes c of this row);
+ * mode 2 (l = level_max): pixels under parents coded FM_UP (codes c of the
+ * parent row, d.nx pixels). Counts them, or writes them from index p when
+ * levels != NULL. */
+static int64_t emit_row(int mode, const uint8_t *restrict c, fm_dims d, int64_t r, int l, int ndim,
+                        int64_t p, uint8_t *restrict levels, int32_t *restrict coords) {
+    const int64_t nx = d.nx;
+    const int32_t z = (int32_t)(r / d.ny), y = (int32_t)(r % d.ny);
+    if (!levels) {
+        int64_t cnt = 0;
+        if (mode == 0) return nx;
+        if (mode == 1) {
+            for (int64_t x = 0; x < nx; ++x) cnt += c[x] == FM_PART;
+        } else {
+            const int64_t np = (nx + 1) / 2;
+            for (int64_t x = 0; x < nx / 2; ++x) cnt += 2 * (c[x] == FM_UP);
+            if (np > nx / 2) cnt += c[np - 1] == FM_UP;
+        }
+        return cnt;
+    }
+    const int64_t p0 = p;
+    int32_t *q = coords + p * ndim;
+#define EMIT_X(xv)                        \
+    do {                                  \
+        if (ndim == 3) *q++ = z;          \
+        *q++ = y;                         \
+        *q++ = (int32_t)(xv);             \
+        ++p;                              \
+    } while (0)
+    if (mode == 0) {
+        for (int64_t x = 0; x < nx; ++x) EMIT_X(x);
+    } else if (mode == 1) {
+        for (int64_t x = 0; x < nx; ++x)
+            if (c[x] == FM_PART) EMIT_X(x);
+    } else {
+        const int64_t np = (nx + 1) / 2;
+        for (int64_t xp = 0; xp < np; ++xp) {
+            if (c[xp] != FM_UP) continue;
+            EMIT_X(2 * xp);
+            if (2 * xp + 1 < nx) EMIT_X(2 * xp + 1);
+        }
+    }
+#undef EMIT_X
+    memset(levels + p0, l, (size_t)(p - p0));
+    return p - p0;
 }
 
 /* Write particles in the contract order: by level, then row-major (z, y, x). */
@@ -297,44 +429,21 @@ int aprnet_pulling_emit(const uint8_t *tree, int64_t tree_bytes, const int64_t s
         }
         /* mode: 0 = all cells, 1 = cells with FM_PART, 2 = pixels under FM_UP parents */
         const int mode = !has_tree ? 0 : (l <= lps ? 1 : 2);
-#pragma omp parallel for schedule(static)
-        for (int64_t r = 0; r < nrows; ++r) {
-            int64_t cnt = 0;
-            if (mode == 0) cnt = d.nx;
-            else if (mode == 1) {
-                const uint8_t *c = t + r * d.nx;
-                for (int64_t x = 0; x < d.nx; ++x) cnt += c[x] == FM_PART;
-            } else {
-                const int64_t z = r / d.ny, y = r % d.ny;
-                const uint8_t *c = t + ((z >> 1) * dp.ny + (y >> 1)) * dp.nx;
-                for (int64_t x = 0; x < d.nx; ++x) cnt += c[x >> 1] == FM_UP;
-            }
-            start[r + 1] = cnt;
-        }
+#define ROW_CODES(r) \
+    (mode == 0 ? NULL : mode == 1 ? t + (r) * d.nx : t + (((r) / d.ny >> 1) * dp.ny + ((r) % d.ny >> 1)) * dp.nx)
+#pragma omp parallel for schedule(static) if (nrows > 64)
+        for (int64_t r = 0; r < nrows; ++r)
+            start[r + 1] = emit_row(mode, ROW_CODES(r), d, r, l, ndim, 0, NULL, NULL);
         start[0] = written;
         for (int64_t r = 0; r < nrows; ++r) start[r + 1] += start[r];
         if (start[nrows] > n_particles) {
             free(start);
             return APRNET_ERR_BOUNDS;
         }
-#pragma omp parallel for schedule(static)
-        for (int64_t r = 0; r < nrows; ++r) {
-            const int64_t z = r / d.ny, y = r % d.ny;
-            int64_t p = start[r];
-            const uint8_t *c = NULL;
-            if (mode == 1) c = t + r * d.nx;
-            if (mode == 2) c = t + ((z >> 1) * dp.ny + (y >> 1)) * dp.nx;
-            for (int64_t x = 0; x < d.nx; ++x) {
-                int take = mode == 0 || (mode == 1 && c[x] == FM_PART) || (mode == 2 && c[x >> 1] == FM_UP);
-                if (!take) continue;
-                levels[p] = (uint8_t)l;
-                int32_t *q = coords + p * ndim;
-                if (ndim == 3) *q++ = (int32_t)z;
-                *q++ = (int32_t)y;
-                *q = (int32_t)x;
-                ++p;
-            }
-        }
+#pragma omp parallel for schedule(static) if (nrows > 64)
+        for (int64_t r = 0; r < nrows; ++r)
+            emit_row(mode, ROW_CODES(r), d, r, l, ndim, start[r], levels, coords);
+#undef ROW_CODES
         written = start[nrows];
         free(start);
     }

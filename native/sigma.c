@@ -96,7 +96,7 @@ int aprnet_fm_local_intensity_scale(const float *smooth, fm_dims d, int psf, flo
         return APRNET_OK;
     }
     const float c = (float)(nactive == 3 ? rescale_3d[ind] : nactive == 2 ? rescale_2d[ind] : rescale_1d[ind]);
-    float *t = malloc(sizeof(float) * (size_t)n);
+    float *t = aprnet_fm_alloc(sizeof(float) * (size_t)n);
     if (!t) return APRNET_ERR_NOMEM;
     int st = APRNET_OK;
     /* first mean, ping-pong between sigma and t */

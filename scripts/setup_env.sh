@@ -34,7 +34,7 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     $VPY -m pip install -q --upgrade pip setuptools wheel cffi
     # torch first and pinned: an unpinned torch pulls a multi-GB CUDA build.
     $VPY -m pip install -q "torch==2.13.0"
-    $VPY -m pip install -q "napari[pyqt5]" magicgui matplotlib
+    $VPY -m pip install -q "napari[pyqt5]" magicgui
     $VPY -m pip install -q -e ".[napari,test]" --no-build-isolation
     echo "$want" > "$stamp"
 else

@@ -197,7 +197,8 @@ def test_no_grad_keeps_no_state():
 
 @pytest.mark.parametrize("k", [3, 5])
 def test_batch_equals_separate(k):
-    structures = [random_structure((12, 9), seed=1), random_structure((7, 16), seed=2)]
+    structures = [random_structure((12, 9), seed=1), random_structure((20, 33), seed=2)]
+    assert structures[0].level_max != structures[1].level_max  # level kernels count from each APR's level_max
     batch = _batch(structures, 2, dtype=torch.float32)
     conv = APRConv(2, 3, k, n_level_kernels=2)
     together = conv(batch).features
