@@ -96,7 +96,7 @@ def main():
         peer = pyapr_times(image, 0.1)
         rows.append((shape, apr.n_particles, apr.computational_ratio, t_const, t_level, t_smooth, t_region,
                      t_ids, t_gather, peer))
-    lines = [f"# Reconstruction benchmark\n",
+    lines = ["# Reconstruction benchmark\n",
              f"machine: {platform.machine()} {platform.processor() or ''} ({os.cpu_count()} cores), "
              f"threads: {ARGS.threads}, image: Gaussian blobs + noise (sd 0.5), E = 0.1, Ip_th = {IP_TH:g}, sigma_th = {SIGMA_TH:g}\n",
              "| shape | particles | CR | constant C (s) | level C (s) | smooth C (s) | region 1/8 per axis (s) "

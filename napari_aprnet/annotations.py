@@ -19,31 +19,14 @@ from pathlib import Path
 
 import numpy as np
 
+from napari_aprnet._atomic import atomic_write_text
 from napari_aprnet.io import IMAGE_EXTENSIONS, read_image
 
-__all__ = ["LABELS_FILE", "IMAGE_SUFFIXES", "AnnotationSet", "atomic_write_text"]
+__all__ = ["LABELS_FILE", "IMAGE_SUFFIXES", "AnnotationSet"]
 
 LABELS_FILE = "aprnet_labels.csv"
 #: Files listed for annotation (the extensions :func:`napari_aprnet.io.read_image` reads).
 IMAGE_SUFFIXES = tuple(IMAGE_EXTENSIONS)
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` atomically (temp file in the same folder + ``os.replace``)."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
 
 
 def _check_class_name(name: str) -> str:

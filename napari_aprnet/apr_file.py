@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 
 import numpy as np
+
+from napari_aprnet._atomic import atomic_output
 
 __all__ = ["APRFileError", "FORMAT_NAME", "FORMAT_VERSION", "save_apr", "load_apr"]
 
@@ -97,21 +98,8 @@ def save_apr(apr, path: str | os.PathLike) -> None:
     import h5py
 
     path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(directory):
-        raise FileNotFoundError(f"cannot save {path}: directory {directory} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
-    os.close(fd)
-    try:
-        with h5py.File(tmp, "w") as h5:
-            _write_contents(h5, apr)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.remove(tmp)
-        except OSError:
-            pass
-        raise
+    with atomic_output(path) as tmp, h5py.File(tmp, "w") as h5:
+        _write_contents(h5, apr)
 
 
 def _read(h5, name: str, path: str) -> np.ndarray:

@@ -1,7 +1,6 @@
 """``aprnet train``, ``aprnet eval`` and ``aprnet predict``."""
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path

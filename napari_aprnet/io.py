@@ -8,6 +8,7 @@ import os
 
 import numpy as np
 
+from napari_aprnet._atomic import atomic_output
 from napari_aprnet.apr_file import APRFileError, load_apr, save_apr
 
 __all__ = ["IMAGE_EXTENSIONS", "read_image", "write_image", "APRFileError", "load_apr", "save_apr"]
@@ -77,19 +78,12 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
 
 def write_image(path: str | os.PathLike, image: np.ndarray) -> None:
     """Write ``image`` to a PNG/JPEG (imageio), TIFF (tifffile) or NPY file atomically."""
-    import tempfile
-
     path = os.fspath(path)
     ext = _extension(path)
     if ext not in IMAGE_EXTENSIONS:
         raise ValueError(f"cannot write {path}: unsupported extension {ext or '(none)'!r}; "
                          f"use one of {', '.join(sorted(IMAGE_EXTENSIONS))}")
-    directory = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(directory):
-        raise FileNotFoundError(f"cannot write {path}: directory {directory} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=ext, dir=directory)
-    os.close(fd)
-    try:
+    with atomic_output(path, suffix=ext) as tmp:
         if IMAGE_EXTENSIONS[ext] == "tifffile":
             import tifffile
 
@@ -101,10 +95,3 @@ def write_image(path: str | os.PathLike, image: np.ndarray) -> None:
         else:
             with open(tmp, "wb") as fh:
                 np.save(fh, np.asarray(image), allow_pickle=False)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.remove(tmp)
-        except OSError:
-            pass
-        raise

@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import pickle
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -25,6 +23,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import torch
 
+from napari_aprnet._atomic import atomic_output
 from napari_aprnet.data.transforms import augment, match_channels, resize_bilinear, to_float01
 
 __all__ = ["InputSpec", "APRCache", "Batch", "make_loader", "stream_batches", "epoch_batches",
@@ -195,14 +194,8 @@ class APRCache:
         if self.directory is not None:
             path = self.directory / f"{key}.pkl"
             if not path.exists():
-                fd, tmp = tempfile.mkstemp(dir=self.directory, suffix=".tmp")
-                try:
-                    with os.fdopen(fd, "wb") as f:
-                        pickle.dump(apr, f, protocol=pickle.HIGHEST_PROTOCOL)
-                    os.replace(tmp, path)
-                except BaseException:
-                    Path(tmp).unlink(missing_ok=True)
-                    raise
+                with atomic_output(path) as tmp, open(tmp, "wb") as f:
+                    pickle.dump(apr, f, protocol=pickle.HIGHEST_PROTOCOL)
 
 
 @dataclass
