@@ -248,11 +248,17 @@ def gradient_and_scale(image: Any, params: APRParameters | None = None, cancel_f
 
 def _li_threshold(values: np.ndarray, nbins: int = 4096) -> float:
     """Li's minimum cross-entropy threshold on a fixed histogram (deterministic)."""
-    v = np.asarray(values, np.float64).ravel()
+    v = np.asarray(values)
+    if v.dtype != np.float32:
+        v = v.astype(np.float64)
     lo, hi = float(v.min()), float(v.max())
     if not hi > lo:
         return lo
-    hist, edges = np.histogram(v, bins=nbins, range=(lo, hi))
+    if v.dtype == np.float32:  # the C histogram counts exactly as numpy.histogram on the float64 values
+        edges = np.linspace(lo, hi, nbins + 1, endpoint=True, dtype=np.float64)
+        hist = _native.formation_histogram(v, edges)
+    else:
+        hist, edges = np.histogram(v.ravel(), bins=nbins, range=(lo, hi))
     centers = 0.5 * (edges[:-1] + edges[1:]) - lo + (hi - lo) / nbins  # shift to positive values
     hist = hist.astype(np.float64)
     csum = np.cumsum(hist)
@@ -344,7 +350,8 @@ def form_apr(image: Any, params: APRParameters | None = None, channel_axis: int 
             if params.auto_parameters:
                 sigma_th, grad_th = auto_thresholds(grad, sigma)
             # gradients at the float32 round-off level of the smoothing filter are 0
-            grad_th = max(grad_th, _ROUNDOFF * float(np.abs(smooth).max(initial=0.0)))
+            abs_max = max(0.0, float(smooth.max()), -float(smooth.min()))  # max |smooth| without a temporary
+            grad_th = max(grad_th, _ROUNDOFF * abs_max)
             level_ds = _native.formation_levels(
                 grad, sigma, smooth, ip_th=params.Ip_th, sigma_th=sigma_th, sigma_th_max=params.sigma_th_max,
                 grad_th=grad_th, rel_error=params.rel_error, level_max=level_max,

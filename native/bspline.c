@@ -215,8 +215,9 @@ static void tile_load(float *restrict buf, const void *src, int dtype, int64_t r
     int64_t x0 = 0;
 #ifdef FM_SSE
     if (nr == FM_TILE) {
-        for (; x0 + 4 <= nx; x0 += 4) {
-            for (int r = 0; r < FM_TILE; r += 4) {
+        const int64_t nx4 = nx & ~(int64_t)3;
+        for (int r = 0; r < FM_TILE; r += 4) { /* 4 input rows at a time: few streams */
+            for (x0 = 0; x0 < nx4; x0 += 4) {
                 const int64_t i = (row0 + r) * nx + x0;
                 __m128 a = load4(src, dtype, i), b = load4(src, dtype, i + nx);
                 __m128 c = load4(src, dtype, i + 2 * nx), e = load4(src, dtype, i + 3 * nx);
@@ -242,8 +243,9 @@ static void tile_store(const float *restrict buf, float *restrict img, int64_t r
     int64_t x0 = 0;
 #ifdef FM_SSE
     if (nr == FM_TILE) {
-        for (; x0 + 4 <= nx; x0 += 4) {
-            for (int r = 0; r < FM_TILE; r += 4) {
+        const int64_t nx4 = nx & ~(int64_t)3;
+        for (int r = 0; r < FM_TILE; r += 4) { /* 4 output rows at a time */
+            for (x0 = 0; x0 < nx4; x0 += 4) {
                 const float *q = buf + x0 * FM_TILE + r;
                 __m128 a = _mm_loadu_ps(q), b = _mm_loadu_ps(q + FM_TILE);
                 __m128 c = _mm_loadu_ps(q + 2 * FM_TILE), e = _mm_loadu_ps(q + 3 * FM_TILE);
@@ -412,7 +414,7 @@ static int smooth_planes_xy(float *img, fm_dims d, const fm_spline *s, const voi
 }
 
 int aprnet_fm_smoothing_spline(float *img, fm_dims d, double lambda, const void *src, int dtype,
-                               const int32_t *cancel) {
+                               int skip_z, const int32_t *cancel) {
     if (!(lambda > 0.0)) { /* lambda = 0: no smoothing */
         if (src) load_all(img, d, src, dtype);
         return APRNET_OK;
@@ -428,10 +430,51 @@ int aprnet_fm_smoothing_spline(float *img, fm_dims d, double lambda, const void 
         if (st == APRNET_OK && d.ny > 1)
             st = smooth_axis_strided(img, d.nz, d.ny * d.nx, d.ny, d.nx, d.nx, &s, cancel);
     }
-    if (st == APRNET_OK && d.nz > 1)
+    if (st == APRNET_OK && d.nz > 1 && !skip_z)
         st = smooth_axis_strided(img, 1, 0, d.nz, d.ny * d.nx, d.ny * d.nx, &s, cancel);
     spline_free(&s);
     return st;
+}
+
+/* ----- the filter along lines of one length, for callers that run the last
+ * pass themselves (gradient.c) ----- */
+
+struct fm_line_filter {
+    fm_spline s;
+    double *c; /* boundary coefficients for length n */
+    int64_t L, n;
+};
+
+int aprnet_fm_line_filter_new(double lambda, int64_t n, fm_line_filter **out) {
+    *out = NULL;
+    if (n < 2) return APRNET_ERR_ARG;
+    fm_line_filter *f = malloc(sizeof *f);
+    if (!f) return APRNET_ERR_NOMEM;
+    int st = spline_init(&f->s, lambda);
+    if (st != APRNET_OK) {
+        free(f);
+        return st;
+    }
+    f->n = n;
+    f->c = boundary_coefs(&f->s, n, &f->L);
+    if (!f->c) {
+        spline_free(&f->s);
+        free(f);
+        return APRNET_ERR_NOMEM;
+    }
+    *out = f;
+    return APRNET_OK;
+}
+
+void aprnet_fm_line_filter_free(fm_line_filter *f) {
+    if (!f) return;
+    spline_free(&f->s);
+    free(f->c);
+    free(f);
+}
+
+void aprnet_fm_line_filter_apply(const fm_line_filter *f, float *base, int64_t width, float *tmp) {
+    filter_block(base, f->n, width, width, &f->s, f->c, f->L, tmp);
 }
 
 /* ----- inverse B-spline kernel [1/6, 4/6, 1/6], mirror boundaries ----- */

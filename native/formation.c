@@ -4,7 +4,9 @@
  *   2. aprnet_formation_levels: thresholds and the required level per
  *      half-resolution cell;
  *   3. aprnet_pulling_scheme / aprnet_pulling_emit (pulling.c): particle cells;
- *   4. aprnet_formation_sample: particle values = mean of the cell's pixels.
+ *   4. aprnet_formation_sample: particle values = mean of the cell's pixels;
+ * and aprnet_formation_histogram, the histogram of the automatic thresholds.
+ * Large buffers come from aprnet_fm_alloc (transparent huge pages).
  */
 #define _DEFAULT_SOURCE /* madvise */
 #include <math.h>
@@ -18,6 +20,7 @@
 #include "formation_internal.h"
 
 #define FM_HUGE ((size_t)2 << 20)
+#define FM_FUSE_BYTES ((int64_t)8 << 20) /* per-thread row buffers of the fused z pass */
 
 void *aprnet_fm_alloc(size_t bytes) {
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
@@ -79,12 +82,19 @@ int aprnet_formation_grad_sigma(const void *image, int dtype, const int64_t shap
     const int64_t n = fm_size(d);
     float *work = aprnet_fm_alloc(sizeof(float) * (size_t)n);
     if (!work) return APRNET_ERR_NOMEM;
-    int st = aprnet_fm_smoothing_spline(work, d, lambda, image, dtype, cancel);
+    /* 3D: the spline's z pass runs inside the gradient pass when its row
+     * buffers are small enough to stay in cache */
+    const int fuse_z = lambda > 0.0 && d.nz > 1 && aprnet_fm_zfused_bytes(d) <= FM_FUSE_BYTES;
+    fm_line_filter *zf = NULL;
+    int st = aprnet_fm_smoothing_spline(work, d, lambda, image, dtype, fuse_z, cancel);
     if (st == APRNET_OK && fm_cancelled(cancel)) st = APRNET_ERR_CANCELLED;
-    if (st == APRNET_OK) st = aprnet_fm_grad_mean_ds(work, d, spacing, grad_ds, smooth_ds);
+    if (st == APRNET_OK && fuse_z) st = aprnet_fm_line_filter_new(lambda, d.nz, &zf);
     if (st == APRNET_OK) {
-        if (lambda > 0.0) st = aprnet_fm_inverse_bspline(smooth_ds, fm_half_dims(d));
+        if (fuse_z) st = aprnet_fm_grad_mean_ds_zfilter(work, d, spacing, zf, grad_ds, smooth_ds, cancel);
+        else st = aprnet_fm_grad_mean_ds(work, d, spacing, grad_ds, smooth_ds);
     }
+    aprnet_fm_line_filter_free(zf);
+    if (st == APRNET_OK && lambda > 0.0) st = aprnet_fm_inverse_bspline(smooth_ds, fm_half_dims(d));
     free(work);
     if (st == APRNET_OK && fm_cancelled(cancel)) st = APRNET_ERR_CANCELLED;
     if (st == APRNET_OK) st = aprnet_fm_local_intensity_scale(smooth_ds, fm_half_dims(d), psf, sigma_ds);
@@ -103,7 +113,7 @@ int aprnet_formation_levels(const float *grad_ds, const float *sigma_ds, const f
     const int64_t n = shape_ds[0] * shape_ds[1] * shape_ds[2];
     const double factor = ldexp(1.0, level_max) * h_min / rel_error;
     const float fip = (float)ip_th, fst = (float)sigma_th, fstm = (float)sigma_th_max, fgt = (float)grad_th;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n >= FM_PAR_MIN)
     for (int64_t i = 0; i < n; ++i) {
         float g = grad_ds[i];
         if (smooth_ds[i] <= fip) g = 0.0f;
@@ -117,9 +127,11 @@ int aprnet_formation_levels(const float *grad_ds, const float *sigma_ds, const f
             } else {
                 double v = (double)(g / s) * factor;
                 if (v >= 2.0) {
-                    int e;
-                    (void)frexp(v, &e); /* v = m * 2^e, m in [0.5, 1) */
-                    L = e - 1;
+                    /* floor(log2(v)) from the exponent bits (v >= 2 is normal;
+                     * inf gives 1024, then level_max) */
+                    uint64_t bits;
+                    memcpy(&bits, &v, sizeof bits);
+                    L = (int)((bits >> 52) & 0x7ff) - 1023;
                     if (L > level_max || !isfinite(v)) L = level_max;
                 }
             }
@@ -138,7 +150,7 @@ static inline int64_t extent(int64_t c, int64_t step, int64_t n) {
 /* Level level_max - 1 of the mean pyramid: means of the 2x2(x2) pixel blocks. */
 static int pyramid_from_pixels(const void *image, int dtype, fm_dims dp, fm_dims d, float *out) {
     int st = APRNET_OK;
-#pragma omp parallel
+#pragma omp parallel if (fm_size(dp) >= FM_PAR_MIN)
     {
         float *acc = malloc(sizeof(float) * (size_t)dp.nx);
         if (!acc) {
@@ -177,7 +189,7 @@ static int pyramid_from_children(const float *c, fm_dims dc, fm_dims d, const in
     for (int64_t i = 0; i < dc.nz; ++i) wz[i] = (double)extent(i, step, shape[0]);
     for (int64_t i = 0; i < dc.ny; ++i) wy[i] = (double)extent(i, step, shape[1]);
     for (int64_t i = 0; i < dc.nx; ++i) wx[i] = (double)extent(i, step, shape[2]);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (fm_size(dc) >= FM_PAR_MIN)
     for (int64_t r = 0; r < d.nz * d.ny; ++r) {
         const int64_t zd = r / d.ny, yd = r % d.ny;
         const int64_t z1 = 2 * zd + 2 < dc.nz ? 2 * zd + 2 : dc.nz;
@@ -215,7 +227,7 @@ int aprnet_formation_sample(const void *image, int dtype, const int64_t shape[3]
     if (!levels || !coords || !values) return APRNET_ERR_ARG;
     /* the coarsest level present (and a first range check of the levels) */
     int lmin = level_max, bad = 0;
-#pragma omp parallel for schedule(static) reduction(min : lmin) reduction(| : bad)
+#pragma omp parallel for schedule(static) if (n_particles >= FM_PAR_MIN) reduction(min : lmin) reduction(| : bad)
     for (int64_t p = 0; p < n_particles; ++p) {
         const int l = levels[p];
         bad |= l > level_max;
@@ -253,7 +265,7 @@ int aprnet_formation_sample(const void *image, int dtype, const int64_t shape[3]
     if (st == APRNET_OK) {
         /* read the particles' values, checking their coordinates */
         bad = 0;
-#pragma omp parallel for schedule(static) reduction(| : bad)
+#pragma omp parallel for schedule(static) if (n_particles >= FM_PAR_MIN) reduction(| : bad)
         for (int64_t p = 0; p < n_particles; ++p) {
             const int l = levels[p];
             const int32_t *q = coords + p * ndim;
@@ -270,4 +282,42 @@ int aprnet_formation_sample(const void *image, int dtype, const int64_t shape[3]
     }
     for (int l = 0; l < 64; ++l) free(pyr[l]);
     return st;
+}
+
+/* Same bin index as numpy.histogram's uniform-bin path (numpy 1.x/2.x):
+ * f = (x - first) / (last - first) * nbins, truncated, then corrected
+ * against the edges; every step in double, so the counts are identical. */
+int aprnet_formation_histogram(const float *values, int64_t n, const double *edges, int64_t nbins,
+                               int64_t *counts) {
+    if (n < 0 || nbins < 1 || (n > 0 && !values) || !edges || !counts) return APRNET_ERR_ARG;
+    const double first = edges[0], last = edges[nbins], denom = last - first;
+    if (!(denom > 0.0) || !isfinite(denom)) return APRNET_ERR_ARG;
+    for (int64_t b = 0; b < nbins; ++b) counts[b] = 0;
+    int status = APRNET_OK;
+#pragma omp parallel if (n >= FM_PAR_MIN)
+    {
+        int64_t *loc = calloc((size_t)nbins, sizeof(int64_t));
+        if (!loc) {
+#pragma omp atomic write
+            status = APRNET_ERR_NOMEM;
+        }
+#pragma omp for schedule(static)
+        for (int64_t i = 0; i < n; ++i) {
+            if (!loc) continue;
+            const double x = (double)values[i];
+            if (!(x >= first && x <= last)) continue;
+            int64_t k = (int64_t)(((x - first) / denom) * (double)nbins);
+            if (k >= nbins) k = nbins - 1;
+            if (k > 0 && x < edges[k]) --k;
+            if (k < nbins - 1 && x >= edges[k + 1]) ++k;
+            ++loc[k];
+        }
+        if (loc) {
+            /* integer sums: the order of the threads does not matter */
+#pragma omp critical(aprnet_formation_histogram)
+            for (int64_t b = 0; b < nbins; ++b) counts[b] += loc[b];
+        }
+        free(loc);
+    }
+    return status;
 }

@@ -16,6 +16,11 @@ typedef struct {
 
 static inline int64_t fm_size(fm_dims d) { return d.nz * d.ny * d.nx; }
 
+/* Loops over fewer elements than this run on the calling thread: a parallel
+ * region costs a barrier, which is expensive when the cores are busy, and the
+ * results are the same either way (the work is partitioned per element). */
+#define FM_PAR_MIN ((int64_t)1 << 15)
+
 /* ceil(n / 2) */
 static inline int64_t fm_half(int64_t n) { return (n + 1) / 2; }
 
@@ -47,14 +52,30 @@ static inline int fm_cancelled(const int32_t *cancel) {
 
 /* bspline.c */
 /* Smooth img in place; if src is not NULL, img is first filled from the typed
- * image src (dtype code), fused with the first pass. */
+ * image src (dtype code), fused with the first pass. With skip_z the pass
+ * along z is left out (to be run by aprnet_fm_line_filter_apply). */
 int aprnet_fm_smoothing_spline(float *img, fm_dims d, double lambda, const void *src, int dtype,
-                               const int32_t *cancel);
+                               int skip_z, const int32_t *cancel);
+/* The smoothing-spline filter along lines of length n >= 2 (the same
+ * arithmetic as the passes of aprnet_fm_smoothing_spline). apply filters the
+ * n lines of `width` values stored one after the other at base (line i at
+ * base + i * width); tmp holds 5 * width floats. */
+typedef struct fm_line_filter fm_line_filter;
+int aprnet_fm_line_filter_new(double lambda, int64_t n, fm_line_filter **out);
+void aprnet_fm_line_filter_free(fm_line_filter *f);
+void aprnet_fm_line_filter_apply(const fm_line_filter *f, float *base, int64_t width, float *tmp);
 int aprnet_fm_inverse_bspline(float *img, fm_dims d);
 
 /* gradient.c: gradient magnitude max-downsampled 2x and the 2x mean of coef */
 int aprnet_fm_grad_mean_ds(const float *coef, fm_dims d, const double h[3], float *grad_ds,
                            float *smooth_ds);
+/* The same from the image smoothed along x and y only (xy), running the z
+ * pass (zf, length d.nz >= 2) itself; per-thread buffers of
+ * aprnet_fm_zfused_bytes(d) bytes. */
+int aprnet_fm_grad_mean_ds_zfilter(const float *xy, fm_dims d, const double h[3],
+                                   const fm_line_filter *zf, float *grad_ds, float *smooth_ds,
+                                   const int32_t *cancel);
+int64_t aprnet_fm_zfused_bytes(fm_dims d);
 
 /* sigma.c */
 int aprnet_fm_local_intensity_scale(const float *smooth_ds, fm_dims dh, int psf, float *sigma);

@@ -52,44 +52,54 @@ int64_t aprnet_pulling_tree_bytes(const int64_t shape[3], int level_max, int lev
     return level_offset(shape, level_max, level_min, level_max);
 }
 
-/* out = 1 where any cell of the clipped 3^d neighbourhood has mask != 0.
- * mask and out are distinct; tmp has the same size. */
-static void dilate(const uint8_t *mask, uint8_t *out, uint8_t *tmp, fm_dims d) {
+/* the cells a dilation starts from: ascendants (PRED_ASC) or seeds and
+ * propagate cells (PRED_SEED) */
+enum { PRED_ASC, PRED_SEED };
+
+static inline uint8_t pred(uint8_t v, int which) {
+    return which == PRED_ASC ? v == ST_ASCENDANT : (v == ST_SEED || v == ST_PROPAGATE);
+}
+
+/* 1 where any cell of the clipped 3^d neighbourhood of a cell of the level
+ * (codes t, dims d) satisfies the predicate. a and b are scratch of the level's
+ * size; returns the one that holds the result. */
+static const uint8_t *dilate(const uint8_t *t, int which, uint8_t *a, uint8_t *b, fm_dims d) {
     const int64_t nz = d.nz, ny = d.ny, nx = d.nx, plane = ny * nx;
-    /* x */
-#pragma omp parallel for schedule(static)
+    /* x: t -> a */
+#pragma omp parallel for schedule(static) if (nz * plane >= FM_PAR_MIN)
     for (int64_t r = 0; r < nz * ny; ++r) {
-        const uint8_t *s = mask + r * nx;
-        uint8_t *o = tmp + r * nx;
-        for (int64_t x = 0; x < nx; ++x) {
-            uint8_t v = s[x];
-            if (x > 0) v |= s[x - 1];
-            if (x + 1 < nx) v |= s[x + 1];
-            o[x] = v ? 1 : 0;
+        const uint8_t *restrict s = t + r * nx;
+        uint8_t *restrict o = a + r * nx;
+        if (nx == 1) {
+            o[0] = pred(s[0], which);
+            continue;
         }
+        o[0] = pred(s[0], which) | pred(s[1], which);
+        for (int64_t x = 1; x < nx - 1; ++x)
+            o[x] = pred(s[x - 1], which) | pred(s[x], which) | pred(s[x + 1], which);
+        o[nx - 1] = pred(s[nx - 2], which) | pred(s[nx - 1], which);
     }
-    /* y: tmp -> out */
-#pragma omp parallel for schedule(static)
+    /* y: a -> b */
+#pragma omp parallel for schedule(static) if (nz * plane >= FM_PAR_MIN)
     for (int64_t r = 0; r < nz * ny; ++r) {
         const int64_t z = r / ny, y = r % ny;
-        const uint8_t *c = tmp + z * plane + y * nx;
-        const uint8_t *a = y > 0 ? c - nx : c;
-        const uint8_t *b = y + 1 < ny ? c + nx : c;
-        uint8_t *o = out + r * nx;
-        for (int64_t x = 0; x < nx; ++x) o[x] = a[x] | c[x] | b[x];
+        const uint8_t *c = a + z * plane + y * nx;
+        const uint8_t *u = y > 0 ? c - nx : c;
+        const uint8_t *w = y + 1 < ny ? c + nx : c;
+        uint8_t *restrict o = b + r * nx;
+        for (int64_t x = 0; x < nx; ++x) o[x] = u[x] | c[x] | w[x];
     }
-    if (nz > 1) {
-        /* z: out -> tmp -> out */
-        memcpy(tmp, out, (size_t)(nz * plane));
-#pragma omp parallel for schedule(static)
-        for (int64_t z = 0; z < nz; ++z) {
-            const uint8_t *c = tmp + z * plane;
-            const uint8_t *a = z > 0 ? c - plane : c;
-            const uint8_t *b = z + 1 < nz ? c + plane : c;
-            uint8_t *o = out + z * plane;
-            for (int64_t i = 0; i < plane; ++i) o[i] = a[i] | c[i] | b[i];
-        }
+    if (nz == 1) return b;
+    /* z: b -> a */
+#pragma omp parallel for schedule(static) if (nz * plane >= FM_PAR_MIN)
+    for (int64_t z = 0; z < nz; ++z) {
+        const uint8_t *c = b + z * plane;
+        const uint8_t *u = z > 0 ? c - plane : c;
+        const uint8_t *w = z + 1 < nz ? c + plane : c;
+        uint8_t *restrict o = a + z * plane;
+        for (int64_t i = 0; i < plane; ++i) o[i] = u[i] | c[i] | w[i];
     }
+    return a;
 }
 
 /* out[x] = p[x >> 1] for x < n: a parent row at child resolution */
@@ -110,7 +120,7 @@ static void pair_max(const uint8_t *restrict m, int64_t n, uint8_t *restrict o) 
 /* max-pool the child level (dims dc) into the parent level (dims dp) */
 static int maxpool(const uint8_t *child, fm_dims dc, uint8_t *parent, fm_dims dp) {
     int status = APRNET_OK;
-#pragma omp parallel
+#pragma omp parallel if (fm_size(dc) >= FM_PAR_MIN)
     {
         uint8_t *m = malloc((size_t)dc.nx);
         if (!m) {
@@ -141,7 +151,7 @@ static int maxpool(const uint8_t *child, fm_dims dc, uint8_t *parent, fm_dims dp
  * propagate cells (codes t, dims d) become fillers. */
 static int mark_fillers(uint8_t *tc, fm_dims dc, const uint8_t *t, fm_dims d) {
     int status = APRNET_OK;
-#pragma omp parallel
+#pragma omp parallel if (fm_size(dc) >= FM_PAR_MIN)
     {
         uint8_t *pe = malloc((size_t)dc.nx);
         if (!pe) {
@@ -168,7 +178,7 @@ static int mark_fillers(uint8_t *tc, fm_dims dc, const uint8_t *t, fm_dims d) {
  * dims d) become ascendants, unless they are seeds. */
 static int mark_ascendants(uint8_t *tp, fm_dims dp, const uint8_t *t, fm_dims d) {
     int status = APRNET_OK;
-#pragma omp parallel
+#pragma omp parallel if (fm_size(d) >= FM_PAR_MIN)
     {
         uint8_t *f = malloc((size_t)(d.nx + dp.nx));
         if (!f) {
@@ -202,7 +212,7 @@ static int mark_ascendants(uint8_t *tp, fm_dims dp, const uint8_t *t, fm_dims d)
 static int64_t resolve_level(uint8_t *t, fm_dims d, const uint8_t *tp, fm_dims dp, int min_type) {
     int64_t count = 0;
     int status = APRNET_OK;
-#pragma omp parallel reduction(+ : count)
+#pragma omp parallel if (fm_size(d) >= FM_PAR_MIN) reduction(+ : count)
     {
         uint8_t *pe = malloc((size_t)d.nx);
         if (!pe) {
@@ -255,11 +265,9 @@ int aprnet_pulling_scheme(const uint8_t *level_ds, const int64_t shape[3], int l
     (void)nlev;
     const int64_t nfine = fm_size(dl[lps]);
     uint8_t *m1 = aprnet_fm_alloc((size_t)nfine), *m2 = aprnet_fm_alloc((size_t)nfine);
-    uint8_t *m3 = aprnet_fm_alloc((size_t)nfine);
-    if (!m1 || !m2 || !m3) {
+    if (!m1 || !m2) {
         free(m1);
         free(m2);
-        free(m3);
         return APRNET_ERR_NOMEM;
     }
     /* required levels, max-pooled down the tree, then seeds */
@@ -270,7 +278,7 @@ int aprnet_pulling_scheme(const uint8_t *level_ds, const int64_t shape[3], int l
     for (int l = level_min; l <= lps; ++l) {
         uint8_t *t = lv[l];
         const int64_t n = fm_size(dl[l]);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n >= FM_PAR_MIN)
         for (int64_t i = 0; i < n; ++i) {
             const int v = t[i];
             int seed = (v == l) || (l == lps && v >= l) || (l == level_min && v <= l);
@@ -287,25 +295,21 @@ int aprnet_pulling_scheme(const uint8_t *level_ds, const int64_t shape[3], int l
         const int64_t n = fm_size(d);
         if (l != lps) {
             /* cells next to an ascendant: empty -> ascendant neighbour, seed -> propagate */
-#pragma omp parallel for schedule(static)
-            for (int64_t i = 0; i < n; ++i) m1[i] = t[i] == ST_ASCENDANT;
-            dilate(m1, m2, m3, d);
-#pragma omp parallel for schedule(static)
+            const uint8_t *near = dilate(t, PRED_ASC, m1, m2, d);
+#pragma omp parallel for schedule(static) if (n >= FM_PAR_MIN)
             for (int64_t i = 0; i < n; ++i) {
                 const uint8_t v = t[i];
                 const uint8_t nv = v == ST_EMPTY ? ST_ASC_NEIGHBOUR : v == ST_SEED ? ST_PROPAGATE : v;
-                t[i] = m2[i] ? nv : v;
+                t[i] = near[i] ? nv : v;
             }
             /* empty children of those become fillers */
             status = mark_fillers(lv[l + 1], dl[l + 1], t, d);
             if (status != APRNET_OK) break;
         }
         /* empty neighbours of seeds become boundary cells */
-#pragma omp parallel for schedule(static)
-        for (int64_t i = 0; i < n; ++i) m1[i] = t[i] == ST_SEED || t[i] == ST_PROPAGATE;
-        dilate(m1, m2, m3, d);
-#pragma omp parallel for schedule(static)
-        for (int64_t i = 0; i < n; ++i) t[i] = (m2[i] && t[i] == ST_EMPTY) ? ST_BOUNDARY : t[i];
+        const uint8_t *near = dilate(t, PRED_SEED, m1, m2, d);
+#pragma omp parallel for schedule(static) if (n >= FM_PAR_MIN)
+        for (int64_t i = 0; i < n; ++i) t[i] = (near[i] && t[i] == ST_EMPTY) ? ST_BOUNDARY : t[i];
         /* parents of seeds and ascendants become ascendants (seeds stay seeds) */
         if (l - 1 >= level_min) {
             status = mark_ascendants(lv[l - 1], dl[l - 1], t, d);
@@ -314,7 +318,6 @@ int aprnet_pulling_scheme(const uint8_t *level_ds, const int64_t shape[3], int l
     }
     free(m1);
     free(m2);
-    free(m3);
     if (status != APRNET_OK) return status;
 
     /* Resolve into particle codes, coarse to fine. A cell whose parent is
@@ -335,7 +338,7 @@ int aprnet_pulling_scheme(const uint8_t *level_ds, const int64_t shape[3], int l
         const fm_dims d = dl[lps];
         const uint8_t *t = lv[lps];
         int64_t count = 0;
-#pragma omp parallel for schedule(static) reduction(+ : count)
+#pragma omp parallel for schedule(static) if (fm_size(d) >= FM_PAR_MIN) reduction(+ : count)
         for (int64_t r = 0; r < d.nz * d.ny; ++r) {
             const int64_t z = r / d.ny, y = r % d.ny;
             const int64_t ez = (2 * z + 1 < shape[0]) ? 2 : 1, ey = (2 * y + 1 < shape[1]) ? 2 : 1;
@@ -431,7 +434,7 @@ int aprnet_pulling_emit(const uint8_t *tree, int64_t tree_bytes, const int64_t s
         const int mode = !has_tree ? 0 : (l <= lps ? 1 : 2);
 #define ROW_CODES(r) \
     (mode == 0 ? NULL : mode == 1 ? t + (r) * d.nx : t + (((r) / d.ny >> 1) * dp.ny + ((r) % d.ny >> 1)) * dp.nx)
-#pragma omp parallel for schedule(static) if (nrows > 64)
+#pragma omp parallel for schedule(static) if (nrows * d.nx >= FM_PAR_MIN)
         for (int64_t r = 0; r < nrows; ++r)
             start[r + 1] = emit_row(mode, ROW_CODES(r), d, r, l, ndim, 0, NULL, NULL);
         start[0] = written;
@@ -440,7 +443,7 @@ int aprnet_pulling_emit(const uint8_t *tree, int64_t tree_bytes, const int64_t s
             free(start);
             return APRNET_ERR_BOUNDS;
         }
-#pragma omp parallel for schedule(static) if (nrows > 64)
+#pragma omp parallel for schedule(static) if (nrows * d.nx >= FM_PAR_MIN)
         for (int64_t r = 0; r < nrows; ++r)
             emit_row(mode, ROW_CODES(r), d, r, l, ndim, start[r], levels, coords);
 #undef ROW_CODES

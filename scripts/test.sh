@@ -10,7 +10,10 @@ cd "$ROOT"
 if [ "${APRNET_SANITIZE:-}" = "address" ]; then
     APRNET_SANITIZE=address .venv/bin/python -m pip install -q -e . --no-build-isolation --no-deps
     trap '.venv/bin/python -m pip install -q -e . --no-build-isolation --no-deps' EXIT
-    LD_PRELOAD="$(gcc -print-file-name=libasan.so)" ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 \
+    # libstdc++ is preloaded too: C++ exceptions thrown by other extensions
+    # (matplotlib, Qt) trip ASan otherwise.
+    LD_PRELOAD="$(gcc -print-file-name=libasan.so) $(gcc -print-file-name=libstdc++.so.6)" \
+        ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 \
         .venv/bin/python -m pytest -q -m "not gui" -p no:xvfb "$@"
 else
     .venv/bin/python -m pytest -q "$@"

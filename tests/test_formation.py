@@ -325,6 +325,25 @@ def test_thresholds_reduce_particles_and_auto_mode():
     assert (ip.levels == 2).all()
 
 
+@pytest.mark.parametrize("nbins", [1, 7, 4096])
+def test_histogram_counts_like_numpy(nbins):
+    """The C histogram of the automatic thresholds counts bin for bin as numpy.histogram."""
+    rng = np.random.default_rng(nbins)
+    cases = [rng.standard_normal(50_001).astype(np.float32) ** 3,  # heavy tails, many values near bin edges
+             rng.integers(0, 40, 30_000).astype(np.float32),     # ties exactly on edges
+             np.linspace(-1, 1, 3 * nbins + 1, dtype=np.float32)]
+    for v in cases:
+        lo, hi = float(v.min()), float(v.max())
+        edges = np.linspace(lo, hi, nbins + 1)
+        ref, ref_edges = np.histogram(v.astype(np.float64), bins=nbins, range=(lo, hi))
+        np.testing.assert_array_equal(ref_edges, edges)
+        np.testing.assert_array_equal(_native.formation_histogram(v, edges), ref)
+    with pytest.raises(ValueError):
+        _native.formation_histogram(cases[0], np.array([1.0, 1.0]))
+    with pytest.raises(TypeError):
+        _native.formation_histogram(cases[0].astype(np.float64), edges)
+
+
 def test_spacing_changes_levels():
     img = blobs((20, 24, 28), n=5, seed=9, noise=False)
     a, _ = form_apr(img, APRParameters(rel_error=0.2))
