@@ -54,7 +54,7 @@ from torch import nn  # noqa: E402
 
 from napari_aprnet import _native  # noqa: E402
 from napari_aprnet.nn import APRBatch, APRConv, APRMaxPool  # noqa: E402
-from napari_aprnet.nn._plans import conv_plan, pool_plan, structure_children, structure_rulebook  # noqa: E402
+from napari_aprnet.nn._plans import conv_plan, pool_plan  # noqa: E402
 from napari_aprnet.structure import APRStructure, level_max_for_shape, level_shape  # noqa: E402
 
 torch.set_num_threads(ARGS.threads)
@@ -201,20 +201,12 @@ def apr_conv_case(structures, c_in, c_out, k, n_lk, ndim=2):
     n = sum(s.n_particles for s in structures)
     x = torch.randn(n, c_in)
     conv = APRConv(c_in, c_out, k, n_level_kernels=n_lk, ndim=ndim)
-    for s in structures:
-        s._cache.clear()
-    t0 = time.perf_counter()
-    for s in structures:
-        if k > 1:
-            structure_rulebook(s, k)
-            structure_children(s)
-    t_struct = time.perf_counter() - t0
     batch = APRBatch(x, structures)
     t0 = time.perf_counter()
     conv_plan(batch, k, n_lk)
     t_plan = time.perf_counter() - t0
     fwd, fwdbwd, mem_fn = _fwd_and_fwdbwd(conv, x, batch.with_features)
-    return dict(n=n, t_struct=t_struct, t_plan=t_plan, mem=saved_bytes(mem_fn)), fwd, fwdbwd
+    return dict(n=n, t_plan=t_plan, mem=saved_bytes(mem_fn)), fwd, fwdbwd
 
 
 def pixel_conv_case(shape, batch, c_in, c_out, k):
@@ -288,7 +280,7 @@ def main():
     out("## Convolution (2D)")
     out()
     out("| data | structures | CR | layer | APR fwd ms | Conv2d fwd ms | speed-up fwd | APR fwd+bwd ms | "
-        "Conv2d fwd+bwd ms | speed-up fwd+bwd | rulebook ms (structures + batch plan) | saved for backward MiB "
+        "Conv2d fwd+bwd ms | speed-up fwd+bwd | plan ms (maps, rulebook and tree of the whole batch) | saved for backward MiB "
         "APR / pixel |")
     out("|---|---|---|---|---|---|---|---|---|---|---|---|")
     structs = {}
@@ -300,7 +292,7 @@ def main():
             r = compare(apr_conv_case(ss, ci, co, k, nlk), pixel_conv_case((size, size), batch, ci, co, k), repeat)
             out(f"| {dname} | {src} | {cr:.1f} | {name} | {ms(r['a_fwd'])} | {ms(r['p_fwd'])} | "
                 f"{r['p_fwd'] / r['a_fwd']:.2f}x | {ms(r['a_fwdbwd'])} | {ms(r['p_fwdbwd'])} | "
-                f"{r['p_fwdbwd'] / r['a_fwdbwd']:.2f}x | {ms(r['t_struct'])} + {ms(r['t_plan'])} | "
+                f"{r['p_fwdbwd'] / r['a_fwdbwd']:.2f}x | {ms(r['t_plan'])} | "
                 f"{mib(r['mem'])} / {mib(r['pixel_mem'])} |")
     out()
     out("Rulebook time is paid once per structure (cached on it) plus once per batch (shared by all layers "
@@ -340,7 +332,7 @@ def main():
         out(f"## 3D convolution 32->32 k=3, {shape3}, batch {b3} (fluorescence blobs sample)")
         out()
         out("| structures | CR | APR fwd ms | Conv3d fwd ms | speed-up | APR fwd+bwd ms | Conv3d fwd+bwd ms | "
-            "speed-up | rulebook ms | saved for backward MiB APR / pixel |")
+            "speed-up | plan ms | saved for backward MiB APR / pixel |")
         out("|---|---|---|---|---|---|---|---|---|---|")
         from napari_aprnet.samples import fluorescence_blobs
         vol = fluorescence_blobs(shape3, 40).astype(np.float32)
@@ -349,7 +341,7 @@ def main():
         cr = np.prod(shape3) / r["n"]
         out(f"| {src} | {cr:.1f} | {ms(r['a_fwd'])} | {ms(r['p_fwd'])} | {r['p_fwd'] / r['a_fwd']:.2f}x | "
             f"{ms(r['a_fwdbwd'])} | {ms(r['p_fwdbwd'])} | {r['p_fwdbwd'] / r['a_fwdbwd']:.2f}x | "
-            f"{ms(r['t_struct'])} + {ms(r['t_plan'])} | {mib(r['mem'])} / {mib(r['pixel_mem'])} |")
+            f"{ms(r['t_plan'])} | {mib(r['mem'])} / {mib(r['pixel_mem'])} |")
         out()
 
     out("## Load-independent check: 1 thread, process CPU time (2D convolution)")

@@ -77,6 +77,12 @@ int aprnet_formation_sample(const void *image, int dtype, const int64_t shape[3]
                             int ndim, float *values, int64_t value_stride,
                             const int32_t *cancel);
 
+/* Counts of the n values in the nbins uniform bins with edges edges[0..nbins]
+ * (as numpy.linspace makes them), bin for bin as numpy.histogram counts them
+ * with range (edges[0], edges[nbins]); values outside are not counted. */
+int aprnet_formation_histogram(const float *values, int64_t n, const double *edges, int64_t nbins,
+                               int64_t *counts);
+
 /* ===== reconstruction and sampling (reconstruct*.c) ===== */
 
 /* A set of cells (particles or interior tree nodes) with a row table for
@@ -115,20 +121,6 @@ int aprnet_reconstruct_smooth(const aprnet_cell_table *parts, const aprnet_cell_
                               const int32_t *cancel);
 
 /* ===== network structure work (nn_*.c) ===== */
-/* Structure maps of one APR (nn_structure.c). shape = (nz, ny, nx), nz = 1 in
- * 2D; coords (n_particles, ndim) and tree_coords (n_tree, ndim) sorted by level
- * then row-major, with level/tree offsets of length level_max + 2.
- * rulebook (optional, n_particles * k^ndim): for each particle and stencil
- * offset (row-major dz, dy, dx in -k/2..k/2) the index of the value feeding it
- * in [particles | tree | zero] (zero = n_particles + n_tree).
- * children (optional, n_tree * 2^ndim): child cells of each tree node as an
- * index into [particles | tree], -1 outside the image.
- * Returns APRNET_ERR_ARG when the particles are not a partition of the image
- * or not sorted, APRNET_ERR_BOUNDS for coordinates outside their level. */
-int aprnet_nn_structure_maps(int ndim, const int64_t *shape, int level_max,
-                             int64_t n_particles, const int32_t *coords, const int64_t *level_offsets,
-                             int64_t n_tree, const int32_t *tree_coords, const int64_t *tree_offsets,
-                             int kernel_size, int32_t *rulebook, int32_t *children);
 /* dst[index[i], :] += src[i, :]; rows of n_cols values; deterministic for any thread count. */
 int aprnet_nn_scatter_add_f32(const float *src, int64_t n_rows, int64_t n_cols, const int32_t *index,
                               float *dst, int64_t n_dst);
@@ -148,6 +140,28 @@ int aprnet_nn_tree_spread_f32(float *grad, int64_t n_values, int64_t n_cols, con
                               const int64_t *children, int64_t n_rows, int n_children, int64_t zero_index);
 int aprnet_nn_tree_spread_f64(double *grad, int64_t n_values, int64_t n_cols, const int64_t *rows,
                               const int64_t *children, int64_t n_rows, int n_children, int64_t zero_index);
+
+/* Max pooling (nn_kernels.c), x (n, n_cols) -> out (n_out, n_cols):
+ * out[pass_dst[i]] = x[pass_src[i]]; out[pool_dst[i], c] = max over j of
+ * x[children[i, j], c] (first maximum in child order, NaN wins as in
+ * torch.max); argsrc (n_pool, n_cols, optional) gets the input row of each
+ * maximum. Backward: grad_x[pass_src[i]] = grad[pass_dst[i]] and
+ * grad_x[argsrc[i, c], c] = grad[pool_dst[i], c] into a zeroed grad_x.
+ * Indices are checked (APRNET_ERR_BOUNDS); deterministic for any thread count. */
+int aprnet_nn_pool_forward_f32(const float *x, int64_t n, int64_t n_cols, const int64_t *pass_src,
+                               const int64_t *pass_dst, int64_t n_pass, const int64_t *pool_dst,
+                               const int64_t *children, int64_t n_pool, int n_children, float *out,
+                               int64_t n_out, int32_t *argsrc);
+int aprnet_nn_pool_forward_f64(const double *x, int64_t n, int64_t n_cols, const int64_t *pass_src,
+                               const int64_t *pass_dst, int64_t n_pass, const int64_t *pool_dst,
+                               const int64_t *children, int64_t n_pool, int n_children, double *out,
+                               int64_t n_out, int32_t *argsrc);
+int aprnet_nn_pool_backward_f32(const float *grad, int64_t n_out, int64_t n_cols, const int64_t *pass_src,
+                                const int64_t *pass_dst, int64_t n_pass, const int64_t *pool_dst,
+                                const int32_t *argsrc, int64_t n_pool, float *grad_x, int64_t n);
+int aprnet_nn_pool_backward_f64(const double *grad, int64_t n_out, int64_t n_cols, const int64_t *pass_src,
+                                const int64_t *pass_dst, int64_t n_pass, const int64_t *pool_dst,
+                                const int32_t *argsrc, int64_t n_pool, double *grad_x, int64_t n);
 
 /* Fused CPU convolution kernels (nn_conv.c). values (n_values, cin) is the
  * table [particles | tree | zero]; rulebook (n, K) int32 indexes it; weight is
@@ -173,4 +187,51 @@ int aprnet_nn_conv_grad_values_f32(const float *grad_out, int64_t n, int64_t cou
 int aprnet_nn_conv_grad_values_f64(const double *grad_out, int64_t n, int64_t cout, const int32_t *rulebook,
                                    int64_t K, const double *weight, int64_t cin, double *grad_values,
                                    int64_t n_values, int64_t skip_index);
+
+/* Index plans of the APR layers for a whole batch (nn_plan.c). Build once per
+ * batch of structures, query, free. Inputs: shapes (B, 3) as (nz, ny, nx) with
+ * nz = 1 in 2D, level_max (B,), particle_starts (B + 1,) (particles of
+ * structure b are rows particle_starts[b]..[b + 1] of levels and coords),
+ * levels (n_total,) and coords (n_total, ndim) concatenated, each structure
+ * sorted by level then row-major; max_level = max(level_max). Outputs:
+ * level_offsets (B, max_level + 2) local level offsets and tree_counts
+ * (B, max_level + 1) interior tree nodes per level. APRNET_ERR_ARG when a
+ * structure is not sorted or its cells do not tile the image exactly once
+ * (or when the batch needs indices of 2^31 or more), APRNET_ERR_BOUNDS for a
+ * coordinate outside its level's grid. Batch value indices are
+ * [all particles | all tree nodes (structure by structure, each in
+ * APRStructure.tree order) | zero row]. */
+typedef struct aprnet_nn_plan aprnet_nn_plan;
+int aprnet_nn_plan_build(int ndim, int64_t n_structures, const int64_t *shapes, const int32_t *level_max,
+                         const int64_t *particle_starts, const uint8_t *levels, const int32_t *coords,
+                         int max_level, int64_t *level_offsets, int64_t *tree_counts, aprnet_nn_plan **out);
+/* Convolution rulebook (n_total, k^ndim) in batch value indices, rows ordered by
+ * level kernel g (g = min(level_max - level, n_level_kernels - 1)), then
+ * structure, then particle; rows (n_total,) the batch particle of each row;
+ * group_counts (n_level_kernels,); rulebook may be NULL (rows only). With one
+ * structure and one level kernel the rows are in particle order and the
+ * indices are the structure's own. */
+int aprnet_nn_plan_conv(const aprnet_nn_plan *plan, int kernel_size, int n_level_kernels, int32_t *rulebook,
+                        int64_t *rows, int64_t *group_counts);
+/* Tree nodes ordered by level (finest first), then structure, then node:
+ * rows (n_tree_total,) their batch value index, children (n_tree_total, 2^ndim)
+ * batch value indices of the child cells (the zero row outside the image). */
+int aprnet_nn_plan_tree(const aprnet_nn_plan *plan, int64_t *rows, int64_t *children);
+/* Max pooling (every level_max >= 1): pooled structures concatenated in
+ * out_coords (n_out, ndim) / out_levels (n_out,), structure b holding its
+ * particles below level_max plus the tree nodes of level level_max - 1;
+ * pass_src/pass_dst (n_pass,) kept particles (batch input -> batch output
+ * index); pool_dst (n_pool,) and pool_children (n_pool, 2^ndim) pooled cells
+ * and their input particles (a child outside the image repeats child 0). */
+int aprnet_nn_plan_pool(const aprnet_nn_plan *plan, int32_t *out_coords, uint8_t *out_levels, int64_t *pass_src,
+                        int64_t *pass_dst, int64_t *pool_dst, int64_t *pool_children);
+/* Stencil values of particles rows (n_rows,) (batch indices), read from the
+ * level maps without a stored rulebook: out (n_rows, k^ndim, cin) holds
+ * values[rulebook entry] for the batch value table values (n_values, cin),
+ * n_values = n_total + n_tree_total + 1. */
+int aprnet_nn_plan_gather_f32(const aprnet_nn_plan *plan, int kernel_size, const int64_t *rows, int64_t n_rows,
+                              const float *values, int64_t n_values, int64_t cin, float *out);
+int aprnet_nn_plan_gather_f64(const aprnet_nn_plan *plan, int kernel_size, const int64_t *rows, int64_t n_rows,
+                              const double *values, int64_t n_values, int64_t cin, double *out);
+void aprnet_nn_plan_free(aprnet_nn_plan *plan);
 #endif /* APRNET_H */

@@ -8,8 +8,9 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$ROOT/scripts/setup_env.sh"
 cd "$ROOT"
 if [ "${APRNET_SANITIZE:-}" = "address" ]; then
-    APRNET_SANITIZE=address .venv/bin/python -m pip install -q -e . --no-build-isolation --no-deps
-    trap '.venv/bin/python -m pip install -q -e . --no-build-isolation --no-deps' EXIT
+    rebuild() { rm -rf build napari_aprnet/_aprnet_cffi*; .venv/bin/python -m pip install -q -e . --no-build-isolation --no-deps; }
+    APRNET_SANITIZE=address rebuild
+    trap 'APRNET_SANITIZE= rebuild' EXIT
     # libstdc++ is preloaded too: C++ exceptions thrown by other extensions
     # (matplotlib, Qt) trip ASan otherwise.
     LD_PRELOAD="$(gcc -print-file-name=libasan.so) $(gcc -print-file-name=libstdc++.so.6)" \

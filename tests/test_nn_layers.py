@@ -139,12 +139,17 @@ def test_results_do_not_depend_on_thread_count(tmp_path, path):
             np.testing.assert_allclose(res[0][key], res[1][key], rtol=1e-12, atol=1e-12)
 
 
-def test_structure_caches_are_reused_and_clearable(two):
+def test_plans_are_shared_and_structure_caches_clearable(two):
     from napari_aprnet.nn import clear_structure_caches
+    from napari_aprnet.nn._plans import structure_rulebook
     b = APRBatch(torch.randn(sum(s.n_particles for s in two), 1), two)
     APRConv(1, 1, 3)(b)
-    rb = two[0]._cache[("nn_conv", 3)]
-    APRConv(1, 1, 3)(APRBatch(b.features, two))  # a new batch reuses the structure's rulebook
-    assert two[0]._cache[("nn_conv", 3)] is rb
+    plan = b._cache[("conv", 3, 1, "cpu")]
+    APRConv(1, 1, 3)(b.with_features(b.features * 2))  # same structures: the batch's plan is reused
+    assert b._cache[("conv", 3, 1, "cpu")] is plan
+    p1, p2 = APRMaxPool()(b), APRMaxPool()(b.with_features(b.features + 1))
+    assert all(a is c for a, c in zip(p1.structures, p2.structures)) and p1._cache is p2._cache  # the pooled batches share their plans
+    rb = structure_rulebook(two[0], 3)
+    assert structure_rulebook(two[0], 3) is rb
     clear_structure_caches(two)
     assert not any(str(k[0]).startswith("nn_") for s in two for k in s._cache)

@@ -17,17 +17,21 @@ The thesis writes eq. 3.3 as a true convolution (``omega_k`` multiplies
 an all-pixel APR equals ``F.conv2d(..., padding=k // 2)`` with the same weight.
 
 Numerics: the rulebook (for each particle and offset, the index of the value
-in ``[particles | tree nodes | zero row]``) is built in C once per structure
-and kernel size. Tree values are filled bottom-up (C on CPU, torch ops
-elsewhere), the neighbourhood values are gathered into column blocks (im2col,
-by chunks) and multiplied with the level's kernel by one matrix product per
-block. The backward pass (eqs. 3.4-3.5) recomputes the columns for the weight
-gradient, scatters the column gradients back to particles and tree nodes
-(a deterministic C kernel on CPU, ``index_add_`` elsewhere) and splits every
-tree node's gradient evenly among its children, coarse to fine - the exact
-adjoint of the averaging. Only the input features and the weights are kept
-for backward. The C kernels give identical results for any number of OpenMP
-threads; only torch's matrix products may differ in the last bits.
+in ``[particles | tree nodes | zero row]``) comes from C level maps built once
+per batch of structures (see ``_plans.py``); for CPU stencils of 25 offsets or
+more (5x5, 11x11, 3x3x3) the stencil values are gathered straight from the
+maps and no rulebook is stored. Tree values are filled bottom-up (C on CPU, torch ops elsewhere), the
+neighbourhood values are gathered into column blocks (im2col, by chunks) and
+multiplied with the level's kernel by one matrix product per block. The
+backward pass (eqs. 3.4-3.5) recomputes the columns for the weight gradient,
+scatters the column gradients back to particles and tree nodes (a
+deterministic C kernel on CPU, ``index_add_`` elsewhere) and splits every tree
+node's gradient evenly among its children, coarse to fine - the exact adjoint
+of the averaging. Only the value table (input features and tree node values)
+and the weights are kept for backward. The C kernels give identical results
+for any number of OpenMP threads; only torch's matrix products may differ in
+the last bits. Max pooling runs in C on CPU (first maximum in child order, as
+``torch.max``).
 ``FUSED_CPU_KERNELS = True`` switches the CPU path to fused C kernels (same
 results, measured slower; see benchmarks/bench_layers.py).
 """
@@ -57,7 +61,9 @@ def _counts(plan: ConvPlan, dtype: torch.dtype, device) -> list:
     key = (dtype, str(device))
     c = plan._dtype_cache.get(key)
     if c is None:
-        c = [(1.0 / cnt).to(dtype) for _, _, cnt in plan.tree.steps]
+        zero = plan.n_values - 1
+        c = [(1.0 / (ch != zero).sum(1, keepdim=True).clamp_min(1).to(torch.float64)).to(dtype)
+             for _, ch in plan.tree.steps]
         plan._dtype_cache[key] = c
     return c
 
@@ -77,10 +83,10 @@ def values_table(x: torch.Tensor, plan: ConvPlan) -> torch.Tensor:
         return v
     if _native_ok(v):
         vn = v.numpy()
-        for rows, ch, _ in plan.tree.steps:
+        for rows, ch in plan.tree.steps:
             _native.nn_tree_mean(vn, rows.numpy(), ch.numpy(), zero)
         return v
-    for (rows, ch, _), ic in zip(plan.tree.steps, _counts(plan, x.dtype, x.device)):
+    for (rows, ch), ic in zip(plan.tree.steps, _counts(plan, x.dtype, x.device)):
         s = v.index_select(0, ch.reshape(-1)).view(ch.shape[0], ch.shape[1], n_channels).sum(1)
         v.index_copy_(0, rows, s.mul_(ic))
     return v
@@ -93,11 +99,11 @@ def _tree_backward(gv: torch.Tensor, plan: ConvPlan) -> None:
     zero = plan.n_values - 1
     if _native_ok(gv):
         gn = gv.numpy()
-        for rows, ch, _ in reversed(plan.tree.steps):
+        for rows, ch in reversed(plan.tree.steps):
             _native.nn_tree_spread(gn, rows.numpy(), ch.numpy(), zero)
         return
     n_channels = gv.shape[1]
-    for (rows, ch, _), ic in reversed(list(zip(plan.tree.steps, _counts(plan, gv.dtype, gv.device)))):
+    for (rows, ch), ic in reversed(list(zip(plan.tree.steps, _counts(plan, gv.dtype, gv.device)))):
         g = gv.index_select(0, rows).mul_(ic)
         src = g.unsqueeze(1).expand(-1, ch.shape[1], -1).reshape(-1, n_channels)
         gv.index_add_(0, ch.reshape(-1), src)  # children are unique; missing ones hit the zero row
@@ -109,6 +115,22 @@ def _scatter_add(dst: torch.Tensor, index: torch.Tensor, src: torch.Tensor) -> N
         _native.nn_scatter_add(src.detach().contiguous().numpy(), index.numpy(), dst.detach().numpy())
     else:
         dst.index_add_(0, index, src)
+
+
+def _gather(v: torch.Tensor, index: torch.Tensor, out: torch.Tensor) -> None:
+    """Rows ``v[index]`` into the flat buffer ``out`` (one channel: a 1D gather, faster than 1-wide rows)."""
+    if v.shape[1] == 1:
+        torch.index_select(v.view(-1), 0, index, out=out)
+    else:
+        torch.index_select(v, 0, index, out=out.view(-1, v.shape[1]))
+
+
+def _stencil_values(plan: ConvPlan, g: int, v: torch.Tensor, a: int, b: int, out: torch.Tensor) -> None:
+    """Columns (im2col) of rows ``a:b`` of kernel group ``g`` into the flat buffer ``out``."""
+    if plan.maps is not None and _native_ok(v):
+        plan.maps.gather(plan.kernel_size, plan.gather_rows[g][a:b].numpy(), v.numpy(), out.numpy())
+    else:
+        _gather(v, plan.rulebook(g)[a:b].reshape(-1), out)
 
 
 def _chunks(n: int, width: int):
@@ -152,25 +174,26 @@ class _APRConvFunction(torch.autograd.Function):
         out = x.new_empty((n, c_out))
         v = values_table(x, plan) if plan.tree is not None else x
         use_fused = FUSED_CPU_KERNELS and _native_ok(x)
+        width = wf.shape[2]
         for g, grp in enumerate(plan.groups):
             if grp is None:
                 continue
-            rows, rb = grp
+            rows = grp[0]
+            n_g = n if rows is None else rows.shape[0]
             wg = wf[g].t()
-            if rb is None:  # 1x1: no reconstruction
+            if plan.kernel_size == 1:  # 1x1: no reconstruction
                 src = x if rows is None else x.index_select(0, rows)
                 res = src @ wg
             elif use_fused:
-                res = out if rows is None else x.new_empty((rb.shape[0], c_out))
-                _native.nn_conv_forward(v.numpy(), rb.numpy(), _kernel_layout(wf[g], c_in).numpy(), None,
-                                        res.numpy())
+                res = out if rows is None else x.new_empty((n_g, c_out))
+                _native.nn_conv_forward(v.numpy(), plan.rulebook(g).numpy(), _kernel_layout(wf[g], c_in).numpy(),
+                                        None, res.numpy())
             else:
-                width = rb.shape[1] * c_in
-                res = out if rows is None else x.new_empty((rb.shape[0], c_out))
-                buf = _buffer(x, rb.shape[0], width)
-                for a, b in _chunks(rb.shape[0], width):
+                res = out if rows is None else x.new_empty((n_g, c_out))
+                buf = _buffer(x, n_g, width)
+                for a, b in _chunks(n_g, width):
                     cols = buf[: (b - a) * width]
-                    torch.index_select(v, 0, rb[a:b].reshape(-1), out=cols.view(-1, c_in))
+                    _stencil_values(plan, g, v, a, b, cols)
                     torch.mm(cols.view(b - a, width), wg, out=res[a:b])
             if rows is None:
                 if res is not out:
@@ -181,33 +204,33 @@ class _APRConvFunction(torch.autograd.Function):
             out += bias
         ctx.plan = plan
         ctx.has_bias = bias is not None
-        ctx.save_for_backward(x, weight)
+        ctx.save_for_backward(v, weight)  # the value table (x, then the tree nodes) is reused by backward
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out):
-        x, weight = ctx.saved_tensors
+        v, weight = ctx.saved_tensors
         plan: ConvPlan = ctx.plan
+        x = v[: plan.n_particles] if plan.tree is not None else v
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
         grad_out = grad_out.contiguous()
         n, c_in = x.shape
         wf = _flat_weight(weight)
         gwf = torch.zeros_like(wf) if need_w else None
         gx = None
-        v = None
-        if plan.tree is not None and need_w:
-            v = values_table(x, plan)
         gv = None
         if need_x:
             gv = x.new_zeros((plan.n_values, c_in)) if plan.tree is not None else x.new_zeros((n, c_in))
         use_fused = FUSED_CPU_KERNELS and _native_ok(x)
+        width = wf.shape[2]
         for g, grp in enumerate(plan.groups):
             if grp is None:
                 continue
-            rows, rb = grp
+            rows = grp[0]
+            n_g = n if rows is None else rows.shape[0]
             go = grad_out if rows is None else grad_out.index_select(0, rows)
-            if rb is None:
+            if plan.kernel_size == 1:
                 if need_w:
                     src = x if rows is None else x.index_select(0, rows)
                     gwf[g] = go.t() @ src
@@ -219,7 +242,7 @@ class _APRConvFunction(torch.autograd.Function):
                         gv.index_add_(0, rows, gs)  # rows are unique
                 continue
             if use_fused:
-                go = go.contiguous()
+                go, rb = go.contiguous(), plan.rulebook(g)
                 if need_w:
                     gk = x.new_zeros((rb.shape[1], c_in, go.shape[1]))
                     _native.nn_conv_grad_weight(v.numpy(), rb.numpy(), go.numpy(), gk.numpy())
@@ -228,17 +251,15 @@ class _APRConvFunction(torch.autograd.Function):
                     _native.nn_conv_grad_values(go.numpy(), rb.numpy(), _kernel_layout(wf[g], c_in).numpy(),
                                                 gv.numpy(), skip_index=plan.n_values - 1)
                 continue
-            width = rb.shape[1] * c_in
-            buf = _buffer(x, rb.shape[0], width)
-            for a, b in _chunks(rb.shape[0], width):
-                idx = rb[a:b].reshape(-1)
+            buf = _buffer(x, n_g, width)
+            for a, b in _chunks(n_g, width):
                 chunk = buf[: (b - a) * width]
                 if need_w:
-                    torch.index_select(v, 0, idx, out=chunk.view(-1, c_in))
+                    _stencil_values(plan, g, v, a, b, chunk)
                     gwf[g].addmm_(go[a:b].t(), chunk.view(b - a, width))
                 if need_x:
                     torch.mm(go[a:b], wf[g], out=chunk.view(b - a, width))
-                    _scatter_add(gv, idx, chunk.view(-1, c_in))
+                    _scatter_add(gv, plan.rulebook(g)[a:b].reshape(-1), chunk.view(-1, c_in))
         if need_x:
             _tree_backward(gv, plan)
             gx = gv[:n]
@@ -299,10 +320,24 @@ def apr_conv(batch: APRBatch, weight: torch.Tensor, bias: torch.Tensor | None = 
     return batch.with_features(out)
 
 
+def _pool_native(x: torch.Tensor, plan: PoolPlan, with_arg: bool):
+    """C max pooling on CPU: (output, argmax rows (n_pool, C) int32 or None)."""
+    x = x.detach().contiguous()
+    out = x.new_empty((plan.n_out, x.shape[1]))
+    arg = torch.empty((plan.pool_dst.shape[0], x.shape[1]), dtype=torch.int32) if with_arg else None
+    _native.nn_pool_forward(x.numpy(), plan.pass_src.numpy(), plan.pass_dst.numpy(), plan.pool_dst.numpy(),
+                            plan.pool_children.numpy(), out.numpy(), None if arg is None else arg.numpy())
+    return out, arg
+
+
 class _APRMaxPoolFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, plan: PoolPlan):
         n, c = x.shape
+        ctx.plan, ctx.n = plan, n
+        if _native_ok(x):
+            out, ctx.src = _pool_native(x, plan, True)
+            return out
         out = x.new_empty((plan.n_out, c))
         out.index_copy_(0, plan.pass_dst, x.index_select(0, plan.pass_src))
         ch = plan.pool_children
@@ -313,8 +348,6 @@ class _APRMaxPoolFunction(torch.autograd.Function):
             ctx.src = ch.gather(1, arg)  # (n_pool, C) input particle of each max
         else:
             ctx.src = None
-        ctx.plan = plan
-        ctx.n = n
         return out
 
     @staticmethod
@@ -322,6 +355,10 @@ class _APRMaxPoolFunction(torch.autograd.Function):
     def backward(ctx, grad_out):
         plan: PoolPlan = ctx.plan
         gx = grad_out.new_zeros((ctx.n, grad_out.shape[1]))
+        if _native_ok(gx):
+            _native.nn_pool_backward(grad_out.contiguous().numpy(), plan.pass_src.numpy(), plan.pass_dst.numpy(),
+                                     plan.pool_dst.numpy(), ctx.src.numpy(), gx.numpy())
+            return gx, None
         gx.index_copy_(0, plan.pass_src, grad_out.index_select(0, plan.pass_dst))
         if ctx.src is not None:
             gx.scatter_(0, ctx.src, grad_out.index_select(0, plan.pool_dst))  # targets are unique
@@ -329,6 +366,8 @@ class _APRMaxPoolFunction(torch.autograd.Function):
 
 
 def _max_pool_no_grad(x: torch.Tensor, plan: PoolPlan) -> torch.Tensor:
+    if _native_ok(x):
+        return _pool_native(x, plan, False)[0]
     n, c = x.shape
     out = x.new_empty((plan.n_out, c))
     out.index_copy_(0, plan.pass_dst, x.index_select(0, plan.pass_src))
@@ -356,4 +395,4 @@ def apr_max_pool(batch: APRBatch) -> APRBatch:
         out = _APRMaxPoolFunction.apply(x, plan)
     else:
         out = _max_pool_no_grad(x, plan)
-    return APRBatch(out, plan.out_structures)
+    return APRBatch(out, plan.out_structures, _cache=plan.out_cache)
