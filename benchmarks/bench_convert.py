@@ -225,8 +225,8 @@ def run_worker(spec: dict, threads: int) -> dict:
 
 
 def fmt_main(results) -> list[str]:
-    lines = ["| image | shape | mode | tool | particles | CR | mean err | max err | time (ms) | ours/pyapr | peak RSS (MiB) |",
-             "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| image | shape | mode | tool | particles | CR | mean err | max err | min time (ms) | median time (ms) | ours/pyapr (min) | ours/pyapr (median) | peak RSS (MiB) |",
+             "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results:
         shape = "x".join(map(str, r["shape"]))
         for mode in ("explicit", "auto"):
@@ -234,11 +234,12 @@ def fmt_main(results) -> list[str]:
             if not rows:
                 continue
             ratio = rows["ours"]["time_ms"] / rows["pyapr"]["time_ms"]
+            ratio_median = rows["ours"]["time_median_ms"] / rows["pyapr"]["time_median_ms"]
             for tool in ("ours", "pyapr"):
                 x = rows[tool]
                 lines.append(f"| {r['image']} | {shape} {r['dtype']} | {mode} | {tool} | {x['particles']:,} | "
                              f"{x['cr']:.2f} | {x['err_mean']:.3f} | {x['err_max']:.1f} | {x['time_ms']:.1f} | "
-                             f"{ratio:.2f} | {x['peak_mib']:.0f} |")
+                             f"{x['time_median_ms']:.1f} | {ratio:.2f} | {ratio_median:.2f} | {x['peak_mib']:.0f} |")
     return lines
 
 

@@ -45,7 +45,8 @@ from napari_aprnet.data import (APRCache, FolderDataset, InputSpec, ShapeParams,
                                 stream_batches)
 from napari_aprnet.models import ARCHITECTURES, build_model, model_from_config, parse_model_name
 
-__all__ = ["TrainConfig", "TrainEvent", "EvalResult", "train", "evaluate", "run_training", "CSV_FIELDS"]
+__all__ = ["TrainConfig", "TrainEvent", "EvalResult", "train", "evaluate", "recalibrate_batchnorm", "run_training",
+           "CSV_FIELDS"]
 
 CSV_FIELDS = ("phase", "step", "epoch", "loss", "accuracy", "lr", "elapsed")
 SHAPES_MEAN, SHAPES_STD = 0.5, 0.2887  # uniform [0, 1] intensities
@@ -101,6 +102,9 @@ class TrainConfig:
         Save ``checkpoint.pt`` every this many steps (and at the end).
     last_window : int
         Streaming mode: batches in the final error statistics.
+    bn_batches : int
+        Batches used to re-estimate BatchNorm statistics before a model is
+        evaluated or saved for use (see :func:`recalibrate_batchnorm`); 0 = off.
     width : float
         Channel multiplier of the network (1 = thesis size).
     """
@@ -131,6 +135,7 @@ class TrainConfig:
     eval_every: int = 0
     checkpoint_every: int = 200
     last_window: int = 100
+    bn_batches: int = 20
     width: float = 1.0
 
     @property
@@ -292,7 +297,46 @@ def evaluate(model: torch.nn.Module, loader, n_classes: int,
     return EvalResult(loss_sum / total, correct / total, confusion, total)
 
 
+def recalibrate_batchnorm(model: torch.nn.Module, loader) -> int:
+    """Re-estimate BatchNorm running statistics as a plain average over ``loader`` ("precise BN").
+
+    The running averages kept during training lag behind the changing weights;
+    a model evaluated with them can score far below its training accuracy.
+    This runs the batches forward in training mode without gradients, with
+    cumulative averaging, and leaves every weight unchanged.
+
+    Returns
+    -------
+    int
+        The number of batches used (0 if the model has no BatchNorm).
+    """
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+             and m.track_running_stats]
+    if not norms:
+        return 0
+    momenta = [m.momentum for m in norms]
+    was_training = model.training
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average
+    n = 0
+    model.train()
+    try:
+        with torch.no_grad():
+            for batch in loader:
+                _forward(model, batch.inputs)
+                n += 1
+    finally:
+        for m, momentum in zip(norms, momenta):
+            m.momentum = momentum
+        model.train(was_training)
+    return n
+
+
 # ----- the loop ----------------------------------------------------------------
+
+_BN_STREAM_START = 10 ** 7
+
 
 def _as_stop(stop) -> Callable[[], bool]:
     if stop is None:
@@ -451,8 +495,18 @@ def train(config: TrainConfig, out: str | Path | None = None, *, resume: bool = 
         log.write(ev)
         return ev
 
+    def recalibrate():
+        if config.bn_batches <= 0:
+            return
+        if config.streaming:  # images far beyond any training stream
+            batches = stream_batches(config.batch_size, _BN_STREAM_START, _BN_STREAM_START + config.bn_batches)
+        else:
+            batches = epoch_batches(len(data.train), config.batch_size, config.seed, 0)[: config.bn_batches]
+        recalibrate_batchnorm(model, loader_for(data.train, batches))
+
     def validate_now():
         nonlocal best_val
+        recalibrate()
         res = evaluate(model, eval_loader(data.val), n_classes)
         if res.loss < best_val:
             best_val = res.loss
@@ -499,6 +553,7 @@ def train(config: TrainConfig, out: str | Path | None = None, *, resume: bool = 
                         step % config.checkpoint_every == 0:
                     save(ckpt_path)
                 if should_stop():
+                    recalibrate()
                     path = save(ckpt_path)
                     yield event("stopped", None, None, checkpoint=path)
                     return
@@ -509,6 +564,7 @@ def train(config: TrainConfig, out: str | Path | None = None, *, resume: bool = 
             errs = np.asarray(history[-config.last_window:], dtype=float)
             metrics = {"last_batches": len(errs), "error_mean": float(errs.mean()) if len(errs) else None,
                        "error_std": float(errs.std()) if len(errs) else None}
+            recalibrate()
             final = save(ckpt_path)
         else:
             save(ckpt_path)  # the latest state with the optimizer, to extend the run later
