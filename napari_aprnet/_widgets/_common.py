@@ -10,10 +10,13 @@ import numpy as np
 from magicgui.widgets import Container, Label, ProgressBar, PushButton
 from napari.utils.notifications import show_error, show_info, show_warning
 
+from napari_aprnet._layers import METADATA_KEY
+
 if TYPE_CHECKING:
     import napari
 
-__all__ = ["BackgroundTask", "PLUGIN", "Progress", "find_widget", "image_from_layer", "image_layers", "notify",
+__all__ = ["BackgroundTask", "PLUGIN", "Progress", "find_widget", "image_from_layer", "image_layers",
+           "input_image_choices", "notify", "refresh_choices_on_layer_change",
            "form", "open_widget", "register_widget", "row", "task_widgets", "text", "unwrap_viewer"]
 
 PLUGIN = "napari-aprnet"
@@ -56,6 +59,26 @@ def image_layers(viewer: napari.Viewer) -> list:
     from napari.layers import Image
 
     return [layer for layer in viewer.layers if isinstance(layer, Image)]
+
+
+def input_image_choices(viewer: napari.Viewer) -> Callable[..., list[tuple[str, Any]]]:
+    """Return a magicgui ``choices`` callable: the viewer's image layers, except those this plugin added."""
+    def choices(*_: Any) -> list[tuple[str, Any]]:
+        return [(layer.name, layer) for layer in image_layers(viewer) if METADATA_KEY not in layer.metadata]
+
+    return choices
+
+
+def refresh_choices_on_layer_change(viewer: napari.Viewer, picker: Any) -> None:
+    """Keep ``picker``'s layer choices current as layers are added or removed."""
+    def reset(*_: Any) -> None:
+        try:
+            picker.reset_choices()
+        except RuntimeError:  # the widget was already deleted by Qt
+            pass
+
+    for event in (viewer.layers.events.inserted, viewer.layers.events.removed):
+        event.connect(reset)
 
 
 def image_from_layer(layer) -> tuple[np.ndarray, int | None]:

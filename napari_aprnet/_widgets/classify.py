@@ -9,8 +9,18 @@ import numpy as np
 from magicgui.widgets import ComboBox, Container, FileEdit, PushButton, Select
 
 from napari_aprnet._layers import METADATA_KEY, level_color_dict
-from napari_aprnet._widgets._common import (BackgroundTask, Progress, form, image_layers, notify, register_widget,
-                                            task_widgets, text, unwrap_viewer)
+from napari_aprnet._widgets._common import (
+    BackgroundTask,
+    Progress,
+    form,
+    input_image_choices,
+    notify,
+    refresh_choices_on_layer_change,
+    register_widget,
+    task_widgets,
+    text,
+    unwrap_viewer,
+)
 from napari_aprnet._widgets._plot import BarPlot
 from napari_aprnet._widgets.convert import update_or_add
 
@@ -95,7 +105,7 @@ class ClassifyWidget(Container):
                                    tooltip="best.pt or checkpoint.pt written by Train or `aprnet train`")
         self.load_button = PushButton(text="Load checkpoint")
         self.info = text("no network loaded")
-        self.layers = Select(label="image layers", choices=self._choices, allow_multiple=True,
+        self.layers = Select(label="image layers", choices=input_image_choices(self.viewer), allow_multiple=True,
                              tooltip="2D images or stacks of 2D images (ctrl-click for several)")
         self.layers.native.setMaximumHeight(90)
         self.classify_button = PushButton(text="Classify")
@@ -116,22 +126,13 @@ class ClassifyWidget(Container):
         self.classify_button.changed.connect(lambda *_: self.classify())
         self.features_button.changed.connect(lambda *_: self.show_features())
         self.viewer.dims.events.current_step.connect(self._show_current)
-        for ev in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
-            ev.connect(self._reset_layers)
+        refresh_choices_on_layer_change(self.viewer, self.layers)
         register_widget(napari_viewer, "Classify", self)
 
-    def _choices(self, *_: Any) -> list[tuple[str, Any]]:
-        return [(layer.name, layer) for layer in image_layers(self.viewer)
-                if METADATA_KEY not in layer.metadata]
 
     def _net_layers(self, *_: Any) -> list[str]:
         return [] if self.classifier is None else list(self.classifier.layer_names())
 
-    def _reset_layers(self, *_: Any) -> None:
-        try:
-            self.layers.reset_choices()
-        except RuntimeError:
-            pass
 
     # -------------------------------------------------------------- load
     def offer_checkpoint(self, path: str | Path, load: bool = False) -> None:

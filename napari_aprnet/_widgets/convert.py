@@ -10,8 +10,20 @@ from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, PushButton
 from qtpy.QtCore import QTimer
 
 from napari_aprnet._layers import METADATA_KEY, apr_layer_data, level_color, level_legend, particle_cells
-from napari_aprnet._widgets._common import (BackgroundTask, Progress, form, image_from_layer, image_layers,
-                                            notify, register_widget, row, task_widgets, text, unwrap_viewer)
+from napari_aprnet._widgets._common import (
+    BackgroundTask,
+    Progress,
+    form,
+    image_from_layer,
+    input_image_choices,
+    notify,
+    refresh_choices_on_layer_change,
+    register_widget,
+    row,
+    task_widgets,
+    text,
+    unwrap_viewer,
+)
 from napari_aprnet._widgets._params import ParamsForm
 
 if TYPE_CHECKING:
@@ -99,7 +111,7 @@ class ConvertWidget(Container):
     def __init__(self, napari_viewer: napari.Viewer):
         super().__init__(labels=False)
         self.viewer = unwrap_viewer(napari_viewer)
-        self.image = ComboBox(label="image", choices=self._choices, nullable=True,
+        self.image = ComboBox(label="image", choices=input_image_choices(self.viewer), nullable=True,
                               tooltip="2D or 3D image layer (RGB allowed) to convert")
         self.params = ParamsForm()
         self.mode = ComboBox(label="reconstruction", choices=["constant", "smooth"], value="constant",
@@ -132,20 +144,11 @@ class ConvertWidget(Container):
         for w in self.params.fields.values():
             w.changed.connect(self._param_changed)
         self.mode.changed.connect(self._param_changed)
-        for ev in (napari_viewer.layers.events.inserted, napari_viewer.layers.events.removed):
-            ev.connect(self._reset_layers)
+        refresh_choices_on_layer_change(self.viewer, self.image)
         register_widget(napari_viewer, "Convert to APR", self)
 
     # ------------------------------------------------------------ choices
-    def _choices(self, *_: Any) -> list[tuple[str, Any]]:
-        return [(layer.name, layer) for layer in image_layers(self.viewer)
-                if METADATA_KEY not in layer.metadata]
 
-    def _reset_layers(self, *_: Any) -> None:
-        try:
-            self.image.reset_choices()
-        except RuntimeError:  # widget already deleted by Qt
-            pass
 
     # ----------------------------------------------------------- actions
     def set_rel_error(self, value: float, convert: bool = True) -> None:

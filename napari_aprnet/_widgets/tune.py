@@ -7,9 +7,21 @@ import numpy as np
 from magicgui.widgets import ComboBox, Container, LineEdit, PushButton
 
 from napari_aprnet._layers import METADATA_KEY, level_color_dict
-from napari_aprnet._widgets._common import (BackgroundTask, Progress, form, image_from_layer, image_layers,
-                                            notify, open_widget, register_widget, row, task_widgets, text,
-                                            unwrap_viewer)
+from napari_aprnet._widgets._common import (
+    BackgroundTask,
+    Progress,
+    form,
+    image_from_layer,
+    input_image_choices,
+    notify,
+    open_widget,
+    refresh_choices_on_layer_change,
+    register_widget,
+    row,
+    task_widgets,
+    text,
+    unwrap_viewer,
+)
 from napari_aprnet._widgets._params import ParamsForm
 from napari_aprnet._widgets._plot import LinePlot
 from napari_aprnet._widgets.convert import update_or_add
@@ -49,7 +61,7 @@ class TuneWidget(Container):
     def __init__(self, napari_viewer: napari.Viewer):
         super().__init__(labels=False)
         self.viewer = unwrap_viewer(napari_viewer)
-        self.image = ComboBox(label="image", choices=self._choices, nullable=True,
+        self.image = ComboBox(label="image", choices=input_image_choices(self.viewer), nullable=True,
                               tooltip="2D or 3D image layer (RGB allowed) to convert at each E")
         self.values = LineEdit(label="E values", value="0.02:0.5:6",
                                tooltip="comma-separated list (0.05, 0.1, 0.2) or geometric range "
@@ -73,19 +85,10 @@ class TuneWidget(Container):
         self.run_button.changed.connect(lambda *_: self.run())
         self.use_button.changed.connect(lambda *_: self.use_current())
         napari_viewer.dims.events.current_step.connect(self._dims_changed)
-        for ev in (napari_viewer.layers.events.inserted, napari_viewer.layers.events.removed):
-            ev.connect(self._reset_layers)
+        refresh_choices_on_layer_change(self.viewer, self.image)
         register_widget(napari_viewer, "Tune E", self)
 
-    def _choices(self, *_: Any) -> list[tuple[str, Any]]:
-        return [(layer.name, layer) for layer in image_layers(self.viewer)
-                if METADATA_KEY not in layer.metadata]
 
-    def _reset_layers(self, *_: Any) -> None:
-        try:
-            self.image.reset_choices()
-        except RuntimeError:
-            pass
 
     # -------------------------------------------------------------- run
     def run(self, layer=None, values: str | None = None):
