@@ -89,7 +89,8 @@ def test_classify_probabilities_and_feature_maps(make_napari_viewer, qtbot, grey
     w.layers.value = [stack, single]
     w.classify()
     wait_idle(qtbot, w)
-    assert not notes
+    assert ref.input_size != 64
+    assert [level for _, level in notes] == ["info"] and "resized" in notes[0][0]  # 64 px images, smaller net
     np.testing.assert_allclose(w.probabilities["shapes"], ref.predict_proba(images), rtol=1e-6)
     np.testing.assert_allclose(w.probabilities["one"].sum(axis=1), 1.0, rtol=1e-9)
     viewer.dims.set_current_step(0, 4)  # the bars follow the slice of the stack

@@ -197,6 +197,12 @@ class ClassifyWidget(Container):
             notify("wait for the running task to finish", "warning")
             return None
         classifier = self.classifier
+        size = classifier.input_size
+        other = sorted({"x".join(map(str, im.shape[:2])) for images in batches.values() for im in images
+                        if tuple(im.shape[:2]) != (size, size)})
+        if other:
+            notify(f"images of {', '.join(other)} pixels are resized to the network's {size}x{size} input "
+                   "(bilinear, as in training)", "info")
 
         def job(*, cancel):
             out = {}
