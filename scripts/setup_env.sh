@@ -38,6 +38,11 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     $VPY -m pip install -q -e ".[napari,test]" --no-build-isolation
     echo "$want" > "$stamp"
 else
-    # sources may have changed: rebuild the C extension (fast, a few seconds)
-    $VPY -m pip install -q -e . --no-build-isolation --no-deps
+    # sources may have changed: rebuild the C extension (a few seconds);
+    # the build log is shown only if the build fails
+    log="$(mktemp)"
+    if ! $VPY -m pip install -q -e . --no-build-isolation --no-deps >"$log" 2>&1; then
+        cat "$log" >&2; rm -f "$log"; exit 1
+    fi
+    rm -f "$log"
 fi
