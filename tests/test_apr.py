@@ -11,18 +11,22 @@ from napari_aprnet.apr import normalize_region, validate_structure
 SHAPES = [(37, 53), (64, 64), (1, 1), (5, 3), (11, 19, 23), (8, 8, 8)]
 
 
-def smooth_reference(structure: APRStructure, values: np.ndarray) -> np.ndarray:
-    """Dense numpy evaluation of the smooth reconstruction formula (see apr.py)."""
-    lmax = structure.level_max
-    step = (1 << (lmax - structure.levels.astype(np.int64)))
+def _pixel_distances(structure: APRStructure):
+    """Distance from every pixel centre to every particle-cell centre, and each pixel's reach (its cell side)."""
+    step = 1 << (structure.level_max - structure.levels.astype(np.int64))
     lo = structure.coords.astype(np.int64) * step[:, None]
     hi = np.minimum(lo + step[:, None], np.asarray(structure.shape))
     centres = (lo + hi) / 2.0
     ids = structure.particle_id_image().ravel()
     pix = np.stack(np.meshgrid(*[np.arange(n) + 0.5 for n in structure.shape], indexing="ij"), -1)
     pix = pix.reshape(-1, structure.ndim)
-    reach = step[ids].astype(np.float64)[:, None]
     d = np.sqrt(((pix[:, None, :] - centres[None, :, :]) ** 2).sum(-1))
+    return d, step[ids].astype(np.float64)[:, None]
+
+
+def smooth_reference(structure: APRStructure, values: np.ndarray) -> np.ndarray:
+    """Dense numpy evaluation of the smooth reconstruction formula (see apr.py)."""
+    d, reach = _pixel_distances(structure)
     w = np.where(d < reach, 1.0 - d / reach, 0.0)
     vals = values.astype(np.float64).reshape(structure.n_particles, -1)
     out = (w @ vals) / w.sum(1, keepdims=True)
@@ -32,16 +36,8 @@ def smooth_reference(structure: APRStructure, values: np.ndarray) -> np.ndarray:
 
 def neighbour_range(structure: APRStructure, values: np.ndarray):
     """Min and max of the values of particles within reach of each pixel (1-channel)."""
-    lmax = structure.level_max
-    step = (1 << (lmax - structure.levels.astype(np.int64)))
-    lo = structure.coords.astype(np.int64) * step[:, None]
-    hi = np.minimum(lo + step[:, None], np.asarray(structure.shape))
-    centres = (lo + hi) / 2.0
-    ids = structure.particle_id_image().ravel()
-    pix = np.stack(np.meshgrid(*[np.arange(n) + 0.5 for n in structure.shape], indexing="ij"), -1)
-    pix = pix.reshape(-1, structure.ndim)
-    d = np.sqrt(((pix[:, None, :] - centres[None, :, :]) ** 2).sum(-1))
-    near = d < step[ids][:, None]
+    d, reach = _pixel_distances(structure)
+    near = d < reach
     v = values.astype(np.float64)[None, :]
     return (np.where(near, v, np.inf).min(1).reshape(structure.shape),
             np.where(near, v, -np.inf).max(1).reshape(structure.shape))
