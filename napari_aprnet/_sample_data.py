@@ -8,7 +8,7 @@ __all__ = ["blobs_3d_sample", "natural_photo_sample", "shapes_sample"]
 
 def shapes_sample() -> list[tuple]:
     """One synthetic-shapes image per class, stacked (slider moves through classes)."""
-    images, names = samples.shapes_gallery(size=64, seed=0)
+    images, names = samples.shapes_gallery(size=256, seed=0)
     return [(images, {"name": "shapes", "axis_labels": ("class", "y", "x"),
                       "metadata": {"class_names": list(names)}}, "image")]
 

@@ -4,6 +4,10 @@ Images of another size are resized (bilinear) to the network's input size,
 as during training; integer images are scaled by their dtype's maximum. A
 wrong number of channels (colour image for a grey network or the reverse) is
 an error, since silently converting would hide a wrong input.
+
+Bundled models ship inside the package (``napari_aprnet/bundled/``) and are
+named ``bundled:<name>`` wherever a checkpoint path is taken:
+``Classifier.load("bundled:shapes")`` or ``Classifier.bundled("shapes")``.
 """
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from napari_aprnet.bundled import bundled_checkpoint, resolve_checkpoint
 from napari_aprnet.checkpoint import CheckpointError, load_checkpoint
 from napari_aprnet.data.loader import InputSpec
 from napari_aprnet.models import ClassifierNet, model_from_config
@@ -46,12 +51,13 @@ class Classifier:
 
     @classmethod
     def load(cls, path: str | Path) -> "Classifier":
-        """Load a checkpoint (``best.pt`` or ``checkpoint.pt``).
+        """Load a checkpoint (``best.pt``, ``checkpoint.pt`` or ``bundled:<name>``).
 
         Raises
         ------
-        FileNotFoundError, CheckpointError
+        FileNotFoundError, CheckpointError, ValueError
         """
+        path = resolve_checkpoint(path)
         data = load_checkpoint(path)
         try:
             model = model_from_config(data["model"])
@@ -63,6 +69,11 @@ class Classifier:
             raise CheckpointError(f"{path}: {len(data['class_names'])} class names for "
                                   f"{model.config['n_classes']} outputs")
         return cls(model, spec, data["class_names"], data["train"])
+
+    @classmethod
+    def bundled(cls, name: str = "shapes") -> "Classifier":
+        """Load a model shipped with the package (see :data:`BUNDLED_MODELS`)."""
+        return cls.load(bundled_checkpoint(name))
 
     # ----- properties ----------------------------------------------------------
     @property

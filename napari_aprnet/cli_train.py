@@ -43,17 +43,20 @@ def register(subparsers) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.set_defaults(func=_train)
 
+    ckpt_help = "checkpoint file (best.pt, checkpoint.pt) or a bundled model: bundled:shapes"
     p = subparsers.add_parser("eval", help="accuracy and confusion matrix of a checkpoint")
-    p.add_argument("checkpoint")
+    p.add_argument("checkpoint", help=ckpt_help)
     p.add_argument("--data", default="shapes", help="'shapes' (the held-out test split) or a class folder")
     p.add_argument("--n", type=int, default=100, help="shapes: images per class")
+    p.add_argument("--seed", type=int, default=None,
+                   help="shapes: seed of the generated images (default: the training seed's test split)")
     p.add_argument("--modified", action="store_true", help="shapes: the modified ('more extreme') distribution")
     p.add_argument("--batch-size", type=int, default=36)
     p.add_argument("--workers", type=int, default=0)
     p.set_defaults(func=_eval)
 
     p = subparsers.add_parser("predict", help="classify image files with a checkpoint")
-    p.add_argument("checkpoint")
+    p.add_argument("checkpoint", help=ckpt_help)
     p.add_argument("images", nargs="+")
     p.add_argument("--top", type=int, default=3, help="classes to print per image")
     p.set_defaults(func=_predict)
@@ -131,7 +134,8 @@ def _eval(args) -> int:
         params = ShapeParams.from_dict(cfg.shape_params) if cfg.shape_params else ShapeParams()
         if args.modified:
             params = _widen(params)
-        dataset = ShapesDataset(args.n, cfg.seed, cfg.image_size or cfg.size, 3 if args.modified else 2, params,
+        seed = cfg.seed if args.seed is None else args.seed
+        dataset = ShapesDataset(args.n, seed, cfg.image_size or cfg.size, 3 if args.modified else 2, params,
                                 cfg.classes)
     else:
         dataset = FolderDataset(args.data, clf.input_size, clf.channels)

@@ -80,7 +80,7 @@ def natural_photo() -> np.ndarray:
     return np.asarray(data.camera())
 
 
-def shapes_gallery(size: int = 64, *, seed: int = 0) -> tuple[np.ndarray, list[str]]:
+def shapes_gallery(size: int = 256, *, seed: int = 0) -> tuple[np.ndarray, list[str]]:
     """Return one synthetic-shapes image per class, stacked along axis 0.
 
     Parameters

@@ -188,6 +188,17 @@ class APRStructure:
         return tuple((int(c) * step, min((int(c) + 1) * step, n))
                      for c, n in zip(self.coords[index], self.shape))
 
+    @cached_property
+    def pixel_counts(self) -> np.ndarray:
+        """Number of image pixels covered by each particle's cell (int64, ``(Np,)``), clipped to the image."""
+        steps = np.left_shift(np.int64(1), (self.level_max - self.levels.astype(np.int64)))
+        counts = np.ones(self.n_particles, dtype=np.int64)
+        for axis, n in enumerate(self.shape):
+            start = self.coords[:, axis].astype(np.int64) * steps
+            counts *= np.minimum(start + steps, n) - start
+        counts.setflags(write=False)
+        return counts
+
     def particle_id_image(self) -> np.ndarray:
         """Dense image of the index of the particle covering each pixel (numpy, for tests and small images)."""
         out = np.full(self.shape, -1, dtype=np.int64)

@@ -107,6 +107,9 @@ class TrainConfig:
         evaluated or saved for use (see :func:`recalibrate_batchnorm`); 0 = off.
     width : float
         Channel multiplier of the network (1 = thesis size).
+    normalisation : {"image", "dataset"}
+        Input normalisation (see :class:`napari_aprnet.data.InputSpec`):
+        per-image standardisation (default) or one mean/std for the dataset.
     """
 
     model: str = "APR_B"
@@ -137,6 +140,7 @@ class TrainConfig:
     last_window: int = 100
     bn_batches: int = 20
     width: float = 1.0
+    normalisation: str = "image"
 
     @property
     def streaming(self) -> bool:
@@ -172,7 +176,8 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
         names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+        # runs stored before per-image normalisation existed used the dataset's mean/std
+        return cls(**{"normalisation": "dataset", **{k: v for k, v in d.items() if k in names}})
 
 
 @dataclass
@@ -237,7 +242,7 @@ def _setup_data(config: TrainConfig) -> _Data:
         params = ShapeParams.from_dict(config.shape_params) if config.shape_params else ShapeParams()
         gen_size = config.image_size or config.size
         spec = InputSpec(mode, config.size, channels, config.rel_error, config.apr_params, bool(level),
-                         [SHAPES_MEAN] * channels, [SHAPES_STD] * channels)
+                         [SHAPES_MEAN] * channels, [SHAPES_STD] * channels, config.normalisation)
         if config.streaming:
             stream = ShapeStream(config.seed, gen_size, config.batch_size, params, config.classes)
             return _Data(stream.class_names, spec, stream)
@@ -261,8 +266,10 @@ def _setup_data(config: TrainConfig) -> _Data:
     if val_set is None:
         tr, va = split_indices(len(train_set), config.val_fraction, config.seed)
         train_set, val_set = train_set.subset(tr), train_set.subset(va)
-    mean, std = estimate_normalisation(train_set, channels, config.size, seed=config.seed)
-    spec = InputSpec(mode, config.size, channels, config.rel_error, config.apr_params, bool(level), mean, std)
+    mean, std = ([0.5] * channels, [0.25] * channels) if config.normalisation == "image" else \
+        estimate_normalisation(train_set, channels, config.size, seed=config.seed)
+    spec = InputSpec(mode, config.size, channels, config.rel_error, config.apr_params, bool(level), mean, std,
+                     config.normalisation)
     return _Data(train_set.class_names, spec, train_set, val_set, tests)
 
 

@@ -85,7 +85,7 @@ def test_writer_rejects_4d(tmp_path):
 
 def test_sample_data():
     (shapes, kw, kind), = _sample_data.shapes_sample()
-    assert shapes.shape == (6, 64, 64) and kind == "image" and len(kw["metadata"]["class_names"]) == 6
+    assert shapes.shape == (6, 256, 256) and kind == "image" and len(kw["metadata"]["class_names"]) == 6
     (blobs, _, _), = _sample_data.blobs_3d_sample()
     assert blobs.shape == (32, 128, 128) and blobs.dtype == np.uint16
     np.testing.assert_array_equal(blobs, _sample_data.blobs_3d_sample()[0][0])  # seeded

@@ -4,6 +4,7 @@ from __future__ import annotations
 import threading
 import weakref
 from collections.abc import Callable, Generator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -11,11 +12,12 @@ from magicgui.widgets import Container, Label, ProgressBar, PushButton
 from napari.utils.notifications import show_error, show_info, show_warning
 
 from napari_aprnet._layers import METADATA_KEY
+from napari_aprnet.bundled import bundled_checkpoint
 
 if TYPE_CHECKING:
     import napari
 
-__all__ = ["BackgroundTask", "PLUGIN", "Progress", "find_widget", "image_from_layer", "image_layers",
+__all__ = ["BackgroundTask", "PLUGIN", "Progress", "bundled_shapes_checkpoint", "find_widget", "image_from_layer", "image_layers",
            "input_image_choices", "notify", "refresh_choices_on_layer_change",
            "form", "open_widget", "register_widget", "row", "task_widgets", "text", "unwrap_viewer"]
 
@@ -52,6 +54,14 @@ def open_widget(viewer: napari.Viewer, name: str) -> Any:
     if widget is None:  # pragma: no cover - manifest and registry out of sync
         raise RuntimeError(f"could not open the {name!r} widget")
     return widget
+
+
+def bundled_shapes_checkpoint() -> Path | None:
+    """The bundled shapes classifier's file (preselected in Classify and Annotate), or None if not installed."""
+    try:
+        return bundled_checkpoint("shapes")
+    except FileNotFoundError:
+        return None
 
 
 def image_layers(viewer: napari.Viewer) -> list:

@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 from magicgui.widgets import Container, FileEdit, LineEdit, PushButton
 
-from napari_aprnet._widgets._common import (BackgroundTask, Progress, find_widget, form, notify, register_widget, row,
-                                            task_widgets, text, unwrap_viewer)
+from napari_aprnet._widgets._common import (BackgroundTask, Progress, bundled_shapes_checkpoint, find_widget, form,
+                                            notify, register_widget, row, task_widgets, text, unwrap_viewer)
 
 if TYPE_CHECKING:
     import napari
@@ -44,7 +44,11 @@ class AnnotateWidget(Container):
         self.next_free_button = PushButton(text="Next unlabelled")
         self.clear_button = PushButton(text="Clear label")
         self.checkpoint = FileEdit(label="model (optional)", mode="r", filter="*.pt",
-                                   tooltip="a classifier checkpoint; its prediction is shown for each image")
+                                   tooltip="a classifier checkpoint; its prediction is shown for each image "
+                                           "(preselected: the bundled shapes classifier)")
+        bundled = bundled_shapes_checkpoint()
+        if bundled is not None:
+            self.checkpoint.value = bundled
         self.load_model_button = PushButton(text="Load model")
         self.export_dir = FileEdit(label="export to", mode="d",
                                    tooltip="new folder that receives <class>/<image> copies (a folder dataset "

@@ -11,6 +11,7 @@ from magicgui.widgets import ComboBox, Container, FileEdit, PushButton, Select
 from napari_aprnet._layers import METADATA_KEY, level_color_dict
 from napari_aprnet._widgets._common import (
     BackgroundTask,
+    bundled_shapes_checkpoint,
     Progress,
     form,
     input_image_choices,
@@ -90,6 +91,10 @@ def feature_job(classifier, image: np.ndarray, layer: str, *, cancel):
 class ClassifyWidget(Container):
     """Classify image layers with a trained checkpoint.
 
+    The bundled shapes classifier (``bundled:shapes``) is preselected and
+    loaded on the first Classify, so the shapes sample can be classified
+    without training.
+
     The probabilities of the image under the cursor's slice are drawn as
     bars (a stack is classified plane by plane). "Show feature maps" adds
     ``"<image> <layer> features"`` (channels along the first axis) and, for
@@ -102,9 +107,14 @@ class ClassifyWidget(Container):
         self.viewer = unwrap_viewer(napari_viewer)
         self.classifier = None
         self.checkpoint = FileEdit(label="checkpoint", mode="r", filter="*.pt",
-                                   tooltip="best.pt or checkpoint.pt written by Train or `aprnet train`")
+                                   tooltip="best.pt or checkpoint.pt written by Train or `aprnet train`; "
+                                           "preselected: the bundled shapes classifier")
+        bundled = bundled_shapes_checkpoint()
+        if bundled is not None:
+            self.checkpoint.value = bundled
         self.load_button = PushButton(text="Load checkpoint")
-        self.info = text("no network loaded")
+        self.info = text("no network loaded" if bundled is None else
+                         "bundled shapes classifier (APR_B, six shapes): loaded on first use")
         self.layers = Select(label="image layers", choices=input_image_choices(self.viewer), allow_multiple=True,
                              tooltip="2D images or stacks of 2D images (ctrl-click for several)")
         self.layers.native.setMaximumHeight(90)
@@ -122,6 +132,7 @@ class ClassifyWidget(Container):
         self.native.layout().addWidget(self.bars)
         self.probabilities: dict[str, np.ndarray] = {}
         self._shown: str | None = None
+        self._classify_after_load: tuple | None = None  # (layers,) to classify once the network is loaded
         self.load_button.changed.connect(lambda *_: self.load())
         self.classify_button.changed.connect(lambda *_: self.classify())
         self.features_button.changed.connect(lambda *_: self.show_features())
@@ -162,6 +173,7 @@ class ClassifyWidget(Container):
 
     def _loaded(self, classifier) -> None:
         self.classifier = classifier
+        pending, self._classify_after_load = self._classify_after_load, None
         self.probabilities.clear()
         self.net_layer.reset_choices()
         spec = classifier.spec
@@ -171,6 +183,8 @@ class ClassifyWidget(Container):
                            f"{'RGB' if classifier.channels == 3 else 'grey'}{e}\n"
                            f"classes: {', '.join(classifier.class_names)}")
         self.status.value = "network loaded"
+        if pending is not None:
+            self.classify(*pending)
 
     # ---------------------------------------------------------- classify
     def _selected(self) -> list:
@@ -181,10 +195,17 @@ class ClassifyWidget(Container):
         return chosen
 
     def classify(self, layers: list | None = None):
-        """Classify ``layers`` (default: the selection) in the background; return the worker or None."""
+        """Classify ``layers`` (default: the selection) in the background; return the worker or None.
+
+        Without a loaded network, the checkpoint in the field is loaded first
+        (the returned worker is then the loading one).
+        """
         if self.classifier is None:
-            notify("load a checkpoint first (a .pt file written by Train)")
-            return None
+            worker = self.load()
+            if worker is not None:
+                self._classify_after_load = (layers,)
+                self.status.value = "loading the network, then classifying..."
+            return worker
         layers = self._selected() if layers is None else list(layers)
         try:
             batches = {layer.name if layer is not None else None: images_for_classifier(layer, self.classifier)

@@ -30,6 +30,8 @@ __all__ = ["InputSpec", "APRCache", "Batch", "make_loader", "stream_batches", "e
            "image_key", "estimate_normalisation"]
 
 MODES = ("apr", "pixels")
+NORMALISATIONS = ("image", "dataset")
+_FLAT_STD = 1e-6  # images whose std is below this are flat: only their mean is removed
 
 
 @dataclass
@@ -54,8 +56,18 @@ class InputSpec:
         APR only: append the particle level, normalised to [0, 1], as an
         extra input channel (thesis 4.2.3).
     mean, std : list of float
-        Per-channel normalisation applied to pixel or particle values
-        (after APR formation, which sees the [0, 1] image).
+        Per-channel normalisation of pixel or particle values when
+        ``normalisation`` is ``"dataset"`` (after APR formation, which sees
+        the [0, 1] image).
+    normalisation : {"image", "dataset"}
+        ``"image"``: every image (and channel) is standardised to zero mean
+        and unit variance on its own; for an APR the mean and variance are
+        those of its piecewise-constant reconstruction (particle values
+        weighted by the pixels of their cells), computed from the particles.
+        This makes the input independent of brightness, contrast and offset,
+        so a faint object is as visible to the first layer as a bright one.
+        ``"dataset"``: the fixed ``mean``/``std`` above (checkpoints written
+        before this option existed load as ``"dataset"``).
     """
 
     mode: str = "apr"
@@ -66,6 +78,7 @@ class InputSpec:
     add_level_channel: bool = False
     mean: list = field(default_factory=lambda: [0.5])
     std: list = field(default_factory=lambda: [0.2887])
+    normalisation: str = "image"
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -80,6 +93,8 @@ class InputSpec:
         self.std = [float(s) for s in np.broadcast_to(np.asarray(self.std, float), (self.channels,))]
         if min(self.std) <= 0:
             raise ValueError(f"std must be positive, got {self.std}")
+        if self.normalisation not in NORMALISATIONS:
+            raise ValueError(f"normalisation must be one of {NORMALISATIONS}, got {self.normalisation!r}")
 
     @property
     def network_channels(self) -> int:
@@ -95,7 +110,7 @@ class InputSpec:
         unknown = set(d) - known
         if unknown:
             raise ValueError(f"unknown input specification fields: {sorted(unknown)}")
-        return cls(**d)
+        return cls(**{"normalisation": "dataset", **d})
 
     def apr_key(self) -> str:
         """The part of the spec that determines an APR (for cache keys)."""
@@ -118,11 +133,23 @@ class InputSpec:
         return APR.from_image(image, rel_error=self.rel_error, params=params,
                               channel_axis=-1 if image.ndim == 3 else None)
 
-    def normalise(self, values: np.ndarray) -> np.ndarray:
-        """Normalise channels-last values ``(..., C)`` or grey ``(...)``."""
-        mean = np.asarray(self.mean, np.float32)
-        std = np.asarray(self.std, np.float32)
+    def normalise(self, values: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+        """Normalise the channels-last values ``(..., C)`` or grey ``(...)`` of one image.
+
+        ``weights`` (one per value, e.g. the pixels of each particle cell)
+        weight the per-image statistics of ``normalisation="image"``.
+        """
         values = np.asarray(values, np.float32)
+        if self.normalisation == "dataset":
+            mean = np.asarray(self.mean, np.float32)
+            std = np.asarray(self.std, np.float32)
+        else:
+            flat = values.reshape(-1, self.channels).astype(np.float64)
+            w = None if weights is None else np.asarray(weights, np.float64).reshape(-1)
+            mean = np.average(flat, axis=0, weights=w)
+            std = np.sqrt(np.average((flat - mean) ** 2, axis=0, weights=w))
+            std = np.where(std > _FLAT_STD, std, 1.0)
+            mean, std = mean.astype(np.float32), std.astype(np.float32)
         if self.channels == 1:
             return (values - mean[0]) / std[0]
         return (values - mean) / std
@@ -138,7 +165,7 @@ class InputSpec:
         if self.mode == "pixels":
             return torch.from_numpy(np.stack(items))
         from napari_aprnet.nn import APRBatch
-        values = [self.normalise(apr.values) for apr in items]
+        values = [self.normalise(apr.values, apr.structure.pixel_counts) for apr in items]
         return APRBatch.from_aprs(list(items), values=values, add_level_channel=self.add_level_channel)
 
     def make_input(self, images: Iterable[np.ndarray], *, convert_channels: bool = False):

@@ -1,0 +1,130 @@
+"""Why the thesis networks did not learn the shapes task: one controlled experiment per candidate cause.
+
+Every variant trains APR_B (or Pix_B) on streaming shapes with the thesis'
+setting (batch 36, Adam 5e-4, E = 0.1, 256x256 images, seed 0) and changes
+ONE thing against its reference. After training, the model (BatchNorm
+statistics re-estimated) classifies 600 held-out images drawn from the
+*legacy* distribution (amplitude 3-12 % of the radius) and 600 from the new
+one, and the errors are binned by the perturbation amplitude in pixels:
+this shows whether the remaining errors are fuzzy shapes whose perturbation
+is lost in the rounding to pixels.
+
+Runs are kept in ``--runs`` (checkpointed every 100 steps; rerunning the
+script resumes unfinished runs and skips finished ones). Results go to
+``benchmarks/results/diagnosis.json``; ``training.md`` quotes them. Run::
+
+    .venv/bin/python benchmarks/bench_learning_diagnosis.py [--steps 800] [--only NAME ...]
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from napari_aprnet.classify import Classifier
+from napari_aprnet.data.shapes import ShapeParams, ShapesDataset
+from napari_aprnet.train import TrainConfig, train
+
+RESULTS = Path(__file__).parent / "results"
+LEGACY = {"amplitude": [0.03, 0.12], "frequency": [5, 16], "amplitude_of": "radius"}
+NEW: dict = {}
+
+#: name -> (model, TrainConfig overrides, description)
+VARIANTS = {
+    "legacy": ("APR_B", {"normalisation": "dataset", "shape_params": LEGACY},
+               "before: one mean/std for all images, amplitude 3-12 % of the radius"),
+    "legacy+image_norm": ("APR_B", {"normalisation": "image", "shape_params": LEGACY},
+                          "per-image standardisation, amplitude 3-12 % of the radius"),
+    "image_norm+new_amplitude": ("APR_B", {"normalisation": "image", "shape_params": NEW},
+                                 "per-image standardisation, amplitude 0.8-3 % of the image side (2-7.7 px)"),
+    "new_amplitude+dataset_norm": ("APR_B", {"normalisation": "dataset", "shape_params": NEW},
+                                   "one mean/std for all images, amplitude 2-7.7 px"),
+    "new+filled": ("APR_B", {"normalisation": "image", "shape_params": {**NEW, "filled": True}},
+                   "as image_norm+new_amplitude, filled objects"),
+    "pix64_legacy": ("Pix_B", {"normalisation": "dataset", "shape_params": LEGACY, "size": 64},
+                     "Pix_B on 64x64 (downsampled), before"),
+    "pix64_new": ("Pix_B", {"normalisation": "image", "shape_params": NEW, "size": 64},
+                  "Pix_B on 64x64 (downsampled), per-image standardisation, new amplitude"),
+}
+
+
+def _train(name: str, steps: int, runs: Path) -> dict:
+    model, overrides, _ = VARIANTS[name]
+    out = runs / name
+    cfg = TrainConfig(model=model, steps=steps, batch_size=36, size=256, image_size=256, rel_error=0.1,
+                      seed=0, lr=5e-4, checkpoint_every=100, last_window=100)
+    cfg = TrainConfig(**{**cfg.to_dict(), **overrides})
+    resume = (out / "checkpoint.pt").is_file()
+    t0 = time.perf_counter()
+    for ev in train(cfg, out, resume=resume):
+        if ev.phase == "train" and ev.step % 100 == 0:
+            print(f"  {name} step {ev.step} error(batch) {1 - ev.accuracy:.3f}", flush=True)
+    errors = []
+    with open(out / "log.csv", newline="") as f:
+        for row in csv.DictReader(f):
+            if row["phase"] == "train":
+                errors.append(1 - float(row["accuracy"]))
+    return {"errors": errors, "train_s": time.perf_counter() - t0}
+
+
+def _held_out(clf: Classifier, params: ShapeParams, n_per_class: int = 100) -> dict:
+    ds = ShapesDataset(n_per_class, seed=424242, size=256, split=2, params=params)
+    images, labels, amps = [], [], []
+    for i in range(len(ds)):
+        im, lab = ds[i]
+        images.append(im)
+        labels.append(lab)
+        amps.append(ds.info(i).amplitude)
+    pred = clf.predict_proba(images, batch_size=36).argmax(1)
+    labels, amps = np.asarray(labels), np.asarray(amps)
+    wrong = pred != labels
+    fuzzy = labels >= 3
+    bins = [0, 1, 1.5, 2, 3, 5, 100]
+    by_amp = []
+    for lo, hi in zip(bins[:-1], bins[1:]):
+        m = fuzzy & (amps >= lo) & (amps < hi)
+        if m.any():
+            by_amp.append({"amplitude_px": [lo, hi], "n": int(m.sum()), "error": float(wrong[m].mean()),
+                           "called_regular_twin": float((pred[m] == labels[m] - 3).mean())})
+    confusion = np.zeros((6, 6), int)
+    np.add.at(confusion, (labels, pred), 1)
+    return {"error": float(wrong.mean()), "error_regular": float(wrong[~fuzzy].mean()),
+            "error_fuzzy": float(wrong[fuzzy].mean()), "by_amplitude": by_amp, "confusion": confusion.tolist()}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--steps", type=int, default=800)
+    p.add_argument("--runs", type=Path, default=Path("out/diagnosis"))
+    p.add_argument("--only", nargs="*", default=None, help="variants to run (default: all)")
+    args = p.parse_args(argv)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / "diagnosis.json"
+    results = json.loads(path.read_text()) if path.is_file() else {}
+    for name in args.only or list(VARIANTS):
+        print(name, flush=True)
+        r = _train(name, args.steps, args.runs)
+        clf = Classifier.load(args.runs / name / "checkpoint.pt")
+        errs = np.asarray(r["errors"])
+        entry = {"description": VARIANTS[name][2], "model": VARIANTS[name][0], "steps": len(errs),
+                 "threads": torch.get_num_threads(),
+                 "train_error_at": {str(s): float(errs[max(0, s - 100):s].mean()) for s in (300, 600, 800, 1000, 1500)
+                                    if s <= len(errs)},
+                 "held_out_legacy": _held_out(clf, ShapeParams(**{k: tuple(v) if isinstance(v, list) else v
+                                                                  for k, v in LEGACY.items()})),
+                 "held_out_new": _held_out(clf, ShapeParams())}
+        results[name] = entry
+        path.write_text(json.dumps(results, indent=1))
+        print(json.dumps({k: entry[k] for k in ("train_error_at",)}),
+              "held-out legacy", round(entry["held_out_legacy"]["error"], 3),
+              "new", round(entry["held_out_new"]["error"], 3), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
