@@ -51,11 +51,14 @@ class APRParameters:
         ``sigma_th``), it is set to 60000, i.e. such regions are represented as
         coarsely as the neighbour constraint allows (LibAPR's meaning). 0 = off.
     grad_th : float
-        Gradient magnitudes below ``grad_th`` are set to 0.
+        Gradient magnitudes (intensity per unit of the pixel spacing) below
+        ``grad_th`` are set to 0.
     dx, dy, dz : float
         Pixel spacing along x (last axis), y and z (first axis of a 3D image).
         Used for the gradient; ``min`` of the spacings of the image's axes
-        scales the levels (LibAPR's ``min(dx, dy, dz)``).
+        scales the levels (LibAPR's ``min(dx, dy, dz)``). Only the ratios
+        matter: scaling all spacings by a constant (another unit) gives the
+        same APR, as does adding a constant to the image when ``Ip_th`` is 0.
     psf : float
         Size of the point-spread function in pixels (default 2). It selects the
         box-mean windows of the local intensity scale (LibAPR's ``psfx``).

@@ -16,6 +16,7 @@ import pytest
 from napari_aprnet import _native, formation
 from napari_aprnet.formation import LUMA_WEIGHTS, auto_thresholds, form_apr, gradient_and_scale
 from napari_aprnet.params import APRParameters
+from napari_aprnet.samples import fluorescence_blobs
 
 
 # ----- helpers -------------------------------------------------------------
@@ -512,3 +513,30 @@ def test_native_wrappers_check_arguments():
     co = np.array([[0, 0], [16, 0]], np.int32)  # second is outside the image
     with pytest.raises(IndexError):
         _native.formation_sample(img, 4, lv, co)
+
+
+# ----- invariance to units and offsets ---------------------------------------------
+
+def _same_apr(a, b):
+    np.testing.assert_array_equal(a.levels, b.levels)
+    np.testing.assert_array_equal(a.coords, b.coords)
+
+
+@pytest.mark.parametrize("shape,spacing", [((128, 128), (1.0, 1.0)), ((16, 64, 64), (2.0, 1.0, 1.0))])
+def test_levels_do_not_depend_on_the_unit_of_the_spacing(shape, spacing):
+    img = fluorescence_blobs(shape, 10, seed=1).astype(np.float32)
+    names = ("dz", "dy", "dx")[-len(shape):]
+    ref, _ = form_apr(img, APRParameters(**dict(zip(names, spacing))))
+    for scale in (1000.0, 1e-3):
+        other, _ = form_apr(img, APRParameters(**{k: v * scale for k, v in zip(names, spacing)}))
+        _same_apr(ref, other)
+
+
+@pytest.mark.parametrize("shape", [(96, 80), (12, 40, 36)])
+@pytest.mark.parametrize("auto", [False, True])
+def test_levels_do_not_depend_on_a_constant_offset(shape, auto):
+    img = np.round(fluorescence_blobs(shape, 6, seed=2, noise=False)).astype(np.float32)
+    p = APRParameters(auto_parameters=auto)
+    ref, _ = form_apr(img, p)
+    _same_apr(ref, form_apr(img + np.float32(30000), p)[0])
+    _same_apr(ref, form_apr(img.astype(np.uint16) + np.uint16(3000), p)[0])
