@@ -23,7 +23,7 @@ import os
 
 import numpy as np
 
-from napari_aprnet._atomic import atomic_output
+from napari_aprnet._atomic import atomic_write_bytes
 
 __all__ = ["APRFileError", "FORMAT_NAME", "FORMAT_VERSION", "save_apr", "load_apr"]
 
@@ -93,13 +93,19 @@ def save_apr(apr, path: str | os.PathLike) -> None:
     FileNotFoundError
         If the target directory does not exist.
     OSError
-        If the file cannot be written; an existing file at ``path`` is left unchanged.
+        If the file cannot be written (``errno.ENOSPC``: the disk is full); an
+        existing file at ``path`` is left unchanged.
     """
     import h5py
 
     path = os.fspath(path)
-    with atomic_output(path) as tmp, h5py.File(tmp, "w") as h5:
+    # built in memory and written by Python: an HDF5 library that hits a write
+    # error (a full disk) while closing a file can crash the process
+    with h5py.File("in-memory.apr", "w", driver="core", backing_store=False) as h5:
         _write_contents(h5, apr)
+        h5.flush()
+        image = h5.id.get_file_image()
+    atomic_write_bytes(path, image)
 
 
 def _read(h5, name: str, path: str) -> np.ndarray:

@@ -23,6 +23,7 @@ Files are written atomically (temporary file in the same folder, then ``os.repla
 """
 from __future__ import annotations
 
+import io
 import pickle
 import zipfile
 from pathlib import Path
@@ -30,7 +31,7 @@ from typing import Any
 
 import torch
 
-from napari_aprnet._atomic import atomic_output
+from napari_aprnet._atomic import atomic_write_bytes
 
 __all__ = ["FORMAT", "VERSION", "CheckpointError", "save_checkpoint", "load_checkpoint"]
 
@@ -54,8 +55,9 @@ def save_checkpoint(path: str | Path, *, model_config: dict, state_dict: dict, c
         "optimizer": optimizer,
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_output(path) as tmp:
-        torch.save(payload, tmp)
+    buf = io.BytesIO()  # serialised first, so a full disk gives a plain OSError (ENOSPC)
+    torch.save(payload, buf)
+    atomic_write_bytes(path, buf.getbuffer())
     return path
 
 
