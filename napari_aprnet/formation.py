@@ -36,6 +36,7 @@ constant image gives the coarsest APR LibAPR can form: all particles at level
 """
 from __future__ import annotations
 
+import math
 import threading
 from typing import Any, Callable
 
@@ -54,6 +55,8 @@ LUMA_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R BT.601
 # image - image minimum| are treated as 0, so a constant image gives the
 # coarsest APR instead of a 0/0 level.
 _ROUNDOFF = 1e-5
+#: Largest |pixel value| accepted: squared float32 gradients overflow beyond ~1e19.
+MAX_ABS_VALUE = 1e18
 _NATIVE_DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16), np.dtype(np.float32))
 
 
@@ -67,7 +70,11 @@ def prepare_image(image: Any, channel_axis: int | None = None, rgb: bool | None 
     TypeError
         For bool, complex, object or non-numeric arrays.
     ValueError
-        For empty arrays, NaN/Inf, or shapes that are not 2D/3D (+ channels).
+        For empty arrays, NaN/Inf, values beyond ``MAX_ABS_VALUE`` or shapes
+        that are not 2D/3D (+ channels).
+    MemoryError
+        When forming the APR would need more memory than is available
+        (checked before the values are scanned).
     """
     if isinstance(image, np.ndarray):
         arr = image
@@ -108,19 +115,30 @@ def prepare_image(image: Any, channel_axis: int | None = None, rgb: bool | None 
             raise ValueError(f"image must be 2D (y, x) or 3D (z, y, x), got shape {arr.shape}{hint}")
         if not rgb:
             arr = arr[..., np.newaxis]
-    if kind == "f" and not np.isfinite(arr).all():
-        raise ValueError("image contains NaN or Inf values; replace them (e.g. np.nan_to_num) first")
+    _check_memory(tuple(int(s) for s in arr.shape[:-1]), int(arr.shape[-1]))
+    _check_values(arr)
     return arr
+
+
+def _check_values(arr: np.ndarray) -> None:
+    """Refuse NaN/Inf and values beyond ``MAX_ABS_VALUE``, scanning in blocks (no image-sized temporary)."""
+    rows = max(1, (16 << 20) // max(1, arr[0].nbytes))  # about 16 MiB per block
+    for start in range(0, arr.shape[0], rows):
+        block = arr[start:start + rows]
+        lo, hi = float(block.min()), float(block.max())  # NaN propagates through min and max
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            raise ValueError("image contains NaN or Inf values; replace them (e.g. np.nan_to_num) first")
+        if max(-lo, hi) > MAX_ABS_VALUE:
+            raise ValueError(f"image values reach {max(-lo, hi):.3g}, beyond +-{MAX_ABS_VALUE:g} where the "
+                             f"float32 gradient and block means overflow; rescale the image first "
+                             f"(e.g. image / abs(image).max())")
 
 
 def _native_channel(arr: np.ndarray) -> np.ndarray:
     """A C-contiguous uint8/uint16/float32 copy-or-view of one spatial channel."""
     if arr.dtype in _NATIVE_DTYPES:
         return np.ascontiguousarray(arr)
-    out = np.ascontiguousarray(arr, dtype=np.float32)
-    if not np.isfinite(out).all():
-        raise ValueError(f"image values of dtype {arr.dtype} exceed the float32 range; rescale the image first")
-    return out
+    return np.ascontiguousarray(arr, dtype=np.float32)
 
 
 def _intensity(arr: np.ndarray) -> np.ndarray:
@@ -134,8 +152,6 @@ def _intensity(arr: np.ndarray) -> np.ndarray:
             out += np.float32(w) * arr[..., k].astype(np.float32)
     else:
         out = arr.astype(np.float32).mean(axis=-1, dtype=np.float32)
-    if not np.isfinite(out).all():
-        raise ValueError("image intensity exceeds the float32 range; rescale the image first")
     return np.ascontiguousarray(out)
 
 
@@ -358,7 +374,6 @@ def form_apr(image: Any, params: APRParameters | None = None, channel_axis: int 
     arr = prepare_image(image, channel_axis, rgb)
     spatial = tuple(int(s) for s in arr.shape[:-1])
     n_channels = int(arr.shape[-1])
-    _check_memory(spatial, n_channels)
     level_max = level_max_for_shape(spatial)
     level_min = min(1, level_max)
 

@@ -410,7 +410,7 @@ def test_rgba_and_two_channel_stack():
     (np.zeros((2, 3, 4, 5, 6), np.float32), ValueError, "2D"),
     (np.array([[1.0, np.nan], [0, 1]], np.float32), ValueError, "NaN"),
     (np.array([[1.0, np.inf], [0, 1]]), ValueError, "NaN or Inf"),
-    (np.full((4, 4), 1e300), ValueError, "float32 range"),
+    (np.full((4, 4), 1e300), ValueError, "beyond"),
 ])
 def test_bad_input_refused(bad, exc, match):
     with pytest.raises(exc, match=match):
@@ -540,3 +540,40 @@ def test_levels_do_not_depend_on_a_constant_offset(shape, auto):
     ref, _ = form_apr(img, p)
     _same_apr(ref, form_apr(img + np.float32(30000), p)[0])
     _same_apr(ref, form_apr(img.astype(np.uint16) + np.uint16(3000), p)[0])
+
+
+# ----- huge values and huge views ------------------------------------------------------
+
+@pytest.mark.parametrize("shape,value", [((64, 64), 1e38), ((16, 16, 16), 4.25e37), ((32, 32), -1e20)])
+def test_huge_finite_values_are_refused_not_turned_into_inf(shape, value):
+    with pytest.raises(ValueError, match=r"beyond \+-1e\+18 .*rescale the image"):
+        form_apr(np.full(shape, value, np.float32))
+
+
+def test_values_up_to_the_limit_give_finite_particles():
+    img = blobs((40, 40), n=3, seed=1) * np.float32(1e14)
+    img[0, 0] = -formation.MAX_ABS_VALUE
+    for image in (img, img.reshape(1, 40, 40).repeat(3, 0)):
+        _, v = form_apr(image)
+        assert np.isfinite(v).all()
+
+
+def test_memory_is_refused_before_scanning_a_huge_view(monkeypatch):
+    import tracemalloc
+    monkeypatch.setattr(formation, "_available_memory", lambda: 1 << 20)
+    view = np.broadcast_to(np.float32(1.0), (4000, 4000))  # 64 MB of pixels, no memory of its own
+    tracemalloc.start()
+    try:
+        with pytest.raises(MemoryError, match="needs about"):
+            form_apr(view)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20
+
+
+def test_nan_scan_in_blocks_finds_the_last_pixel():
+    img = np.zeros((3000, 2000), np.float32)  # 24 MB: more than one scan block
+    img[-1, -1] = np.nan
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        form_apr(img)
