@@ -304,10 +304,10 @@ def test_read_image_errors(tmp_path):
     with pytest.raises(ValueError, match="unsupported extension"):
         read_image(tmp_path / "x.bmpx")
     (tmp_path / "bad.png").write_bytes(b"this is not a png")
-    with pytest.raises(ValueError, match="cannot read"):
+    with pytest.raises(ValueError, match="not a PNG file"):
         read_image(tmp_path / "bad.png")
     (tmp_path / "bad.tif").write_bytes(b"II*\x00garbage")
-    with pytest.raises(ValueError, match="cannot read|empty image"):
+    with pytest.raises(ValueError, match="cannot read|holds no pixels .*damaged"):
         read_image(tmp_path / "bad.tif")
     np.save(tmp_path / "obj.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
     with pytest.raises(ValueError, match="cannot read"):
@@ -330,3 +330,24 @@ def test_write_image_is_atomic_on_failure(tmp_path, monkeypatch):
     with pytest.raises(OSError):
         write_image(path, np.ones((4, 4), np.uint8))
     assert path.read_bytes() == before and sorted(os.listdir(tmp_path)) == ["i.tif"]
+
+
+@pytest.mark.parametrize("name,content,match", [
+    ("a.tif", b"this is text", r"not a TIFF file \(no TIFF header\) despite its .tif extension"),
+    ("a.tiff", b"\x89PNG\r\n\x1a\n" + b"\0" * 32, "is a PNG file despite its .tiff extension"),
+    ("a.png", b"nope", r"not a PNG file \(no PNG header\)"),
+    ("a.jpg", b"II*\x00" + b"\0" * 32, "is a TIFF file despite its .jpg extension"),
+    ("a.png", b"", "an empty file"),
+])
+def test_misnamed_or_foreign_image_files_say_what_they_are(tmp_path, name, content, match):
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=match) as info:
+        read_image(path)
+    assert len(str(info.value).splitlines()) == 1
+
+
+def test_predict_on_a_directory_says_so(tmp_path, capsys):
+    from napari_aprnet.data import read_image_file
+    with pytest.raises(ValueError, match="is a directory, not an image file"):
+        read_image_file(tmp_path)
