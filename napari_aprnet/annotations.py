@@ -36,6 +36,12 @@ def _check_class_name(name: str) -> str:
     return name
 
 
+def _is_image_name(name: str) -> bool:
+    """True for the names listed as images: a plain, visible file name with an image suffix."""
+    return (bool(name) and name == Path(name).name and "\\" not in name and not name.startswith(".")
+            and Path(name).suffix.lower() in IMAGE_SUFFIXES)
+
+
 class AnnotationSet:
     """Class labels of the images in one folder.
 
@@ -58,9 +64,7 @@ class AnnotationSet:
         self.folder = Path(folder)
         if not self.folder.is_dir():
             raise FileNotFoundError(f"annotation folder {str(self.folder)!r} does not exist or is not a folder")
-        self.images = sorted(p.name for p in self.folder.iterdir()
-                             if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-                             and not p.name.startswith("."))
+        self.images = sorted(p.name for p in self.folder.iterdir() if p.is_file() and _is_image_name(p.name))
         self._labels: dict[str, str] = self._read_labels()
         names = [_check_class_name(c) for c in (class_names or [])]
         for label in self._labels.values():
@@ -86,8 +90,19 @@ class AnnotationSet:
                 raise ValueError(f"{path} is not an aprnet labels file (expected header 'filename,label', "
                                  f"got {header!r}); move it away to start fresh")
             for row in reader:
-                if len(row) == 2 and row[0] and row[1]:
-                    labels[row[0]] = row[1]
+                if not row:
+                    continue
+                where = f"{path} line {reader.line_num}"
+                if len(row) != 2:
+                    raise ValueError(f"{where}: expected 'filename,label', got {row!r}; fix or remove the row")
+                name, label = row
+                if not _is_image_name(name):
+                    raise ValueError(f"{where}: {name!r} is not an image file name of this folder (a plain "
+                                     f"name ending in one of {', '.join(IMAGE_SUFFIXES)}); fix or remove the row")
+                try:
+                    labels[name] = _check_class_name(label)
+                except ValueError as exc:
+                    raise ValueError(f"{where}: {exc}; fix or remove the row") from None
         return labels
 
     def _write_labels(self, labels: dict[str, str]) -> None:

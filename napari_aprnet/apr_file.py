@@ -23,13 +23,14 @@ import os
 
 import numpy as np
 
-from napari_aprnet._atomic import atomic_output
+from napari_aprnet._atomic import atomic_write_bytes
 
 __all__ = ["APRFileError", "FORMAT_NAME", "FORMAT_VERSION", "save_apr", "load_apr"]
 
 FORMAT_NAME = "napari-aprnet APR"
 FORMAT_VERSION = 1
 _COMPRESSION = {"compression": "gzip", "compression_opts": 4, "shuffle": True}
+_MAX_RATIO = 1100  # largest plausible ratio of data size to stored size (gzip: 1032)
 
 
 class APRFileError(ValueError):
@@ -92,23 +93,61 @@ def save_apr(apr, path: str | os.PathLike) -> None:
     ------
     FileNotFoundError
         If the target directory does not exist.
+    ValueError
+        If the values contain NaN or Inf (loading refuses them).
     OSError
-        If the file cannot be written; an existing file at ``path`` is left unchanged.
+        If the file cannot be written (``errno.ENOSPC``: the disk is full); an
+        existing file at ``path`` is left unchanged.
     """
     import h5py
 
     path = os.fspath(path)
-    with atomic_output(path) as tmp, h5py.File(tmp, "w") as h5:
+    if not np.isfinite(apr.values).all():
+        raise ValueError(f"cannot save {path}: the particle values contain NaN or Inf, which .apr files "
+                         f"refuse; replace them first (e.g. np.nan_to_num)")
+    # built in memory and written by Python: an HDF5 library that hits a write
+    # error (a full disk) while closing a file can crash the process
+    with h5py.File("in-memory.apr", "w", driver="core", backing_store=False) as h5:
         _write_contents(h5, apr)
+        h5.flush()
+        image = h5.id.get_file_image()
+    atomic_write_bytes(path, image)
 
 
-def _read(h5, name: str, path: str) -> np.ndarray:
+def _dataset_obj(h5, name: str, path: str):
+    """The dataset ``name``, refusing links, virtual datasets and external storage.
+
+    Such datasets would read other files of the machine (and a re-save would
+    embed them), so .apr files must hold all their data themselves.
+    """
     import h5py
 
-    obj = h5.get(name)
+    obj = h5
+    for part in name.split("/"):
+        link = obj.get(part, getlink=True)
+        if link is None:
+            raise APRFileError(f"{path}: dataset '{name}' is missing")
+        if not isinstance(link, h5py.HardLink):
+            raise APRFileError(f"{path}: '{name}' is a {type(link).__name__} to other data; .apr files must "
+                               f"hold their data themselves")
+        obj = obj[part]
     if not isinstance(obj, h5py.Dataset):
         raise APRFileError(f"{path}: dataset '{name}' is missing")
-    return obj[()]
+    if obj.is_virtual or obj.external:
+        raise APRFileError(f"{path}: dataset '{name}' reads its data from other files (virtual or external "
+                           f"storage); .apr files must hold their data themselves")
+    return obj
+
+
+def _read(ds, path: str) -> np.ndarray:
+    """Read a dataset whose shape was checked, after checking its stored size can hold it."""
+    stored = ds.id.get_storage_size()
+    # gzip cannot compress beyond ~1032:1; datasets of unwritten (fill-value)
+    # chunks would be materialised in memory from a tiny file
+    if ds.nbytes > _MAX_RATIO * stored + (1 << 20):
+        raise APRFileError(f"{path}: dataset '{ds.name}' stores {stored} bytes for {ds.nbytes} bytes of data; "
+                           f"the file is damaged or was not written by napari-aprnet")
+    return ds[()]
 
 
 def _attr(obj, name: str, path: str, where: str = "/"):
@@ -125,7 +164,7 @@ def _check_dtype(arr: np.ndarray, kind: str, name: str, path: str) -> None:
 
 def _load_contents(h5, path: str):
     from napari_aprnet.apr import APR, validate_structure
-    from napari_aprnet.structure import APRStructure
+    from napari_aprnet.structure import APRStructure, level_max_for_shape
 
     fmt = h5.attrs.get("format")
     if isinstance(fmt, bytes):
@@ -146,25 +185,35 @@ def _load_contents(h5, path: str):
     _check_dtype(shape, "iu", "structure shape", path)
     if shape.ndim != 1 or len(shape) not in (2, 3) or np.any(shape < 1):
         raise APRFileError(f"{path}: invalid image shape {shape.tolist()}")
-    levels = _read(h5, "structure/levels", path)
-    coords = _read(h5, "structure/coords", path)
-    values = _read(h5, "values", path)
-    _check_dtype(levels, "u", "structure/levels", path)
-    _check_dtype(coords, "iu", "structure/coords", path)
-    if values.dtype != np.float32:
-        raise APRFileError(f"{path}: 'values' has dtype {values.dtype}, expected float32")
+    for name, value in (("level_max", level_max), ("level_min", level_min)):
+        if np.asarray(value).dtype.kind not in "iu" or np.asarray(value).ndim != 0:
+            raise APRFileError(f"{path}: {name} of /structure must be an integer, got {value!r}")
+    level_max, level_min = int(level_max), int(level_min)
+    if level_max != level_max_for_shape(tuple(int(s) for s in shape)):
+        raise APRFileError(f"{path}: level_max {level_max} does not match the image shape {shape.tolist()} "
+                           f"(expected {level_max_for_shape(tuple(int(s) for s in shape))})")
+    if not 0 <= level_min <= level_max:
+        raise APRFileError(f"{path}: level_min {level_min} is outside 0..level_max ({level_max})")
+    dl, dc, dv = (_dataset_obj(h5, n, path) for n in ("structure/levels", "structure/coords", "values"))
     ndim = len(shape)
-    if levels.ndim != 1 or coords.ndim != 2 or coords.shape != (len(levels), ndim):
-        raise APRFileError(f"{path}: structure arrays disagree: levels {levels.shape}, coords "
-                           f"{coords.shape} (expected (Np,) and (Np, {ndim}))")
-    if values.ndim not in (1, 2) or values.shape[0] != len(levels):
-        raise APRFileError(f"{path}: 'values' has shape {values.shape} but there are {len(levels)} particles")
-    if levels.dtype != np.uint8 or coords.dtype != np.int32:
+    n_pixels = int(np.prod(shape.astype(object)))
+    n = dl.shape[0] if len(dl.shape) == 1 else -1
+    if n < 1 or n > n_pixels or dc.shape != (n, ndim):
+        raise APRFileError(f"{path}: structure arrays have shapes levels {dl.shape}, coords {dc.shape}; "
+                           f"expected (Np,) and (Np, {ndim}) with 1 <= Np <= {n_pixels} (the pixel count)")
+    if len(dv.shape) not in (1, 2) or dv.shape[0] != n or (len(dv.shape) == 2 and not 1 <= dv.shape[1] <= 4096):
+        raise APRFileError(f"{path}: 'values' has shape {dv.shape}; expected ({n},) or ({n}, C) with "
+                           f"1 <= C <= 4096")
+    if dl.dtype != np.uint8 or dc.dtype != np.int32:
         raise APRFileError(f"{path}: structure arrays must be uint8 levels and int32 coords, "
-                           f"got {levels.dtype} and {coords.dtype}")
+                           f"got {dl.dtype} and {dc.dtype}")
+    if dv.dtype != np.float32:
+        raise APRFileError(f"{path}: 'values' has dtype {dv.dtype}, expected float32")
+    levels, coords, values = _read(dl, path), _read(dc, path), _read(dv, path)
+    if not np.isfinite(values).all():
+        raise APRFileError(f"{path}: 'values' contains NaN or Inf; the file is damaged")
     try:
-        structure = APRStructure(tuple(int(s) for s in shape), int(level_max), levels, coords,
-                                 int(level_min))
+        structure = APRStructure(tuple(int(s) for s in shape), level_max, levels, coords, level_min)
         validate_structure(structure)
     except (ValueError, TypeError, OverflowError) as exc:
         raise APRFileError(f"{path}: inconsistent particle structure: {exc}") from None

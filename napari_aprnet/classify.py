@@ -23,6 +23,7 @@ from napari_aprnet.data.loader import InputSpec
 from napari_aprnet.models import ClassifierNet, model_from_config
 
 __all__ = ["Classifier"]
+_MAX_INPUT_SIZE = 16384  # side of the square network input; larger sizes come from damaged files
 
 
 class Classifier:
@@ -63,8 +64,12 @@ class Classifier:
             model = model_from_config(data["model"])
             model.load_state_dict(data["state_dict"])
             spec = InputSpec.from_dict(data["input"])
-        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-            raise CheckpointError(f"{path}: the checkpoint does not describe a usable network: {exc}") from exc
+        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, OverflowError, MemoryError) as exc:
+            raise CheckpointError(f"{path}: the checkpoint does not describe a usable network: "
+                                  f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
+        if not 8 <= spec.size <= _MAX_INPUT_SIZE:
+            raise CheckpointError(f"{path}: input size {spec.size} is outside 8..{_MAX_INPUT_SIZE}; the "
+                                  f"checkpoint is damaged")
         if len(data["class_names"]) != model.config["n_classes"]:
             raise CheckpointError(f"{path}: {len(data['class_names'])} class names for "
                                   f"{model.config['n_classes']} outputs")

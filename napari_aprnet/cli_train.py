@@ -110,7 +110,13 @@ def _train(args) -> int:
     return 0
 
 
+def _printable(text) -> str:
+    """``text`` with control and other unprintable characters escaped (``\\n``, ``\\x1b``)."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
+
+
 def _format_confusion(confusion: np.ndarray, names) -> str:
+    names = [_printable(n) for n in names]
     width = max(8, max(len(n) for n in names) + 1)
     lines = ["true \\ predicted".ljust(width) + "".join(n[:width - 1].rjust(width) for n in names)]
     for name, row in zip(names, confusion):
@@ -161,6 +167,6 @@ def _predict(args) -> int:
     k = max(1, min(args.top, len(clf.class_names)))
     for path, p in zip(args.images, probs):
         order = np.argsort(-p)[:k]
-        print(f"{path}: " + ", ".join(f"{clf.class_names[i]} {p[i]:.3f}" for i in order))
+        print(f"{_printable(path)}: " + ", ".join(f"{_printable(clf.class_names[i])} {p[i]:.3f}" for i in order))
     print(f"({len(images)} images, {time.perf_counter() - t0:.2f} s)", file=sys.stderr)
     return 0

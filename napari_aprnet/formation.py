@@ -36,6 +36,7 @@ constant image gives the coarsest APR LibAPR can form: all particles at level
 """
 from __future__ import annotations
 
+import math
 import threading
 from typing import Any, Callable
 
@@ -50,9 +51,12 @@ __all__ = ["form_apr", "gradient_and_scale", "auto_thresholds", "estimate_memory
 
 LUMA_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R BT.601
 # Relative float32 round-off of the recursive smoothing filter: gradient
-# magnitudes below this fraction of max |smoothed image| are treated as 0, so
-# a constant image gives the coarsest APR instead of a 0/0 level.
+# magnitudes (per smallest pixel spacing) below this fraction of max |smoothed
+# image - image minimum| are treated as 0, so a constant image gives the
+# coarsest APR instead of a 0/0 level.
 _ROUNDOFF = 1e-5
+#: Largest |pixel value| accepted: squared float32 gradients overflow beyond ~1e19.
+MAX_ABS_VALUE = 1e18
 _NATIVE_DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16), np.dtype(np.float32))
 
 
@@ -66,7 +70,11 @@ def prepare_image(image: Any, channel_axis: int | None = None, rgb: bool | None 
     TypeError
         For bool, complex, object or non-numeric arrays.
     ValueError
-        For empty arrays, NaN/Inf, or shapes that are not 2D/3D (+ channels).
+        For empty arrays, NaN/Inf, values beyond ``MAX_ABS_VALUE`` or shapes
+        that are not 2D/3D (+ channels).
+    MemoryError
+        When forming the APR would need more memory than is available
+        (checked before the values are scanned).
     """
     if isinstance(image, np.ndarray):
         arr = image
@@ -107,19 +115,30 @@ def prepare_image(image: Any, channel_axis: int | None = None, rgb: bool | None 
             raise ValueError(f"image must be 2D (y, x) or 3D (z, y, x), got shape {arr.shape}{hint}")
         if not rgb:
             arr = arr[..., np.newaxis]
-    if kind == "f" and not np.isfinite(arr).all():
-        raise ValueError("image contains NaN or Inf values; replace them (e.g. np.nan_to_num) first")
+    _check_memory(tuple(int(s) for s in arr.shape[:-1]), int(arr.shape[-1]))
+    _check_values(arr)
     return arr
+
+
+def _check_values(arr: np.ndarray) -> None:
+    """Refuse NaN/Inf and values beyond ``MAX_ABS_VALUE``, scanning in blocks (no image-sized temporary)."""
+    rows = max(1, (16 << 20) // max(1, arr[0].nbytes))  # about 16 MiB per block
+    for start in range(0, arr.shape[0], rows):
+        block = arr[start:start + rows]
+        lo, hi = float(block.min()), float(block.max())  # NaN propagates through min and max
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            raise ValueError("image contains NaN or Inf values; replace them (e.g. np.nan_to_num) first")
+        if max(-lo, hi) > MAX_ABS_VALUE:
+            raise ValueError(f"image values reach {max(-lo, hi):.3g}, beyond +-{MAX_ABS_VALUE:g} where the "
+                             f"float32 gradient and block means overflow; rescale the image first "
+                             f"(e.g. image / abs(image).max())")
 
 
 def _native_channel(arr: np.ndarray) -> np.ndarray:
     """A C-contiguous uint8/uint16/float32 copy-or-view of one spatial channel."""
     if arr.dtype in _NATIVE_DTYPES:
         return np.ascontiguousarray(arr)
-    out = np.ascontiguousarray(arr, dtype=np.float32)
-    if not np.isfinite(out).all():
-        raise ValueError(f"image values of dtype {arr.dtype} exceed the float32 range; rescale the image first")
-    return out
+    return np.ascontiguousarray(arr, dtype=np.float32)
 
 
 def _intensity(arr: np.ndarray) -> np.ndarray:
@@ -133,8 +152,6 @@ def _intensity(arr: np.ndarray) -> np.ndarray:
             out += np.float32(w) * arr[..., k].astype(np.float32)
     else:
         out = arr.astype(np.float32).mean(axis=-1, dtype=np.float32)
-    if not np.isfinite(out).all():
-        raise ValueError("image intensity exceeds the float32 range; rescale the image first")
     return np.ascontiguousarray(out)
 
 
@@ -225,6 +242,26 @@ class _CancelWatch:
 
 # ----- pipeline ------------------------------------------------------------------
 
+def _grad_sigma(intensity: np.ndarray, params: APRParameters, cancel_flag=None):
+    """Stage 1 in units that make the levels independent of the spacing's unit and of an offset.
+
+    The image minimum is subtracted first (in the image's dtype, exact for
+    integers) and the spacing is divided by its smallest value, so scaling all
+    spacings by a constant or adding a constant to the image gives the same
+    arrays. Returns ``grad, sigma, smooth, offset, h_min``: the gradient is per
+    ``h_min`` (in intensity units per smallest pixel spacing) and ``smooth`` is
+    relative to ``offset``, the image minimum.
+    """
+    offset = intensity.min()
+    if offset != 0:
+        intensity = np.subtract(intensity, offset, dtype=intensity.dtype)
+    spacing = params.spacing(intensity.ndim)
+    h_min = min(spacing)
+    grad, sigma, smooth = _native.formation_grad_sigma(
+        intensity, tuple(h / h_min for h in spacing), params.lambda_, params.psf_pixels, cancel_flag)
+    return grad, sigma, smooth, float(offset), h_min
+
+
 def gradient_and_scale(image: Any, params: APRParameters | None = None, cancel_flag=None):
     """Half-resolution gradient magnitude, local intensity scale and smoothed image.
 
@@ -237,13 +274,17 @@ def gradient_and_scale(image: Any, params: APRParameters | None = None, cancel_f
     Returns
     -------
     grad_ds, sigma_ds, smooth_ds : ndarray of float32, shape ``ceil(shape / 2)``
-        Before any threshold is applied.
+        Before any threshold is applied; the gradient is per unit of the
+        pixel spacing, as ``grad_th`` is.
     """
     params = APRParameters() if params is None else params
     arr = prepare_image(image, rgb=False)
-    intensity = _intensity(arr)
-    return _native.formation_grad_sigma(intensity, params.spacing(intensity.ndim), params.lambda_,
-                                        params.psf_pixels, cancel_flag)
+    grad, sigma, smooth, offset, h_min = _grad_sigma(_intensity(arr), params, cancel_flag)
+    if h_min != 1.0:
+        grad /= np.float32(h_min)
+    if offset != 0.0:
+        smooth += np.float32(offset)
+    return grad, sigma, smooth
 
 
 def _li_threshold(values: np.ndarray, nbins: int = 4096) -> float:
@@ -333,29 +374,27 @@ def form_apr(image: Any, params: APRParameters | None = None, channel_axis: int 
     arr = prepare_image(image, channel_axis, rgb)
     spatial = tuple(int(s) for s in arr.shape[:-1])
     n_channels = int(arr.shape[-1])
-    _check_memory(spatial, n_channels)
     level_max = level_max_for_shape(spatial)
     level_min = min(1, level_max)
-    ndim = len(spatial)
 
     with _CancelWatch(cancel) as watch:
         watch.check()
         intensity = _intensity(arr)
         flag = watch.flag
         if level_max - 1 >= level_min:
-            grad, sigma, smooth = _native.formation_grad_sigma(
-                intensity, params.spacing(ndim), params.lambda_, params.psf_pixels, flag)
+            grad, sigma, smooth, offset, h_min = _grad_sigma(intensity, params, flag)
             watch.check()
-            sigma_th, grad_th = params.sigma_th, params.grad_th
+            # grad is per smallest spacing h_min: grad_th (per unit spacing) is scaled to match
+            sigma_th, grad_th = params.sigma_th, params.grad_th * h_min
             if params.auto_parameters:
                 sigma_th, grad_th = auto_thresholds(grad, sigma)
             # gradients at the float32 round-off level of the smoothing filter are 0
             abs_max = max(0.0, float(smooth.max()), -float(smooth.min()))  # max |smooth| without a temporary
             grad_th = max(grad_th, _ROUNDOFF * abs_max)
             level_ds = _native.formation_levels(
-                grad, sigma, smooth, ip_th=params.Ip_th, sigma_th=sigma_th, sigma_th_max=params.sigma_th_max,
-                grad_th=grad_th, rel_error=params.rel_error, level_max=level_max,
-                h_min=min(params.spacing(ndim)))
+                grad, sigma, smooth, ip_th=params.Ip_th - offset, sigma_th=sigma_th,
+                sigma_th_max=params.sigma_th_max, grad_th=grad_th, rel_error=params.rel_error,
+                level_max=level_max, h_min=1.0)
             del grad, sigma, smooth
         else:  # 1 or 2 pixels per axis at most: every pixel is a particle
             level_ds = np.zeros(1, np.uint8)

@@ -18,6 +18,24 @@ IMAGE_EXTENSIONS = {".tif": "tifffile", ".tiff": "tifffile", ".png": "imageio", 
                     ".jpeg": "imageio", ".npy": "numpy"}
 
 
+# The first bytes of each format: a file that lacks them is named wrongly or damaged.
+_SIGNATURES = {"TIFF": (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"), "PNG": (b"\x89PNG\r\n\x1a\n",),
+               "JPEG": (b"\xff\xd8\xff",), "NPY": (b"\x93NUMPY",)}
+_FORMAT_OF = {".tif": "TIFF", ".tiff": "TIFF", ".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".npy": "NPY"}
+
+
+def _check_signature(path: str, ext: str) -> None:
+    fmt = _FORMAT_OF[ext]
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+    if not head:
+        raise ValueError(f"{path} is an empty file, not a {fmt} image")
+    if not head.startswith(_SIGNATURES[fmt]):
+        found = next((name for name, sigs in _SIGNATURES.items() if head.startswith(sigs)), None)
+        what = f"a {found} file" if found else f"not a {fmt} file (no {fmt} header)"
+        raise ValueError(f"{path} is {what} despite its {ext} extension; rename it or convert it to {fmt}")
+
+
 def _extension(path: str) -> str:
     return os.path.splitext(path)[1].lower()
 
@@ -55,6 +73,7 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         supported = ", ".join(sorted(IMAGE_EXTENSIONS))
         raise ValueError(f"cannot read {path}: unsupported extension {ext or '(none)'!r}; "
                          f"supported: {supported}")
+    _check_signature(path, ext)
     try:
         if reader == "tifffile":
             import tifffile
@@ -67,12 +86,15 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         else:
             image = np.load(path, allow_pickle=False)
     except Exception as exc:  # every reader has its own error types
-        raise ValueError(f"cannot read {path} as a {ext} image: {type(exc).__name__}: {exc}") from None
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise ValueError(f"cannot read {path} as a {ext} image (damaged or unsupported variant): "
+                         f"{type(exc).__name__}: {first}") from None
     image = np.asarray(image)
     if image.dtype == object or not (np.issubdtype(image.dtype, np.number) or image.dtype == bool):
         raise ValueError(f"{path} does not hold a numeric image (dtype {image.dtype})")
     if image.size == 0:
-        raise ValueError(f"{path} holds an empty image of shape {image.shape}")
+        raise ValueError(f"{path} holds no pixels (shape {image.shape}): the file is damaged or has no "
+                         f"image data")
     return image
 
 

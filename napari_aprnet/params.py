@@ -13,16 +13,41 @@ import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-__all__ = ["APRParameters"]
+__all__ = ["APRParameters", "RANGES"]
 
 
 def _finite(name: str, value: Any) -> float:
     try:
         v = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise TypeError(f"APRParameters.{name} must be a number, got {value!r}") from None
     if not math.isfinite(v):
         raise ValueError(f"APRParameters.{name} must be finite, got {value!r}; pass a finite number")
+    return v
+
+
+#: Valid range of each numeric parameter: (low, high, low is allowed, meaning).
+#: The bounds keep the float32 pipeline finite and its run time bounded.
+RANGES: dict[str, tuple[float, float, bool, str]] = {
+    "rel_error": (0.0, 1e3, False, "typical 0.01 .. 0.5"),
+    "lambda_": (0.0, 1e6, True, "0 disables smoothing, typical 0.1 .. 10"),
+    "Ip_th": (-1e30, 1e30, True, "an intensity"),
+    "sigma_th": (0.0, 1e30, True, "0 = no threshold"),
+    "sigma_th_max": (0.0, 1e30, True, "0 = off"),
+    "grad_th": (0.0, 1e30, True, "0 = no threshold"),
+    "dx": (1e-12, 1e12, True, "pixel spacing; only ratios matter"),
+    "dy": (1e-12, 1e12, True, "pixel spacing; only ratios matter"),
+    "dz": (1e-12, 1e12, True, "pixel spacing; only ratios matter"),
+    "psf": (0.0, 100.0, False, "pixels, default 2"),
+}
+
+
+def _in_range(name: str, value: Any) -> float:
+    v = _finite(name, value)
+    lo, hi, closed, meaning = RANGES[name]
+    if not ((v >= lo if closed else v > lo) and v <= hi):
+        raise ValueError(f"APRParameters.{name} must be in {'[' if closed else '('}{lo:g}, {hi:g}] ({meaning}), "
+                         f"got {v:g}")
     return v
 
 
@@ -51,11 +76,14 @@ class APRParameters:
         ``sigma_th``), it is set to 60000, i.e. such regions are represented as
         coarsely as the neighbour constraint allows (LibAPR's meaning). 0 = off.
     grad_th : float
-        Gradient magnitudes below ``grad_th`` are set to 0.
+        Gradient magnitudes (intensity per unit of the pixel spacing) below
+        ``grad_th`` are set to 0.
     dx, dy, dz : float
         Pixel spacing along x (last axis), y and z (first axis of a 3D image).
         Used for the gradient; ``min`` of the spacings of the image's axes
-        scales the levels (LibAPR's ``min(dx, dy, dz)``).
+        scales the levels (LibAPR's ``min(dx, dy, dz)``). Only the ratios
+        matter: scaling all spacings by a constant (another unit) gives the
+        same APR, as does adding a constant to the image when ``Ip_th`` is 0.
     psf : float
         Size of the point-spread function in pixels (default 2). It selects the
         box-mean windows of the local intensity scale (LibAPR's ``psfx``).
@@ -85,25 +113,8 @@ class APRParameters:
     auto_parameters: bool = False
 
     def __post_init__(self) -> None:
-        self.rel_error = _finite("rel_error", self.rel_error)
-        if self.rel_error <= 0:
-            raise ValueError(f"APRParameters.rel_error must be > 0 (typical 0.01 .. 0.5), got {self.rel_error}")
-        self.lambda_ = _finite("lambda_", self.lambda_)
-        if self.lambda_ < 0:
-            raise ValueError(f"APRParameters.lambda_ must be >= 0 (0 disables smoothing), got {self.lambda_}")
-        for name in ("Ip_th", "sigma_th", "sigma_th_max", "grad_th"):
-            setattr(self, name, _finite(name, getattr(self, name)))
-        for name in ("sigma_th", "sigma_th_max", "grad_th"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"APRParameters.{name} must be >= 0 (0 = no threshold), got {getattr(self, name)}")
-        for name in ("dx", "dy", "dz"):
-            v = _finite(name, getattr(self, name))
-            if v <= 0:
-                raise ValueError(f"APRParameters.{name} (pixel spacing) must be > 0, got {v}")
-            setattr(self, name, v)
-        self.psf = _finite("psf", self.psf)
-        if self.psf <= 0:
-            raise ValueError(f"APRParameters.psf must be > 0 pixels (default 2), got {self.psf}")
+        for name in RANGES:
+            setattr(self, name, _in_range(name, getattr(self, name)))
         for name in ("neighborhood_optimization", "auto_parameters"):
             v = getattr(self, name)
             if not isinstance(v, (bool, int)) or isinstance(v, float):

@@ -33,12 +33,18 @@
 
 typedef struct {
     float b1, b2, norm;
-    int K;          /* truncation length of the boundary sums */
+    int64_t K;      /* truncation length of the boundary sums */
     double *h;      /* causal impulse response, K + 2 terms */
     double *g;      /* two-sided (autocorrelation) response, K + 2 terms */
 } fm_spline;
 
-static int spline_init(fm_spline *s, double lambda) {
+/* Longest truncation of the boundary sums accepted (lambda ~ 1e12; Python
+ * allows lambda <= 1e6, K = 412): the set-up costs about 4.5 K^2 and the
+ * boundary sums K per line. */
+#define FM_KMAX 16384.0
+
+static int spline_init(fm_spline *s, double lambda, const int32_t *cancel) {
+    s->h = s->g = NULL;
     double r = sqrt(3.0 + 144.0 * lambda);
     double xi = 1.0 - 96.0 * lambda + 24.0 * lambda * r;
     double rho = (24.0 * lambda - 1.0 - sqrt(xi)) / (24.0 * lambda) *
@@ -48,27 +54,35 @@ static int spline_init(fm_spline *s, double lambda) {
     double b2 = -rho * rho;
     double arho = fabs(rho);
     if (!(arho > 0.0 && arho < 1.0) || !isfinite(b1)) return APRNET_ERR_ARG;
-    int K = (int)ceil(fabs(log(FM_TOL) / log(arho)));
-    if (K < 2) K = 2;
+    const double Kd = ceil(fabs(log(FM_TOL) / log(arho)));
+    /* long enough for the autocorrelation sums to converge in double */
+    const double Md = Kd + 2.0 + ceil(fabs(log(1e-14) / log(arho)));
+    if (!(Kd <= FM_KMAX)) return APRNET_ERR_ARG;
+    const int64_t K = Kd < 2.0 ? 2 : (int64_t)Kd, M = (int64_t)Md;
     s->b1 = (float)b1;
     s->b2 = (float)b2;
     s->norm = (float)((1.0 - b1 - b2) * (1.0 - b1 - b2));
     s->K = K;
-    /* long enough for the autocorrelation sums to converge in double */
-    int M = K + 2 + (int)ceil(fabs(log(1e-14) / log(arho)));
     double *h = malloc(sizeof(double) * (size_t)(M + K + 2));
     s->g = malloc(sizeof(double) * (size_t)(K + 2));
     if (!h || !s->g) {
         free(h);
         free(s->g);
+        s->g = NULL;
         return APRNET_ERR_NOMEM;
     }
     h[0] = 1.0;
     h[1] = b1;
-    for (int k = 2; k < M + K + 2; ++k) h[k] = b1 * h[k - 1] + b2 * h[k - 2];
-    for (int k = 0; k < K + 2; ++k) {
+    for (int64_t k = 2; k < M + K + 2; ++k) h[k] = b1 * h[k - 1] + b2 * h[k - 2];
+    for (int64_t k = 0; k < K + 2; ++k) {
+        if ((k & 255) == 0 && fm_cancelled(cancel)) {
+            free(h);
+            free(s->g);
+            s->g = NULL;
+            return APRNET_ERR_CANCELLED;
+        }
         double acc = 0.0;
-        for (int m = 0; m < M; ++m) acc += h[m] * h[m + k];
+        for (int64_t m = 0; m < M; ++m) acc += h[m] * h[m + k];
         s->g[k] = acc;
     }
     s->h = h;
@@ -88,12 +102,12 @@ static double *boundary_coefs(const fm_spline *s, int64_t n, int64_t *L_out) {
     int64_t L = n < s->K + 2 ? n : s->K + 2;
     double *c = calloc((size_t)(4 * L), sizeof(double));
     if (!c) return NULL;
-    int K = s->K;
-    for (int j = 0; j < K; ++j) {
+    const int64_t K = s->K;
+    for (int64_t j = 0; j < K; ++j) {
         c[0 * L + fm_mirror(0 - j, n)] += s->h[j];
         c[1 * L + fm_mirror(1 - j, n)] += s->h[j];
     }
-    for (int m = -(K - 1); m <= K - 1; ++m) {
+    for (int64_t m = -(K - 1); m <= K - 1; ++m) {
         double w = s->g[m < 0 ? -m : m];
         /* index counted from the end: position n-1-m (resp. n-2-m) */
         int64_t i1 = fm_mirror(n - 1 - m, n);
@@ -420,7 +434,7 @@ int aprnet_fm_smoothing_spline(float *img, fm_dims d, double lambda, const void 
         return APRNET_OK;
     }
     fm_spline s;
-    int st = spline_init(&s, lambda);
+    int st = spline_init(&s, lambda, cancel);
     if (st != APRNET_OK) return st;
     if (d.nz > 1 && d.nz >= 4 * (int64_t)omp_get_max_threads()) {
         st = smooth_planes_xy(img, d, &s, src, dtype, cancel);
@@ -445,12 +459,12 @@ struct fm_line_filter {
     int64_t L, n;
 };
 
-int aprnet_fm_line_filter_new(double lambda, int64_t n, fm_line_filter **out) {
+int aprnet_fm_line_filter_new(double lambda, int64_t n, fm_line_filter **out, const int32_t *cancel) {
     *out = NULL;
     if (n < 2) return APRNET_ERR_ARG;
     fm_line_filter *f = malloc(sizeof *f);
     if (!f) return APRNET_ERR_NOMEM;
-    int st = spline_init(&f->s, lambda);
+    int st = spline_init(&f->s, lambda, cancel);
     if (st != APRNET_OK) {
         free(f);
         return st;

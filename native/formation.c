@@ -88,7 +88,7 @@ int aprnet_formation_grad_sigma(const void *image, int dtype, const int64_t shap
     fm_line_filter *zf = NULL;
     int st = aprnet_fm_smoothing_spline(work, d, lambda, image, dtype, fuse_z, cancel);
     if (st == APRNET_OK && fm_cancelled(cancel)) st = APRNET_ERR_CANCELLED;
-    if (st == APRNET_OK && fuse_z) st = aprnet_fm_line_filter_new(lambda, d.nz, &zf);
+    if (st == APRNET_OK && fuse_z) st = aprnet_fm_line_filter_new(lambda, d.nz, &zf, cancel);
     if (st == APRNET_OK) {
         if (fuse_z) st = aprnet_fm_grad_mean_ds_zfilter(work, d, spacing, zf, grad_ds, smooth_ds, cancel);
         else st = aprnet_fm_grad_mean_ds(work, d, spacing, grad_ds, smooth_ds);

@@ -61,7 +61,7 @@ int aprnet_fm_smoothing_spline(float *img, fm_dims d, double lambda, const void 
  * n lines of `width` values stored one after the other at base (line i at
  * base + i * width); tmp holds 5 * width floats. */
 typedef struct fm_line_filter fm_line_filter;
-int aprnet_fm_line_filter_new(double lambda, int64_t n, fm_line_filter **out);
+int aprnet_fm_line_filter_new(double lambda, int64_t n, fm_line_filter **out, const int32_t *cancel);
 void aprnet_fm_line_filter_free(fm_line_filter *f);
 void aprnet_fm_line_filter_apply(const fm_line_filter *f, float *base, int64_t width, float *tmp);
 int aprnet_fm_inverse_bspline(float *img, fm_dims d);

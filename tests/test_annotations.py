@@ -102,3 +102,13 @@ def test_export_folder_dataset(image_folder, tmp_path_factory):
     ds = FolderDataset(out, size=16)
     assert len(ds) == 3
     assert sorted(ds.class_names) == ["cat", "dog"]
+
+
+@pytest.mark.parametrize("row", ["a.png,../../x", "b.png,/abs/dir", "../secret.txt,cats", "/etc/passwd.png,cats",
+                                 "sub/a.png,cats", ".hidden.png,cats", "a.png,", "a.png", "a.png,cats,dogs",
+                                 "notes.txt,cats", "a.png,..", 'a.png,"x\\y"'])
+def test_labels_file_rows_are_validated_like_set_label(image_folder, tmp_path_factory, row):
+    """Rows that set_label would refuse make reading fail with their line number; nothing escapes on export."""
+    (image_folder / LABELS_FILE).write_text(f"filename,label\nc.png,dogs\n{row}\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=f"{LABELS_FILE} line 3: .*fix or remove the row"):
+        AnnotationSet(image_folder)

@@ -88,3 +88,65 @@ def test_train_argument_errors(tmp_path, capsys):
     assert main(["train", "--data", str(tmp_path / "nodata"), "--epochs", "1", "--out", str(tmp_path / "y")]) == 2
     assert "not found" in capsys.readouterr().err
     assert main(["train", "--out", str(tmp_path / "z")]) == 2
+
+
+def _tampered(run_dir, tmp_path, change, rehash=True):
+    """A copy of the run's checkpoint with ``change(data)`` applied (hash updated unless rehash=False)."""
+    import torch
+
+    from napari_aprnet import checkpoint
+    data = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+    change(data)
+    path = tmp_path / "tampered.pt"
+    if rehash:
+        checkpoint._write(path, data)
+    else:
+        torch.save(data, path)
+    return str(path)
+
+
+def _scale_first_weight(data):
+    key = next(k for k, v in data["state_dict"].items() if v.is_floating_point())
+    data["state_dict"][key] = data["state_dict"][key] * 1.01
+
+
+def _nan_weight(data):
+    key = next(k for k, v in data["state_dict"].items() if v.is_floating_point())
+    data["state_dict"][key] = data["state_dict"][key] * float("nan")
+
+
+@pytest.mark.parametrize("change,rehash,match", [
+    (_scale_first_weight, False, "damaged: its contents do not match the sha256"),
+    (lambda d: d.pop("sha256"), False, "no integrity hash .*resave_checkpoint"),
+    (_nan_weight, True, "contains NaN or Inf"),
+    (lambda d: d["input"].update(mean=[float("nan")]), True, "normalisation 'mean'"),
+    (lambda d: d["input"].update(std=[0.0]), True, "normalisation 'std'"),
+    (lambda d: d["input"].update(size=10**12), True, "input size"),
+    (lambda d: d.update(model=[1, 2]), True, "does not describe a usable network"),
+    (lambda d: d["model"].update(n_classes="x"), True, "does not describe a usable network"),
+])
+def test_damaged_checkpoints_are_one_line_errors(run_dir, tmp_path, capsys, change, rehash, match):
+    import re
+    ckpt = _tampered(run_dir, tmp_path, change, rehash)
+    img = tmp_path / "x.npy"
+    np.save(img, np.zeros((32, 32), np.float32))
+    assert main(["predict", ckpt, str(img)]) == 2
+    err = capsys.readouterr().err
+    assert re.search(match, err) and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_resave_adds_the_hash(run_dir, tmp_path):
+    from napari_aprnet.checkpoint import load_checkpoint, resave_checkpoint
+    ckpt = _tampered(run_dir, tmp_path, lambda d: d.pop("sha256"), rehash=False)
+    resave_checkpoint(ckpt)
+    assert "sha256" in load_checkpoint(ckpt)
+
+
+def test_predict_escapes_control_characters_in_class_names(run_dir, tmp_path, capsys):
+    ckpt = _tampered(run_dir, tmp_path, lambda d: d.update(class_names=["tri\x1b[2Jangle", "ci\nrcle\x07"]))
+    img = tmp_path / "x.npy"
+    np.save(img, np.zeros((32, 32), np.float32))
+    assert main(["predict", ckpt, str(img)]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\x07" not in out and len(out.splitlines()) == 1
+    assert "tri\\x1b[2Jangle" in out and "ci\\nrcle\\x07" in out

@@ -388,3 +388,37 @@ def test_apr_loader_cache_and_workers(tmp_path):
     serial = list(make_loader(ds, spec, batches))
     for a, b in zip(first, serial):
         np.testing.assert_array_equal(a.inputs.features.numpy(), b.inputs.features.numpy())
+
+
+class _Planted:
+    """Unpickling this touches a marker file: stands for code planted in a cache folder."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        from pathlib import Path
+        return Path.touch, (Path(self.marker),)
+
+
+def test_apr_cache_files_are_data_not_code(tmp_path):
+    import pickle
+
+    from napari_aprnet import APR
+    from napari_aprnet.data import APRCache, image_key
+    spec = InputSpec(mode="apr", size=32)
+    image = np.random.default_rng(0).random((32, 32)).astype(np.float32)
+    key = image_key(image, spec)
+    marker = tmp_path / "code-ran"
+    for name in (f"{key}.pkl", f"{key}.apr"):
+        (tmp_path / name).write_bytes(pickle.dumps(_Planted(marker)))
+    cache = APRCache(tmp_path)
+    assert cache.get(key) is None and not marker.exists()
+    (tmp_path / f"{key}.apr").unlink()
+    apr = APR.from_image(image)
+    cache.put(key, apr)
+    again = APRCache(tmp_path).get(key)
+    np.testing.assert_array_equal(again.values, apr.values)
+    np.testing.assert_array_equal(again.structure.coords, apr.structure.coords)
+    with pytest.raises(ValueError, match="hex digest"):
+        cache.get("../escape")

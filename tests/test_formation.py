@@ -16,6 +16,7 @@ import pytest
 from napari_aprnet import _native, formation
 from napari_aprnet.formation import LUMA_WEIGHTS, auto_thresholds, form_apr, gradient_and_scale
 from napari_aprnet.params import APRParameters
+from napari_aprnet.samples import fluorescence_blobs
 
 
 # ----- helpers -------------------------------------------------------------
@@ -409,7 +410,7 @@ def test_rgba_and_two_channel_stack():
     (np.zeros((2, 3, 4, 5, 6), np.float32), ValueError, "2D"),
     (np.array([[1.0, np.nan], [0, 1]], np.float32), ValueError, "NaN"),
     (np.array([[1.0, np.inf], [0, 1]]), ValueError, "NaN or Inf"),
-    (np.full((4, 4), 1e300), ValueError, "float32 range"),
+    (np.full((4, 4), 1e300), ValueError, "beyond"),
 ])
 def test_bad_input_refused(bad, exc, match):
     with pytest.raises(exc, match=match):
@@ -512,3 +513,67 @@ def test_native_wrappers_check_arguments():
     co = np.array([[0, 0], [16, 0]], np.int32)  # second is outside the image
     with pytest.raises(IndexError):
         _native.formation_sample(img, 4, lv, co)
+
+
+# ----- invariance to units and offsets ---------------------------------------------
+
+def _same_apr(a, b):
+    np.testing.assert_array_equal(a.levels, b.levels)
+    np.testing.assert_array_equal(a.coords, b.coords)
+
+
+@pytest.mark.parametrize("shape,spacing", [((128, 128), (1.0, 1.0)), ((16, 64, 64), (2.0, 1.0, 1.0))])
+def test_levels_do_not_depend_on_the_unit_of_the_spacing(shape, spacing):
+    img = fluorescence_blobs(shape, 10, seed=1).astype(np.float32)
+    names = ("dz", "dy", "dx")[-len(shape):]
+    ref, _ = form_apr(img, APRParameters(**dict(zip(names, spacing))))
+    for scale in (1000.0, 1e-3):
+        other, _ = form_apr(img, APRParameters(**{k: v * scale for k, v in zip(names, spacing)}))
+        _same_apr(ref, other)
+
+
+@pytest.mark.parametrize("shape", [(96, 80), (12, 40, 36)])
+@pytest.mark.parametrize("auto", [False, True])
+def test_levels_do_not_depend_on_a_constant_offset(shape, auto):
+    img = np.round(fluorescence_blobs(shape, 6, seed=2, noise=False)).astype(np.float32)
+    p = APRParameters(auto_parameters=auto)
+    ref, _ = form_apr(img, p)
+    _same_apr(ref, form_apr(img + np.float32(30000), p)[0])
+    _same_apr(ref, form_apr(img.astype(np.uint16) + np.uint16(3000), p)[0])
+
+
+# ----- huge values and huge views ------------------------------------------------------
+
+@pytest.mark.parametrize("shape,value", [((64, 64), 1e38), ((16, 16, 16), 4.25e37), ((32, 32), -1e20)])
+def test_huge_finite_values_are_refused_not_turned_into_inf(shape, value):
+    with pytest.raises(ValueError, match=r"beyond \+-1e\+18 .*rescale the image"):
+        form_apr(np.full(shape, value, np.float32))
+
+
+def test_values_up_to_the_limit_give_finite_particles():
+    img = blobs((40, 40), n=3, seed=1) * np.float32(1e14)
+    img[0, 0] = -formation.MAX_ABS_VALUE
+    for image in (img, img.reshape(1, 40, 40).repeat(3, 0)):
+        _, v = form_apr(image)
+        assert np.isfinite(v).all()
+
+
+def test_memory_is_refused_before_scanning_a_huge_view(monkeypatch):
+    import tracemalloc
+    monkeypatch.setattr(formation, "_available_memory", lambda: 1 << 20)
+    view = np.broadcast_to(np.float32(1.0), (4000, 4000))  # 64 MB of pixels, no memory of its own
+    tracemalloc.start()
+    try:
+        with pytest.raises(MemoryError, match="needs about"):
+            form_apr(view)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20
+
+
+def test_nan_scan_in_blocks_finds_the_last_pixel():
+    img = np.zeros((3000, 2000), np.float32)  # 24 MB: more than one scan block
+    img[-1, -1] = np.nan
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        form_apr(img)

@@ -36,7 +36,8 @@ def apr2d():
 def test_round_trip_is_bit_exact(tmp_path, shape, channels):
     s = random_structure(shape, seed=len(shape))
     v = random_values(s, channels, seed=4)
-    v.flat[0] = np.nan
+    v.flat[0] = -0.0  # bit patterns survive
+    v.flat[-1] = np.float32(1e-45)
     apr = APR(s, v, _params())
     path = tmp_path / "x.apr"
     apr.save(path)
@@ -120,7 +121,18 @@ def _replace(name, data):
     ("gap", "partition"),
     ("missing_values", "missing"),
     ("missing_coords", "missing"),
-    ("coords_shape", "disagree"),
+    ("coords_shape", "structure arrays have shapes"),
+    ("values_nan", "NaN or Inf"),
+    ("values_inf", "NaN or Inf"),
+    ("level_min_negative", "level_min -5 is outside"),
+    ("level_min_above_max", "level_min 9 is outside"),
+    ("level_min_above_coarsest", "level_min"),
+    ("values_external_storage", "other files"),
+    ("values_virtual", "other files"),
+    ("values_external_link", "ExternalLink"),
+    ("coords_soft_link", "SoftLink"),
+    ("values_fill_only", "stores 0 bytes"),
+    ("levels_longer_than_pixels", "the pixel count"),
     ("newer_version", "version"),
     ("bad_shape", "shape"),
     ("bad_params", "JSON"),
@@ -170,9 +182,69 @@ def test_inconsistent_arrays(tmp_path, apr2d, case, match):
     elif case == "level_max_small":
         def fn(h5):
             h5["structure"].attrs["level_max"] = 2
+    elif case in ("values_nan", "values_inf"):
+        bad = np.array(apr2d.values)
+        bad[len(bad) // 2] = np.nan if case == "values_nan" else -np.inf
+        fn = _replace("values", bad)
+    elif case.startswith("level_min"):
+        value = {"level_min_negative": -5, "level_min_above_max": 9,
+                 "level_min_above_coarsest": int(s.levels.min()) + 1}[case]
+
+        def fn(h5):
+            h5["structure"].attrs["level_min"] = value
+    elif case == "values_external_storage":
+        other = tmp_path / "secret.bin"  # any local file the .apr would read
+        other.write_bytes(np.asarray(apr2d.values, np.float32).tobytes())
+
+        def fn(h5):
+            del h5["values"]
+            h5.create_dataset("values", shape=apr2d.values.shape, dtype=np.float32,
+                              external=[(str(other), 0, apr2d.values.nbytes)])
+    elif case == "values_virtual":
+        other = tmp_path / "other.h5"
+        with h5py.File(other, "w") as o:
+            o["v"] = apr2d.values
+
+        def fn(h5):
+            del h5["values"]
+            layout = h5py.VirtualLayout(shape=apr2d.values.shape, dtype=np.float32)
+            layout[:] = h5py.VirtualSource(str(other), "v", shape=apr2d.values.shape)
+            h5.create_virtual_dataset("values", layout)
+    elif case == "values_external_link":
+        other = tmp_path / "other.h5"
+        with h5py.File(other, "w") as o:
+            o["v"] = apr2d.values
+
+        def fn(h5):
+            del h5["values"]
+            h5["values"] = h5py.ExternalLink(str(other), "v")
+    elif case == "coords_soft_link":
+        def fn(h5):
+            h5["copy"] = np.array(h5["structure/coords"])
+            del h5["structure/coords"]
+            h5["structure/coords"] = h5py.SoftLink("/copy")
+    elif case == "values_fill_only":
+        def fn(h5):  # a tiny file declaring a large dataset that was never written
+            del h5["values"]
+            h5.create_dataset("values", shape=(len(levels), 4096), dtype=np.float32, chunks=(64, 64))
+    elif case == "levels_longer_than_pixels":
+        def fn(h5):
+            n = s.n_pixels + 1
+            del h5["structure/levels"], h5["structure/coords"], h5["values"]
+            h5.create_dataset("structure/levels", shape=(n,), dtype=np.uint8)
+            h5.create_dataset("structure/coords", shape=(n, 2), dtype=np.int32)
+            h5.create_dataset("values", shape=(n,), dtype=np.float32)
     _tamper(path, fn)
     with pytest.raises(APRFileError, match=match):
         APR.load(path)
+
+
+def test_saving_nan_values_is_refused(tmp_path, apr2d):
+    values = np.array(apr2d.values)
+    values[0] = np.nan
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        APR(apr2d.structure, values).save(tmp_path / "nan.apr")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_atomic_save_keeps_old_file_on_failure(tmp_path, apr2d, monkeypatch):
@@ -232,10 +304,10 @@ def test_read_image_errors(tmp_path):
     with pytest.raises(ValueError, match="unsupported extension"):
         read_image(tmp_path / "x.bmpx")
     (tmp_path / "bad.png").write_bytes(b"this is not a png")
-    with pytest.raises(ValueError, match="cannot read"):
+    with pytest.raises(ValueError, match="not a PNG file"):
         read_image(tmp_path / "bad.png")
     (tmp_path / "bad.tif").write_bytes(b"II*\x00garbage")
-    with pytest.raises(ValueError, match="cannot read|empty image"):
+    with pytest.raises(ValueError, match="cannot read|holds no pixels .*damaged"):
         read_image(tmp_path / "bad.tif")
     np.save(tmp_path / "obj.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
     with pytest.raises(ValueError, match="cannot read"):
@@ -258,3 +330,24 @@ def test_write_image_is_atomic_on_failure(tmp_path, monkeypatch):
     with pytest.raises(OSError):
         write_image(path, np.ones((4, 4), np.uint8))
     assert path.read_bytes() == before and sorted(os.listdir(tmp_path)) == ["i.tif"]
+
+
+@pytest.mark.parametrize("name,content,match", [
+    ("a.tif", b"this is text", r"not a TIFF file \(no TIFF header\) despite its .tif extension"),
+    ("a.tiff", b"\x89PNG\r\n\x1a\n" + b"\0" * 32, "is a PNG file despite its .tiff extension"),
+    ("a.png", b"nope", r"not a PNG file \(no PNG header\)"),
+    ("a.jpg", b"II*\x00" + b"\0" * 32, "is a TIFF file despite its .jpg extension"),
+    ("a.png", b"", "an empty file"),
+])
+def test_misnamed_or_foreign_image_files_say_what_they_are(tmp_path, name, content, match):
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=match) as info:
+        read_image(path)
+    assert len(str(info.value).splitlines()) == 1
+
+
+def test_predict_on_a_directory_says_so(tmp_path, capsys):
+    from napari_aprnet.data import read_image_file
+    with pytest.raises(ValueError, match="is a directory, not an image file"):
+        read_image_file(tmp_path)

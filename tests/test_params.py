@@ -35,17 +35,24 @@ def test_from_dict_rejects_unknown_keys():
 
 
 @pytest.mark.parametrize("kwargs,match", [
-    ({"rel_error": 0}, "rel_error must be > 0"),
-    ({"rel_error": -0.1}, "rel_error must be > 0"),
+    ({"rel_error": 0}, r"rel_error must be in \(0, 1000\]"),
+    ({"rel_error": -0.1}, r"rel_error must be in \(0, 1000\]"),
+    ({"rel_error": 1e4}, r"rel_error must be in \(0, 1000\]"),
     ({"rel_error": math.nan}, "finite"),
     ({"rel_error": math.inf}, "finite"),
-    ({"lambda_": -1}, "lambda_ must be >= 0"),
-    ({"sigma_th": -1}, "sigma_th must be >= 0"),
-    ({"grad_th": -0.5}, "grad_th must be >= 0"),
+    ({"lambda_": -1}, r"lambda_ must be in \[0, 1e\+06\]"),
+    ({"lambda_": 1e15}, r"lambda_ must be in \[0, 1e\+06\]"),
+    ({"lambda_": 1e30}, r"lambda_ must be in \[0, 1e\+06\]"),
+    ({"sigma_th": -1}, r"sigma_th must be in \[0, 1e\+30\]"),
+    ({"sigma_th_max": 1e38}, r"sigma_th_max must be in \[0, 1e\+30\]"),
+    ({"grad_th": -0.5}, r"grad_th must be in \[0, 1e\+30\]"),
     ({"Ip_th": math.nan}, "finite"),
+    ({"Ip_th": -1e35}, r"Ip_th must be in \[-1e\+30, 1e\+30\]"),
     ({"dx": 0}, "spacing"),
     ({"dz": -2}, "spacing"),
+    ({"dy": 1e300}, r"dy must be in \[1e-12, 1e\+12\] \(pixel spacing"),
     ({"psf": 0}, "psf"),
+    ({"psf": 1e12}, r"psf must be in \(0, 100\]"),
 ])
 def test_invalid_values_raise_value_error(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -69,3 +76,19 @@ def test_spacing_in_numpy_axis_order():
 
 def test_negative_ip_th_allowed_for_signed_images():
     assert APRParameters(Ip_th=-5).Ip_th == -5.0
+
+
+def test_stored_parameters_out_of_range_are_refused():
+    """Parameters from a file or checkpoint go through the same bounds."""
+    with pytest.raises(ValueError, match=r"lambda_ must be in \[0, 1e\+06\]"):
+        APRParameters.from_dict({"lambda": 1e17})
+
+
+def test_spline_set_up_is_bounded_in_c():
+    """The C library refuses a smoothing so wide that its set-up would run for hours (lambda 1e17)."""
+    import numpy as np
+
+    from napari_aprnet import _native
+    img = np.zeros((8, 8), np.float32)
+    with pytest.raises(ValueError):
+        _native.formation_grad_sigma(img, (1.0, 1.0), 1e17, 2)

@@ -28,6 +28,8 @@ def read_image_file(path: str | Path) -> np.ndarray:
         If the file cannot be decoded as a 2D image.
     """
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path} is a directory, not an image file; give image files (e.g. {path}/*.png)")
     if not path.is_file():
         raise FileNotFoundError(f"image file not found: {path}")
     try:

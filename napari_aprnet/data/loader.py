@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import pickle
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -23,7 +23,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import torch
 
-from napari_aprnet._atomic import atomic_output
+from napari_aprnet.apr_file import APRFileError, load_apr, save_apr
 from napari_aprnet.data.transforms import augment, match_channels, resize_bilinear, to_float01
 
 __all__ = ["InputSpec", "APRCache", "Batch", "make_loader", "stream_batches", "epoch_batches",
@@ -191,9 +191,13 @@ class APRCache:
 
     Held in memory (the main process adds every APR its workers converted;
     workers started for the next epoch inherit or receive the filled cache)
-    and, with ``directory``, also on disk (one pickle per APR, written
-    atomically), which persists across runs.
+    and, with ``directory``, also on disk (one ``<key>.apr`` file per APR, in
+    the validated :mod:`napari_aprnet.apr_file` format, written atomically),
+    which persists across runs. Files in the folder are data, never code: an
+    entry that does not load as a valid ``.apr`` file is converted again.
     """
+
+    _KEY = re.compile(r"[0-9a-f]{40}")  # a sha1 hex digest from image_key
 
     def __init__(self, directory: str | Path | None = None):
         self.memory: dict[str, Any] = {}
@@ -204,25 +208,28 @@ class APRCache:
     def __len__(self) -> int:
         return len(self.memory)
 
+    def _path(self, key: str) -> Path:
+        if not self._KEY.fullmatch(key):
+            raise ValueError(f"APR cache keys are hex digests from image_key(), got {key!r}")
+        return self.directory / f"{key}.apr"
+
     def get(self, key: str):
         apr = self.memory.get(key)
         if apr is None and self.directory is not None:
-            path = self.directory / f"{key}.pkl"
+            path = self._path(key)
             if path.is_file():
                 try:
-                    with open(path, "rb") as f:
-                        apr = pickle.load(f)
-                except (OSError, pickle.UnpicklingError, EOFError, AttributeError):
+                    apr = load_apr(path)
+                except (OSError, APRFileError):
                     apr = None  # damaged entry: convert again
         return apr
 
     def put(self, key: str, apr) -> None:
         self.memory[key] = apr
         if self.directory is not None:
-            path = self.directory / f"{key}.pkl"
+            path = self._path(key)
             if not path.exists():
-                with atomic_output(path) as tmp, open(tmp, "wb") as f:
-                    pickle.dump(apr, f, protocol=pickle.HIGHEST_PROTOCOL)
+                save_apr(apr, path)
 
 
 @dataclass
