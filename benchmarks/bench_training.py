@@ -3,8 +3,9 @@
 Every run is a normal training run folder under ``--runs`` (checkpoint every
 100 steps, ``log.csv``): rerunning a command resumes unfinished runs and
 skips finished ones, so long benchmarks can run in the background across
-sessions. ``report`` reads the run folders and writes
-``benchmarks/results/training.md`` and the PNG figures. Commands::
+sessions. ``report`` reads the run folders and rewrites the
+part of ``benchmarks/results/training.md`` below its marker line (the
+analysis above it is written by hand) and the PNG figures. Commands::
 
     PY=.venv/bin/python
     $PY benchmarks/bench_training.py table   --steps 3000 --pix256-steps 600   # Table 4.2
@@ -35,6 +36,7 @@ from napari_aprnet.train import TrainConfig, train
 
 RESULTS = Path(__file__).parent / "results"
 WINDOW = 100
+MARKER = "<!-- everything below is written by `benchmarks/bench_training.py report` -->"
 
 #: Table 4.2 rows: run name -> (model, rel_error, network input side) with the thesis' numbers
 TABLE = {
@@ -102,6 +104,8 @@ def _read_log(path: Path) -> dict:
 
 def cmd_table(args) -> None:
     for name, (model, e, size, *_rest) in TABLE.items():
+        if args.only and name not in args.only:
+            continue
         steps = args.pix256_steps if name == "Pix_B_256" else (args.steps if name == "APR_B_E0.1" else
                                                                args.other_steps)
         _run(args.runs, name, steps, model=model, rel_error=e, size=size, image_size=256)
@@ -112,7 +116,7 @@ def cmd_curves(args) -> None:
         for model in models:
             name = run_name(model)
             pixel256 = model.startswith("Pix")
-            if name in TABLE:  # already trained (longer) for the table
+            if name in TABLE or (args.only and name not in args.only):  # table runs are longer
                 continue
             _run(args.runs, name, args.pix256_steps if pixel256 else args.steps, model=model, rel_error=0.1,
                  size=256, image_size=256)
@@ -125,6 +129,8 @@ def finite_name(model: str, n: int, size: int) -> str:
 def cmd_finite(args) -> None:
     for n in FINITE_SIZES:
         for model in ("APR_B", "Pix_B"):
+            if args.only and model not in args.only:
+                continue
             _run(args.runs, finite_name(model, n, args.size), args.steps, model=model, size=args.size,
                  image_size=args.size, epochs=100000, n_train=n, n_val=100, n_test=args.n_test,
                  eval_every=args.eval_every)
@@ -262,11 +268,44 @@ def cmd_report(args) -> None:
                 cells.append("-" if v is None else f"{v['accuracy']:.3f} ({v['ci'][0]:.3f}-{v['ci'][1]:.3f})")
             lines.append(f"| {r['model']} | {r['n']} | {r['steps']} | {cells[0]} | {cells[1]} |")
         lines.append("")
-    out = RESULTS / "training_tables.md"
+    lines += _diagnosis_lines()
+    out = RESULTS / "training.md"
+    head = out.read_text().split(MARKER)[0] if out.is_file() else "# Training results\n\n"
     tmp = out.with_suffix(".tmp")
-    tmp.write_text("\n".join(lines) + "\n")
+    tmp.write_text(head + MARKER + "\n\n" + "\n".join(lines) + "\n")
     os.replace(tmp, out)
-    print(out.read_text())
+    print("\n".join(lines))
+
+
+def _diagnosis_lines() -> list[str]:
+    """The table of ``bench_learning_diagnosis.py`` (results/diagnosis.json), if it was run."""
+    path = RESULTS / "diagnosis.json"
+    if not path.is_file():
+        return []
+    d = json.loads(path.read_text())
+    lines = ["## Diagnosis runs (`benchmarks/bench_learning_diagnosis.py`)", "",
+             "Training error = mean over the 100 batches before the step. Held-out: 600 images (100 per class) of "
+             "the legacy distribution (amplitude 3-12 % of the radius) and of the new one (2-6.4 px), after "
+             "BatchNorm re-estimation.", "",
+             "| variant | model | error @300 | @600 | @800 | held-out legacy | held-out new |",
+             "|---|---|---:|---:|---:|---:|---:|"]
+    for name, r in d.items():
+        at = r["train_error_at"]
+        cells = [f"{at[s]:.3f}" if s in at else "-" for s in ("300", "600", "800")]
+        lines.append(f"| {name}: {r['description']} | {r['model']} | {' | '.join(cells)} | "
+                     f"{r['held_out_legacy']['error']:.3f} | {r['held_out_new']['error']:.3f} |")
+    lines += ["", "Held-out error of fuzzy shapes by perturbation amplitude (legacy distribution):", "",
+              "| variant | " + " | ".join(f"{lo:g}-{hi:g} px" for lo, hi in
+                                         ((0, 1), (1, 1.5), (1.5, 2), (2, 3), (3, 5), (5, 100))) + " |",
+              "|---|" + "---:|" * 6]
+    for name, r in d.items():
+        by = {tuple(b["amplitude_px"]): b for b in r["held_out_legacy"]["by_amplitude"]}
+        cells = []
+        for key in ((0, 1), (1, 1.5), (1.5, 2), (2, 3), (3, 5), (5, 100)):
+            b = by.get(key)
+            cells.append("-" if b is None else f"{b['error']:.2f} (n={b['n']})")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines + [""]
 
 
 def main(argv=None) -> int:
@@ -288,6 +327,8 @@ def main(argv=None) -> int:
             sp.add_argument("--eval-every", type=int, default=50)
         else:
             sp.set_defaults(steps=600)
+    for sp in (t, c, sub.choices["finite"]):
+        sp.add_argument("--only", nargs="*", default=None, help="run names (table, curves) or models (finite)")
     args = p.parse_args(argv)
     {"table": cmd_table, "curves": cmd_curves, "finite": cmd_finite, "report": cmd_report}[args.cmd](args)
     return 0

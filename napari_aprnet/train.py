@@ -471,7 +471,8 @@ def train(config: TrainConfig, out: str | Path | None = None, *, resume: bool = 
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
     log = _CSVLog(out / "log.csv" if out is not None else None, step if stored is not None else None)
-    cache = APRCache(cache_dir) if spec.mode == "apr" else None
+    # streaming images are seen once: caching their APRs would only grow memory
+    cache = APRCache(cache_dir) if spec.mode == "apr" and not config.streaming else None
     lr = config.lr
     metrics: dict = {}
 

@@ -9,9 +9,9 @@ Writes ``convert.png`` (3D blobs sample with its level map and legend),
 ``train.png`` (training on synthetic shapes, live loss/accuracy plot),
 ``classify.png`` (probabilities and feature maps of a shape image) and
 ``annotate.png`` (labelling a folder of shape images with the model's
-prediction beside the label). Without ``--checkpoint`` the network used for
-classify/annotate is the one trained for ``train.png`` (a few steps only, so
-its predictions are near chance; pass a trained checkpoint for better ones).
+prediction beside the label). Without ``--checkpoint``, classify and annotate
+use the bundled shapes classifier preselected in the widgets, as a new user
+would: open the shapes sample, press Classify.
 """
 from __future__ import annotations
 
@@ -133,18 +133,17 @@ def shot_train(out: Path, run_dir: Path, steps: int) -> Path:
     return checkpoint
 
 
-def shot_classify(out: Path, checkpoint: Path) -> None:
-    from napari_aprnet.samples import shapes_gallery
-
-    images, _ = shapes_gallery(64, seed=3)
+def shot_classify(out: Path, checkpoint: Path | None) -> None:
     viewer = new_viewer("Classify")
-    stack = viewer.add_image(images, name="shapes", axis_labels=("image", "y", "x"))
+    viewer.open_sample(PLUGIN, "shapes")
+    stack = viewer.layers["shapes"]
     w = dock(viewer, "Classify")
-    w.load(checkpoint)
-    wait(w)
+    if checkpoint is not None:
+        w.load(checkpoint)
+        wait(w)
     w.layers.value = [stack]
     w.classify()
-    wait(w)
+    wait(w, until=lambda: "shapes" in w.probabilities)
     viewer.dims.set_current_step(0, 2)
     w.show_features(stack, w.classifier.layer_names()[0])
     wait(w)
@@ -154,21 +153,21 @@ def shot_classify(out: Path, checkpoint: Path) -> None:
     viewer.close()
 
 
-def shot_annotate(out: Path, checkpoint: Path, folder: Path) -> None:
+def shot_annotate(out: Path, checkpoint: Path | None, folder: Path) -> None:
     import numpy as np
 
     from napari_aprnet.io import write_image
     from napari_aprnet.samples import shapes_gallery
 
-    images, names = shapes_gallery(96, seed=5)
-    more, _ = shapes_gallery(96, seed=6)
+    images, names = shapes_gallery(seed=5)
+    more, _ = shapes_gallery(seed=6)
     for i, im in enumerate(np.concatenate([images, more])):
         write_image(folder / f"shape_{i:02d}.png", (im * 255).astype(np.uint8))
     viewer = new_viewer("Annotate")
     w = dock(viewer, "Annotate")
     w.classes.value = ", ".join(names)
     w.open(folder)
-    w.load_model(checkpoint)
+    w.load_model(checkpoint)  # None: the preselected bundled model
     wait(w)
     for k in (1, 2, 3):  # the first three images are a triangle, a square and a circle
         w.assign_number(k)
@@ -182,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "screenshots")
     parser.add_argument("--checkpoint", type=Path, default=None,
-                        help="trained checkpoint for classify/annotate (default: the one trained here)")
+                        help="checkpoint for classify/annotate (default: the bundled shapes classifier)")
     parser.add_argument("--steps", type=int, default=60, help="training steps for train.png (default 60)")
     parser.add_argument("--only", nargs="*", default=None,
                         choices=["convert", "tune", "train", "classify", "annotate"])
@@ -196,15 +195,13 @@ def main(argv: list[str] | None = None) -> int:
             shot_convert(args.out)
         if "tune" in only:
             shot_tune(args.out)
-        checkpoint = args.checkpoint
-        if "train" in only or (checkpoint is None and only & {"classify", "annotate"}):
-            trained = shot_train(args.out, tmp / "run", args.steps)
-            checkpoint = checkpoint or trained
+        if "train" in only:
+            shot_train(args.out, tmp / "run", args.steps)
         if "classify" in only:
-            shot_classify(args.out, checkpoint)
+            shot_classify(args.out, args.checkpoint)
         if "annotate" in only:
             (tmp / "images").mkdir()
-            shot_annotate(args.out, checkpoint, tmp / "images")
+            shot_annotate(args.out, args.checkpoint, tmp / "images")
     return 0
 
 

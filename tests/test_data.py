@@ -177,7 +177,7 @@ def test_fuzzy_images_differ_from_their_regular_twins_beyond_rounding():
     """Rounding two curves to pixels moves them apart by at most sqrt(2) px; every default fuzzy
     shape at 256x256 departs further from its regular twin, and most still do at half the size."""
     assert _distance_to_twin(256, DEFAULT_PARAMS, 90).min() >= 2.0
-    assert np.mean(_distance_to_twin(128, DEFAULT_PARAMS, 90) > np.sqrt(2)) >= 0.85
+    assert np.mean(_distance_to_twin(128, DEFAULT_PARAMS, 90) > np.sqrt(2)) >= 0.8
     # the first (amplitude relative to the radius) distribution did not: some fuzzy shapes were drawn
     # like their twins, which capped the accuracy any network could reach
     legacy = ShapeParams(amplitude=(0.03, 0.12), frequency=(5, 16), amplitude_of="radius")

@@ -230,3 +230,12 @@ def test_small_apr_network_learns_faint_two_class_shapes_in_a_few_dozen_steps():
                       classes=CLASSES, seed=0, steps=60, last_window=15, bn_batches=5)
     done = run_training(cfg)
     assert done.metrics["error_mean"] <= 0.2, done.metrics  # chance: 0.5
+
+
+def test_streaming_runs_do_not_cache_apr(monkeypatch):
+    """Streamed images are used once; keeping their APRs would grow memory with every step."""
+    from napari_aprnet.data import APRCache
+    stored = []
+    monkeypatch.setattr(APRCache, "put", lambda self, key, apr: stored.append(key))
+    run_training(_config(model="APR_A", width=0.25, steps=3, batch_size=4, bn_batches=1))
+    assert stored == []

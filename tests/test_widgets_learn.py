@@ -122,7 +122,9 @@ def test_classify_bad_input(make_napari_viewer, qtbot, grey_checkpoint, rgb_chec
         assert w.load("/nonexistent/model.pt") is None
         assert "not found" in notes[-1][0] and w.classifier is None
         return
-    if case != "no checkpoint":
+    if case == "no checkpoint":
+        w.checkpoint.value = ""  # the bundled model is preselected: clear it
+    else:
         w.load(rgb_checkpoint if case == "grey into rgb net" else grey_checkpoint)
         wait_idle(qtbot, w)
     layer = {"no checkpoint": lambda: viewer.add_image(np.zeros((32, 32)), name="im"),
@@ -139,6 +141,22 @@ def test_classify_bad_input(make_napari_viewer, qtbot, grey_checkpoint, rgb_chec
                 "4d": "has 4 dimensions", "rgb into grey net": "trained on grey images",
                 "grey into rgb net": "trained on RGB images"}[case]
     assert expected in notes[-1][0]
+
+
+def test_bundled_model_classifies_the_shapes_sample_out_of_the_box(make_napari_viewer, qtbot):
+    """Open the shapes sample, press Classify: the preselected bundled model names every shape right."""
+    viewer = make_napari_viewer()
+    viewer.open_sample(PLUGIN, "shapes")
+    w = open_widget(viewer, "Classify")
+    assert w.checkpoint.value.name == "shapes_apr_b.pt"
+    assert w.classify() is not None  # loads the bundled network, then classifies
+    qtbot.waitUntil(lambda: "shapes" in w.probabilities, timeout=WAIT)
+    names = viewer.layers["shapes"].metadata["class_names"]
+    assert [w.classifier.class_names[k] for k in w.probabilities["shapes"].argmax(1)] == list(names)
+    for name in names:
+        assert f"{name} 1" in w.table.value  # one image of each class
+    annotate = open_widget(viewer, "Annotate")
+    assert annotate.checkpoint.value == w.checkpoint.value
 
 
 # --------------------------------------------------------------------- train

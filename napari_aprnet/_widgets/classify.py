@@ -201,6 +201,9 @@ class ClassifyWidget(Container):
         (the returned worker is then the loading one).
         """
         if self.classifier is None:
+            if not Path(self.checkpoint.value).is_file():
+                notify("load a checkpoint first (a .pt file written by Train, or the bundled shapes classifier)")
+                return None
             worker = self.load()
             if worker is not None:
                 self._classify_after_load = (layers,)

@@ -21,7 +21,8 @@ pixel, so that a fuzzy shape was drawn exactly like its regular twin and its
 label could not be learnt (the error floor of about 10 % found in
 ``benchmarks/results/training.md``). The default ranges keep every
 perturbation at 2 pixels or more at 256x256 and 1 pixel or more after 2x
-downsampling.
+downsampling, and small enough (and of high enough frequency) not to change
+which shape it is.
 
 Every image is a pure function of ``(seed, split, class, index)`` (or
 ``(seed, batch, position)`` for streams), so datasets are reproducible, can
@@ -45,6 +46,7 @@ CLASS_NAMES: tuple[str, ...] = (
     "triangle", "square", "circle", "fuzzy_triangle", "fuzzy_square", "fuzzy_circle",
 )
 _SIDES = {"triangle": 3, "square": 4, "circle": 0}
+MAX_AMPLITUDE_OF_INRADIUS = 0.3
 
 
 @dataclass(frozen=True)
@@ -60,11 +62,14 @@ class ShapeParams:
     amplitude : (float, float)
         Perturbation amplitude of fuzzy shapes (added to the radius), as a
         fraction of the image side (or of the object's circumradius, see
-        ``amplitude_of``); at most half the inradius is used. Default: 2 to
-        7.7 pixels at 256x256.
+        ``amplitude_of``); at most 0.3 of the inradius is used, so the
+        ripple never hides which shape it is on. Default: 2 to 6.4 pixels
+        at 256x256.
     frequency : (int, int)
         Perturbation frequency (whole periods around the contour, inclusive
-        range) of fuzzy shapes; whole periods keep the contour closed.
+        range) of fuzzy shapes; whole periods keep the contour closed. From
+        5 up, so that a ripple never has the 3- or 4-fold symmetry of a
+        triangle or square.
     min_contrast : float
         Minimum absolute difference of foreground and background intensity.
     filled : bool
@@ -77,9 +82,9 @@ class ShapeParams:
         ``benchmarks/results/training.md``.
     """
 
-    radius: tuple[float, float] = (0.06, 0.25)
-    amplitude: tuple[float, float] = (0.008, 0.03)
-    frequency: tuple[int, int] = (4, 12)
+    radius: tuple[float, float] = (0.08, 0.25)
+    amplitude: tuple[float, float] = (0.008, 0.025)
+    frequency: tuple[int, int] = (5, 16)
     min_contrast: float = 0.05
     filled: bool = False
     amplitude_of: str = "image"
@@ -114,7 +119,7 @@ DEFAULT_PARAMS = ShapeParams()
 #: "More extreme" parameters: the default distribution is a subset of this one
 #: (thesis 4.1.3.4, footnote 1): smaller and larger objects, subtler and
 #: stronger, slower and faster perturbations.
-MODIFIED_PARAMS = ShapeParams(radius=(0.04, 0.32), amplitude=(0.008 * 2 / 3, 0.045), frequency=(2, 20))
+MODIFIED_PARAMS = ShapeParams(radius=(0.08 * 2 / 3, 0.32), amplitude=(0.008 * 2 / 3, 0.025 * 1.5), frequency=(3, 24))
 
 
 @dataclass(frozen=True)
@@ -207,7 +212,7 @@ def random_shape(rng: np.random.Generator, label: int, size: int,
     radius = rng.uniform(*params.radius) * size
     amplitude = rng.uniform(*params.amplitude) * (size if params.amplitude_of == "image" else radius)
     amplitude = amplitude if name.startswith("fuzzy_") else 0.0
-    amplitude = min(amplitude, 0.5 * _inradius(_SIDES[name.replace("fuzzy_", "")], radius))
+    amplitude = min(amplitude, MAX_AMPLITUDE_OF_INRADIUS * _inradius(_SIDES[name.replace("fuzzy_", "")], radius))
     frequency = int(rng.integers(params.frequency[0], params.frequency[1] + 1))
     phase = rng.uniform(0, 2 * np.pi)
     rotation = rng.uniform(0, 2 * np.pi)
