@@ -183,7 +183,7 @@ def formation_grad_sigma(image: np.ndarray, spacing, lambda_: float, psf: int, c
 
 def formation_levels(grad_ds: np.ndarray, sigma_ds: np.ndarray, smooth_ds: np.ndarray, *, ip_th: float,
                      sigma_th: float, sigma_th_max: float, grad_th: float, rel_error: float, level_max: int,
-                     h_min: float) -> np.ndarray:
+                     h_min: float, cancel_flag=None) -> np.ndarray:
     """Stage 2: thresholds and the required level of each half-resolution cell (uint8)."""
     shp = grad_ds.shape
     for name, a in (("grad_ds", grad_ds), ("sigma_ds", sigma_ds), ("smooth_ds", smooth_ds)):
@@ -196,7 +196,8 @@ def formation_levels(grad_ds: np.ndarray, sigma_ds: np.ndarray, smooth_ds: np.nd
     st = lib.aprnet_formation_levels(
         ptr(g, np.float32, "grad_ds"), ptr(s, np.float32, "sigma_ds"), ptr(m, np.float32, "smooth_ds"),
         ffi.new("int64_t[3]", shape3(shp)), float(ip_th), float(sigma_th), float(sigma_th_max),
-        float(grad_th), float(rel_error), int(level_max), float(h_min), ptr(out, np.uint8, "level_ds", True))
+        float(grad_th), float(rel_error), int(level_max), float(h_min), ptr(out, np.uint8, "level_ds", True),
+        _cancel_ptr(cancel_flag))
     check(st, "APR formation (levels)")
     return out
 

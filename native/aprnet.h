@@ -55,7 +55,8 @@ int aprnet_formation_grad_sigma(const void *image, int dtype, const int64_t shap
 int aprnet_formation_levels(const float *grad_ds, const float *sigma_ds, const float *smooth_ds,
                             const int64_t shape_ds[3], double ip_th, double sigma_th,
                             double sigma_th_max, double grad_th, double rel_error,
-                            int level_max, double h_min, uint8_t *level_ds);
+                            int level_max, double h_min, uint8_t *level_ds,
+                            const int32_t *cancel);
 
 /* Stage 3. Bytes of the particle-cell tree buffer for aprnet_pulling_scheme. */
 int64_t aprnet_pulling_tree_bytes(const int64_t shape[3], int level_max, int level_min);

@@ -64,11 +64,11 @@ typedef struct fm_line_filter fm_line_filter;
 int aprnet_fm_line_filter_new(double lambda, int64_t n, fm_line_filter **out, const int32_t *cancel);
 void aprnet_fm_line_filter_free(fm_line_filter *f);
 void aprnet_fm_line_filter_apply(const fm_line_filter *f, float *base, int64_t width, float *tmp);
-int aprnet_fm_inverse_bspline(float *img, fm_dims d);
+int aprnet_fm_inverse_bspline(float *img, fm_dims d, const int32_t *cancel);
 
 /* gradient.c: gradient magnitude max-downsampled 2x and the 2x mean of coef */
 int aprnet_fm_grad_mean_ds(const float *coef, fm_dims d, const double h[3], float *grad_ds,
-                           float *smooth_ds);
+                           float *smooth_ds, const int32_t *cancel);
 /* The same from the image smoothed along x and y only (xy), running the z
  * pass (zf, length d.nz >= 2) itself; per-thread buffers of
  * aprnet_fm_zfused_bytes(d) bytes. */
@@ -78,7 +78,8 @@ int aprnet_fm_grad_mean_ds_zfilter(const float *xy, fm_dims d, const double h[3]
 int64_t aprnet_fm_zfused_bytes(fm_dims d);
 
 /* sigma.c */
-int aprnet_fm_local_intensity_scale(const float *smooth_ds, fm_dims dh, int psf, float *sigma);
+int aprnet_fm_local_intensity_scale(const float *smooth_ds, fm_dims dh, int psf, float *sigma,
+                                    const int32_t *cancel);
 
 /* formation.c: a buffer for `bytes` bytes (release with free); large ones are
  * aligned to 2 MiB and marked for transparent huge pages, which makes their
