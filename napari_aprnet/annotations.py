@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_aprnet._atomic import atomic_write_text
+from napari_aprnet.io._atomic import atomic_write_text
 from napari_aprnet.io import IMAGE_EXTENSIONS, read_image
 
 __all__ = ["LABELS_FILE", "IMAGE_SUFFIXES", "AnnotationSet"]

@@ -36,7 +36,7 @@ from typing import Any
 
 import torch
 
-from napari_aprnet._atomic import atomic_write_bytes
+from napari_aprnet.io._atomic import atomic_write_bytes
 
 __all__ = ["FORMAT", "VERSION", "CheckpointError", "save_checkpoint", "load_checkpoint", "resave_checkpoint"]
 

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from napari_aprnet._atomic import atomic_write_bytes
+from napari_aprnet.io._atomic import atomic_write_bytes
 from napari_aprnet.checkpoint import load_checkpoint, save_checkpoint
 from napari_aprnet.data import (APRCache, FolderDataset, InputSpec, ShapeParams, ShapeStream, epoch_batches,
                                 estimate_normalisation, make_loader, make_shapes_splits, split_indices,

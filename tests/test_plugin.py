@@ -98,7 +98,7 @@ def test_reader_writer_samples_do_not_import_the_gui():
     import sys
 
     code = ("import sys, napari_aprnet._reader, napari_aprnet._writer, napari_aprnet._sample_data, "
-            "napari_aprnet.sweep, napari_aprnet.annotations, napari_aprnet.samples, napari_aprnet._layers; "
+            "napari_aprnet.sweep, napari_aprnet.annotations, napari_aprnet.samples, napari_aprnet._layer_data; "
             "print(sorted(m for m in ('napari', 'qtpy', 'magicgui', 'PyQt5') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

@@ -11,7 +11,7 @@ import numpy as np
 from magicgui.widgets import Container, Label, ProgressBar, PushButton
 from napari.utils.notifications import show_error, show_info, show_warning
 
-from napari_aprnet._layers import METADATA_KEY
+from napari_aprnet._layer_data import METADATA_KEY
 from napari_aprnet.bundled import bundled_checkpoint
 
 if TYPE_CHECKING:

@@ -18,7 +18,7 @@
 #include <string.h>
 
 #include "aprnet.h"
-#include "formation_internal.h"
+#include "fm_common.h"
 
 #if defined(__SSE2__)
 #include <emmintrin.h>

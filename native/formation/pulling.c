@@ -16,7 +16,7 @@
 #include <string.h>
 
 #include "aprnet.h"
-#include "formation_internal.h"
+#include "fm_common.h"
 
 enum {
     ST_EMPTY = 0,

@@ -1,8 +1,10 @@
-/* formation_internal.h -- private helpers shared by the APR formation sources
- * (formation.c, bspline.c, gradient.c, sigma.c, pulling.c). Not part of the
- * public C API (aprnet.h) and not seen by cffi. */
-#ifndef APRNET_FORMATION_INTERNAL_H
-#define APRNET_FORMATION_INTERNAL_H
+/* fm_common.h -- the internal header of the APR formation part (native/formation/):
+ * shared types and inline helpers, the buffers and pixel loading of
+ * fm_common.c, and the functions each source offers the others
+ * (formation.c -> bspline.c, gradient.c, sigma.c -> fm_common.c). Not part
+ * of the public C API (aprnet.h) and not seen by cffi. */
+#ifndef APRNET_FM_COMMON_H
+#define APRNET_FM_COMMON_H
 
 #include <stddef.h>
 #include <stdint.h>
@@ -81,12 +83,12 @@ int64_t aprnet_fm_zfused_bytes(fm_dims d);
 int aprnet_fm_local_intensity_scale(const float *smooth_ds, fm_dims dh, int psf, float *sigma,
                                     const int32_t *cancel);
 
-/* formation.c: a buffer for `bytes` bytes (release with free); large ones are
+/* fm_common.c: a buffer for `bytes` bytes (release with free); large ones are
  * aligned to 2 MiB and marked for transparent huge pages, which makes their
  * first touch much cheaper. NULL when out of memory. */
 void *aprnet_fm_alloc(size_t bytes);
 
-/* pixel loading (formation.c): convert `n` values of the given dtype starting at
+/* pixel loading (fm_common.c): convert `n` values of the given dtype starting at
  * element `offset` into floats (out[i] = value), or add them (out[i] += value). */
 void aprnet_fm_load_row(const void *image, int dtype, int64_t offset, int64_t n, float *out);
 void aprnet_fm_add_row(const void *image, int dtype, int64_t offset, int64_t n, float *out);

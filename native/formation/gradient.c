@@ -11,7 +11,7 @@
 #include <string.h>
 
 #include "aprnet.h"
-#include "formation_internal.h"
+#include "fm_common.h"
 
 /* g[x] = squared gradient magnitude of a row of nx values; ym/yp/zm/zp are the
  * neighbouring rows along y and z. The x term is left out at both ends of the

@@ -6,58 +6,16 @@
  *   3. aprnet_pulling_scheme / aprnet_pulling_emit (pulling.c): particle cells;
  *   4. aprnet_formation_sample: particle values = mean of the cell's pixels;
  * and aprnet_formation_histogram, the histogram of the automatic thresholds.
- * Large buffers come from aprnet_fm_alloc (transparent huge pages).
+ * Large buffers come from aprnet_fm_alloc (fm_common.c, transparent huge pages).
  */
-#define _DEFAULT_SOURCE /* madvise */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
-#if defined(__linux__)
-#include <sys/mman.h>
-#endif
 
 #include "aprnet.h"
-#include "formation_internal.h"
+#include "fm_common.h"
 
-#define FM_HUGE ((size_t)2 << 20)
 #define FM_FUSE_BYTES ((int64_t)8 << 20) /* per-thread row buffers of the fused z pass */
-
-void *aprnet_fm_alloc(size_t bytes) {
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-    if (bytes >= 2 * FM_HUGE) {
-        void *p = NULL;
-        if (posix_memalign(&p, FM_HUGE, bytes) != 0) return NULL;
-        (void)madvise(p, bytes, MADV_HUGEPAGE); /* advisory: failure is harmless */
-        return p;
-    }
-#endif
-    return malloc(bytes ? bytes : 1);
-}
-
-void aprnet_fm_load_row(const void *image, int dtype, int64_t offset, int64_t n, float *out) {
-    if (dtype == APRNET_DTYPE_U16) {
-        const uint16_t *p = (const uint16_t *)image + offset;
-        for (int64_t i = 0; i < n; ++i) out[i] = (float)p[i];
-    } else if (dtype == APRNET_DTYPE_U8) {
-        const uint8_t *p = (const uint8_t *)image + offset;
-        for (int64_t i = 0; i < n; ++i) out[i] = (float)p[i];
-    } else {
-        memcpy(out, (const float *)image + offset, sizeof(float) * (size_t)n);
-    }
-}
-
-void aprnet_fm_add_row(const void *image, int dtype, int64_t offset, int64_t n, float *out) {
-    if (dtype == APRNET_DTYPE_U16) {
-        const uint16_t *p = (const uint16_t *)image + offset;
-        for (int64_t i = 0; i < n; ++i) out[i] += (float)p[i];
-    } else if (dtype == APRNET_DTYPE_U8) {
-        const uint8_t *p = (const uint8_t *)image + offset;
-        for (int64_t i = 0; i < n; ++i) out[i] += (float)p[i];
-    } else {
-        const float *p = (const float *)image + offset;
-        for (int64_t i = 0; i < n; ++i) out[i] += p[i];
-    }
-}
 
 static int check_shape(const int64_t shape[3]) {
     if (!shape) return 0;

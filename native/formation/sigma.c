@@ -15,7 +15,7 @@
 #include <string.h>
 
 #include "aprnet.h"
-#include "formation_internal.h"
+#include "fm_common.h"
 
 #define FM_WMAX 6 /* largest box half-width of the tables */
 #define FM_STREAM_BYTES ((int64_t)4 << 20) /* per-thread scratch of the streaming box means */
