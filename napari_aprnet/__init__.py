@@ -11,7 +11,7 @@ from napari_aprnet.structure import APRStructure
 def __getattr__(name: str):
     # Classifier imports torch: a lazy import (on first use), kept so that ``import napari_aprnet`` stays light
     if name == "Classifier":
-        from napari_aprnet.classify import Classifier
+        from napari_aprnet.training.predict import Classifier
         return Classifier
     raise AttributeError(f"module 'napari_aprnet' has no attribute {name!r}")
 

@@ -94,7 +94,7 @@ def _tampered(run_dir, tmp_path, change, rehash=True):
     """A copy of the run's checkpoint with ``change(data)`` applied (hash updated unless rehash=False)."""
     import torch
 
-    from napari_aprnet import checkpoint
+    from napari_aprnet.training import checkpoint
     data = torch.load(run_dir / "checkpoint.pt", weights_only=True)
     change(data)
     path = tmp_path / "tampered.pt"

@@ -164,7 +164,7 @@ class ClassifyWidget(Container):
             return None
 
         def job(*, cancel):
-            from napari_aprnet.classify import Classifier
+            from napari_aprnet.training.predict import Classifier
 
             yield Progress(0, 1, f"loading {path.name}...")
             return Classifier.load(path)

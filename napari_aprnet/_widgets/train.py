@@ -34,7 +34,7 @@ def model_choices() -> list[str]:
 
 def train_job(config, out: Path, *, cancel):
     """Generator run in a worker: the events of :func:`napari_aprnet.train.train`."""
-    from napari_aprnet.train import train
+    from napari_aprnet.training import train
 
     yield Progress(0, 0, "preparing data and network...")
     last = None
@@ -133,7 +133,7 @@ class TrainWidget(Container):
 
     def config(self):
         """The :class:`TrainConfig` described by the widget (validated)."""
-        from napari_aprnet.train import TrainConfig
+        from napari_aprnet.training import TrainConfig
 
         if self.dataset.value == "folder":
             folder = Path(self.folder.value)
