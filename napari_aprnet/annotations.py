@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_aprnet.io._atomic import atomic_write_text
 from napari_aprnet.io import IMAGE_EXTENSIONS, read_image
+from napari_aprnet.io._atomic import atomic_write_text
 
 __all__ = ["LABELS_FILE", "IMAGE_SUFFIXES", "AnnotationSet"]
 

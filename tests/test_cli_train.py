@@ -49,6 +49,7 @@ def test_eval_prints_accuracy_and_confusion(run_dir, capsys):
 
 def test_predict(run_dir, tmp_path, capsys):
     import imageio.v3 as iio
+
     from napari_aprnet.data import make_shapes_dataset
     ds = make_shapes_dataset(1, seed=1, size=48, classes=("triangle", "circle"))
     paths = []

@@ -19,7 +19,6 @@ from napari_aprnet.formation import LUMA_WEIGHTS, auto_thresholds, form_apr, gra
 from napari_aprnet.params import APRParameters
 from napari_aprnet.samples import fluorescence_blobs
 
-
 # ----- helpers -------------------------------------------------------------
 
 def blobs(shape, n=12, seed=0, noise=True):

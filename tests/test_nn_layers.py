@@ -12,8 +12,16 @@ import pytest
 import torch
 from conftest import random_structure
 
-from napari_aprnet.nn import (APRBatch, APRBatchNorm, APRConv, APRDropout, APRGlobalAvgPool, APRMaxPool, APRReLU,
-                              APRSpatialDropout)
+from napari_aprnet.nn import (
+    APRBatch,
+    APRBatchNorm,
+    APRConv,
+    APRDropout,
+    APRGlobalAvgPool,
+    APRMaxPool,
+    APRReLU,
+    APRSpatialDropout,
+)
 from napari_aprnet.structure import APRStructure
 
 
@@ -143,7 +151,8 @@ def test_plans_are_shared_and_structure_caches_clearable(two):
     APRConv(1, 1, 3)(b.with_features(b.features * 2))  # same structures: the batch's plan is reused
     assert b._cache[("conv", 3, 1, "cpu")] is plan
     p1, p2 = APRMaxPool()(b), APRMaxPool()(b.with_features(b.features + 1))
-    assert all(a is c for a, c in zip(p1.structures, p2.structures)) and p1._cache is p2._cache  # the pooled batches share their plans
+    # the pooled batches share their plans
+    assert all(a is c for a, c in zip(p1.structures, p2.structures)) and p1._cache is p2._cache
     rb = structure_rulebook(two[0], 3)
     assert structure_rulebook(two[0], 3) is rb
     clear_structure_caches(two)

@@ -16,8 +16,9 @@ PACKAGE_MANIFEST = Path(napari_aprnet.__file__).parent / "napari.yaml"
 WIDGETS = {"Convert to APR", "Tune E", "Classify", "Train", "Annotate"}
 
 
-def test_top_level_manifest_is_the_packaged_one():
-    assert (ROOT / "napari.yaml").read_bytes() == PACKAGE_MANIFEST.read_bytes()
+def test_the_packaged_manifest_is_the_only_one():
+    assert PACKAGE_MANIFEST.is_file()
+    assert not (ROOT / "napari.yaml").exists()
 
 
 def test_manifest_validates_and_imports():

@@ -7,11 +7,34 @@ turns C status codes into Python exceptions; this package re-exports them all,
 so callers write ``from napari_aprnet import _native`` and ``_native.name``.
 """
 from napari_aprnet._native.common import (
-    CancelledError, NativeError, check, ffi, lib, max_threads, ptr, set_num_threads, shape3, version)
+    CancelledError,
+    NativeError,
+    check,
+    ffi,
+    lib,
+    max_threads,
+    ptr,
+    set_num_threads,
+    shape3,
+    version,
+)
 from napari_aprnet._native.formation import (
-    _cancel_ptr, formation_grad_sigma, formation_histogram, formation_levels, formation_sample, pulling_scheme)
+    _cancel_ptr,
+    formation_grad_sigma,
+    formation_histogram,
+    formation_levels,
+    formation_sample,
+    pulling_scheme,
+)
 from napari_aprnet._native.nn import (
-    NNPlan, nn_plan_build, nn_pool_backward, nn_pool_forward, nn_scatter_add, nn_tree_mean, nn_tree_spread)
+    NNPlan,
+    nn_plan_build,
+    nn_pool_backward,
+    nn_pool_forward,
+    nn_scatter_add,
+    nn_tree_mean,
+    nn_tree_spread,
+)
 from napari_aprnet._native.reconstruct import CellTable, cell_table, particle_table, reconstruct, tree_table
 
 __all__ = [

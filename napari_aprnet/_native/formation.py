@@ -5,7 +5,6 @@ import numpy as np
 
 from napari_aprnet._native.common import check, ffi, lib, ptr, shape3
 
-
 _FORMATION_DTYPES = {
     np.dtype(np.float32): "F32",
     np.dtype(np.uint16): "U16",

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from napari_aprnet._native.common import check, ffi, lib, ptr, shape3
+from napari_aprnet._native.common import check, ffi, lib, ptr
 
 
 class NNPlan:
@@ -66,7 +66,8 @@ class NNPlan:
         K = k ** self.ndim
         rows = np.ascontiguousarray(rows, dtype=np.int64).reshape(-1)
         if values.dtype not in (np.float32, np.float64) or values.ndim != 2 or out.dtype != values.dtype:
-            raise TypeError(f"gather needs float32/float64 values and out of one dtype, got {values.dtype}, {out.dtype}")
+            raise TypeError(f"gather needs float32/float64 values and out of one dtype, "
+                            f"got {values.dtype}, {out.dtype}")
         c = values.shape[1]
         if values.shape[0] != self.n_total + self.n_tree + 1 or out.size != len(rows) * K * c:
             raise ValueError(f"values must have {self.n_total + self.n_tree + 1} rows and out {len(rows)} x {K * c} "

@@ -17,7 +17,8 @@ from napari_aprnet.bundled import bundled_checkpoint
 if TYPE_CHECKING:
     import napari
 
-__all__ = ["BackgroundTask", "PLUGIN", "Progress", "bundled_shapes_checkpoint", "find_widget", "image_from_layer", "image_layers",
+__all__ = ["BackgroundTask", "PLUGIN", "Progress", "bundled_shapes_checkpoint", "find_widget", "image_from_layer",
+           "image_layers",
            "input_image_choices", "notify", "refresh_choices_on_layer_change",
            "form", "open_widget", "register_widget", "row", "task_widgets", "text", "unwrap_viewer"]
 

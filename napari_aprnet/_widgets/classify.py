@@ -11,8 +11,8 @@ from magicgui.widgets import ComboBox, Container, FileEdit, PushButton, Select
 from napari_aprnet._layer_data import METADATA_KEY, level_color_dict
 from napari_aprnet._widgets._common import (
     BackgroundTask,
-    bundled_shapes_checkpoint,
     Progress,
+    bundled_shapes_checkpoint,
     form,
     input_image_choices,
     notify,

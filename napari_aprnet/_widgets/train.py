@@ -9,8 +9,19 @@ from magicgui.widgets import ComboBox, Container, FileEdit, FloatSpinBox, PushBu
 from qtpy.QtCore import QEvent, QObject
 from qtpy.QtWidgets import QApplication, QMessageBox
 
-from napari_aprnet._widgets._common import (BackgroundTask, Progress, find_widget, notify, open_widget,
-                                            form, register_widget, row, task_widgets, text, unwrap_viewer)
+from napari_aprnet._widgets._common import (
+    BackgroundTask,
+    Progress,
+    find_widget,
+    form,
+    notify,
+    open_widget,
+    register_widget,
+    row,
+    task_widgets,
+    text,
+    unwrap_viewer,
+)
 from napari_aprnet._widgets._plot import LinePlot
 
 if TYPE_CHECKING:

@@ -23,9 +23,9 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import torch
 
-from napari_aprnet.apr import APR, load_apr, save_apr
-from napari_aprnet.io.apr_h5 import APRFileError
+from napari_aprnet.apr import load_apr, save_apr
 from napari_aprnet.data.transforms import augment, match_channels, resize_bilinear, to_float01
+from napari_aprnet.io.apr_h5 import APRFileError
 
 __all__ = ["InputSpec", "APRCache", "Batch", "make_loader", "stream_batches", "epoch_batches",
            "image_key", "estimate_normalisation"]

@@ -28,7 +28,7 @@ from napari_aprnet.io._atomic import atomic_write_bytes
 from napari_aprnet.params import APRParameters
 from napari_aprnet.structure import APRStructure, level_max_for_shape, validate_structure
 
-__all__ = ["APRFileError", "FORMAT_NAME", "FORMAT_VERSION", "save_apr", "load_apr"]
+__all__ = ["APRFileError", "FORMAT_NAME", "FORMAT_VERSION", "save_apr", "read_apr"]
 
 FORMAT_NAME = "napari-aprnet APR"
 FORMAT_VERSION = 1

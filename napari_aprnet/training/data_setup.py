@@ -4,8 +4,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from napari_aprnet.data import (FolderDataset, InputSpec, ShapeParams, ShapeStream, estimate_normalisation,
-                                make_shapes_splits, split_indices)
+from napari_aprnet.data import (
+    FolderDataset,
+    InputSpec,
+    ShapeParams,
+    ShapeStream,
+    estimate_normalisation,
+    make_shapes_splits,
+    split_indices,
+)
 from napari_aprnet.models import ARCHITECTURES, parse_model_name
 from napari_aprnet.training.config import SHAPES_MEAN, SHAPES_STD, TrainConfig
 

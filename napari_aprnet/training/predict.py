@@ -18,9 +18,9 @@ import numpy as np
 import torch
 
 from napari_aprnet.bundled import bundled_checkpoint, resolve_checkpoint
-from napari_aprnet.training.checkpoint import CheckpointError, load_checkpoint
 from napari_aprnet.data.loader import InputSpec
 from napari_aprnet.models import ClassifierNet, model_from_config
+from napari_aprnet.training.checkpoint import CheckpointError, load_checkpoint
 
 __all__ = ["Classifier"]
 _MAX_INPUT_SIZE = 16384  # side of the square network input; larger sizes come from damaged files
