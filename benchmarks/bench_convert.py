@@ -116,6 +116,7 @@ def peak_worker(spec: dict) -> dict:
     """
     img = get_image(spec["image"])
     import pyapr  # noqa: F401
+
     import napari_aprnet.formation  # noqa: F401
 
     try:

@@ -367,30 +367,6 @@ def main():
     _native.set_num_threads(ARGS.threads)
     out()
 
-    out("## CPU numeric path: gather + matmul vs fused C kernels (1 thread, CPU time, 32->32 k=3, fwd+bwd)")
-    out()
-    out("| data | CR | gather + matmul ms | fused C ms |")
-    out("|---|---|---|---|")
-    from napari_aprnet.nn import functional as apr_functional
-    torch.set_num_threads(1)
-    _native.set_num_threads(1)
-    for dname, ss in structs.items():
-        cr = batch * size * size / sum(s.n_particles for s in ss)
-        _, _, ba = apr_conv_case(ss, 32, 32, 3, 1)
-
-        def fused():
-            apr_functional.FUSED_CPU_KERNELS = True
-            try:
-                ba()
-            finally:
-                apr_functional.FUSED_CPU_KERNELS = False
-
-        r = cpu_times({"gather": ba, "fused": fused}, repeat)
-        out(f"| {dname} | {cr:.1f} | {ms(r['gather'])} | {ms(r['fused'])} |")
-    torch.set_num_threads(ARGS.threads)
-    _native.set_num_threads(ARGS.threads)
-    out()
-
     os.makedirs(os.path.dirname(ARGS.out), exist_ok=True)
     tmp = ARGS.out + ".tmp"
     with open(tmp, "w") as fh:

@@ -55,7 +55,6 @@ def _tune_malloc() -> bool:
 
 MALLOC_TUNED = _tune_malloc() if ARGS.tune_malloc else False
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 

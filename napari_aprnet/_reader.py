@@ -22,7 +22,7 @@ def read_apr(path: str | list[str]) -> list[tuple]:
     The APR parameters, particle count and computational ratio are stored in
     each layer's ``metadata["aprnet"]``.
     """
-    from napari_aprnet._layers import apr_layer_data
+    from napari_aprnet._layer_data import apr_layer_data
     from napari_aprnet.apr import APR
 
     paths = [path] if isinstance(path, (str, os.PathLike)) else list(path)

@@ -15,7 +15,7 @@ def apr_for_layer(data: Any, meta: dict) -> Any:
     it is saved as is. Otherwise the data are converted with the parameters in
     ``metadata["aprnet"]["parameters"]`` if present, else the defaults.
     """
-    from napari_aprnet._layers import APR_KEY, METADATA_KEY
+    from napari_aprnet._layer_data import APR_KEY, METADATA_KEY
     from napari_aprnet.apr import APR
     from napari_aprnet.params import APRParameters
 

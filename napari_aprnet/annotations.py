@@ -14,13 +14,13 @@ import io
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from napari_aprnet._atomic import atomic_write_text
 from napari_aprnet.io import IMAGE_EXTENSIONS, read_image
+from napari_aprnet.io._atomic import atomic_write_text
 
 __all__ = ["LABELS_FILE", "IMAGE_SUFFIXES", "AnnotationSet"]
 
@@ -138,13 +138,6 @@ class AnnotationSet:
         self._labels = new
         if label is not None and label not in self.class_names:
             self.class_names.append(label)
-
-    def add_classes(self, names: Iterable[str]) -> None:
-        """Add class names (kept in order, duplicates ignored)."""
-        for name in names:
-            name = _check_class_name(name)
-            if name not in self.class_names:
-                self.class_names.append(name)
 
     def next_unlabelled(self, start: int = 0) -> int | None:
         """Index of the first unlabelled image at or after ``start`` (wrapping), or None."""

@@ -3,7 +3,7 @@
 An APR is built from a pixel image with :meth:`APR.from_image` (the formation
 pipeline, thesis section 2.3), turned back into pixels with
 :meth:`APR.reconstruct` and stored in ``.apr`` files with :meth:`APR.save` /
-:meth:`APR.load` (see :mod:`napari_aprnet.apr_file`).
+:meth:`APR.load` (see :mod:`napari_aprnet.io.apr_h5`).
 
 Reconstruction modes
 --------------------
@@ -33,56 +33,15 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from napari_aprnet.structure import APRStructure
+from napari_aprnet import _native
+from napari_aprnet.formation import form_apr
+from napari_aprnet.io import apr_h5
+from napari_aprnet.params import APRParameters
+from napari_aprnet.structure import APRStructure, validate_structure
 
-__all__ = ["APR", "validate_structure", "normalize_region"]
+__all__ = ["APR", "load_apr", "save_apr", "validate_structure", "normalize_region"]
 
 _MODES = ("constant", "smooth", "level")
-
-
-def validate_structure(structure: APRStructure, *, partition: bool = True) -> None:
-    """Check that a structure is usable: cells in range, sorted and (optionally) a partition.
-
-    Parameters
-    ----------
-    structure : APRStructure
-    partition : bool
-        Also check that the cells cover every pixel exactly once.
-
-    Raises
-    ------
-    ValueError
-        Describing the first problem found.
-    """
-    from napari_aprnet._native import validate_cells
-
-    offsets = validate_cells(structure.shape, structure.level_max, structure.levels, structure.coords)
-    if structure.n_particles == 0:
-        raise ValueError("the structure has no particles")
-    if not 0 <= structure.level_min <= int(structure.levels.min()):
-        raise ValueError(f"level_min {structure.level_min} is above the coarsest particle level "
-                         f"{int(structure.levels.min())}")
-    if not partition:
-        return
-    lmax = structure.level_max
-    step = (np.int64(1) << (lmax - structure.levels.astype(np.int64)))[:, None]
-    lo = structure.coords.astype(np.int64) * step
-    hi = np.minimum(lo + step, np.asarray(structure.shape, dtype=np.int64))
-    volume = int(np.prod(hi - lo, axis=1).sum())
-    if volume != structure.n_pixels:
-        raise ValueError(f"the particle cells cover {volume} pixels, the image has {structure.n_pixels}: "
-                         "they are not a partition of the image")
-    t_levels, t_coords, t_offsets = structure.tree
-    for level in range(lmax + 1):
-        p = structure.coords[offsets[level]:offsets[level + 1]]
-        t = t_coords[t_offsets[level]:t_offsets[level + 1]]
-        if len(p) and len(t):
-            grid = structure.level_shape(level)
-            pk = np.ravel_multi_index(tuple(p.T.astype(np.int64)), grid)
-            tk = np.ravel_multi_index(tuple(t.T.astype(np.int64)), grid)
-            if np.intersect1d(pk, tk).size:
-                raise ValueError(f"a level-{level} particle cell contains other particle cells: "
-                                 "the cells overlap")
 
 
 def normalize_region(region, shape: tuple[int, ...]) -> tuple[tuple[int, int], ...]:
@@ -141,7 +100,7 @@ class APR:
         The parameters the APR was formed with (None for hand-made APRs).
     """
 
-    def __init__(self, structure: APRStructure, values, parameters: Any = None):
+    def __init__(self, structure: APRStructure, values, parameters: APRParameters | None = None):
         if not isinstance(structure, APRStructure):
             raise TypeError(f"structure must be an APRStructure, got {type(structure).__name__}")
         self._structure = structure
@@ -150,7 +109,7 @@ class APR:
 
     # ----- construction ---------------------------------------------------
     @classmethod
-    def from_image(cls, image, rel_error: float | None = None, *, params: Any = None,
+    def from_image(cls, image, rel_error: float | None = None, *, params: APRParameters | None = None,
                    channel_axis: int | None = None, cancel: Callable[[], bool] | None = None,
                    **param_overrides) -> "APR":
         """Form the APR of a 2D or 3D image (LibAPR's pipeline, thesis section 2.3).
@@ -177,9 +136,6 @@ class APR:
         -------
         APR
         """
-        from napari_aprnet.formation import form_apr
-        from napari_aprnet.params import APRParameters
-
         if params is None:
             params = APRParameters()
         elif not isinstance(params, APRParameters):
@@ -193,16 +149,13 @@ class APR:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "APR":
-        """Read an ``.apr`` file (see :func:`napari_aprnet.apr_file.load_apr`)."""
-        from napari_aprnet.apr_file import load_apr
-
-        return load_apr(path)
+        """Read an ``.apr`` file (see :func:`napari_aprnet.io.apr_h5.read_apr`)."""
+        structure, values, params = apr_h5.read_apr(path)
+        return cls(structure, values, params)
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write this APR to an ``.apr`` file atomically (see :func:`napari_aprnet.apr_file.save_apr`)."""
-        from napari_aprnet.apr_file import save_apr
-
-        save_apr(self, path)
+        """Write this APR to an ``.apr`` file atomically (see :func:`napari_aprnet.io.apr_h5.save_apr`)."""
+        apr_h5.save_apr(self, path)
 
     def copy(self) -> "APR":
         """Copy with its own values array (the immutable structure is shared)."""
@@ -306,8 +259,6 @@ class APR:
             float32 of the region's shape, channels last when the values are
             2D; uint8 levels for ``mode="level"``.
         """
-        from napari_aprnet import _native
-
         if mode not in _MODES:
             raise ValueError(f"unknown reconstruction mode {mode!r}; choose one of {', '.join(_MODES)}")
         bounds = normalize_region(region, self.shape)
@@ -373,3 +324,13 @@ def _params_dict(params) -> dict | None:
     if hasattr(params, "to_dict"):
         return dict(params.to_dict())
     return dict(params)
+
+
+def load_apr(path: str | os.PathLike) -> APR:
+    """Read an ``.apr`` file (the same as :meth:`APR.load`)."""
+    return APR.load(path)
+
+
+def save_apr(apr: APR, path: str | os.PathLike) -> None:
+    """Write ``apr`` to an ``.apr`` file atomically (the same as :meth:`APR.save`)."""
+    apr_h5.save_apr(apr, path)

@@ -76,7 +76,7 @@ def _progress(ev, tty: bool) -> None:
 
 
 def _train(args) -> int:
-    from napari_aprnet.train import TrainConfig, train
+    from napari_aprnet.training import TrainConfig, train
 
     if not args.resume and args.steps is None and args.epochs is None:
         raise ValueError("give --steps N (streaming) or --epochs N (fixed datasets)")
@@ -125,10 +125,10 @@ def _format_confusion(confusion: np.ndarray, names) -> str:
 
 
 def _eval(args) -> int:
-    from napari_aprnet.classify import Classifier
     from napari_aprnet.data import FolderDataset, ShapeParams, ShapesDataset, epoch_batches, make_loader
     from napari_aprnet.data.shapes import _widen
-    from napari_aprnet.train import TrainConfig, evaluate
+    from napari_aprnet.training import TrainConfig, evaluate
+    from napari_aprnet.training.predict import Classifier
 
     clf = Classifier.load(args.checkpoint)
     if args.n < 1 or args.batch_size < 1:
@@ -157,8 +157,8 @@ def _eval(args) -> int:
 
 
 def _predict(args) -> int:
-    from napari_aprnet.classify import Classifier
     from napari_aprnet.data import read_image_file
+    from napari_aprnet.training.predict import Classifier
 
     clf = Classifier.load(args.checkpoint)
     images = [read_image_file(p) for p in args.images]  # all errors before any output

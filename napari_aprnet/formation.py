@@ -394,7 +394,7 @@ def form_apr(image: Any, params: APRParameters | None = None, channel_axis: int 
             level_ds = _native.formation_levels(
                 grad, sigma, smooth, ip_th=params.Ip_th - offset, sigma_th=sigma_th,
                 sigma_th_max=params.sigma_th_max, grad_th=grad_th, rel_error=params.rel_error,
-                level_max=level_max, h_min=1.0)
+                level_max=level_max, h_min=1.0, cancel_flag=flag)
             del grad, sigma, smooth
         else:  # 1 or 2 pixels per axis at most: every pixel is a particle
             level_ds = np.zeros(1, np.uint8)

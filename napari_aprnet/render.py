@@ -1,13 +1,13 @@
 """Turn reconstructions and level maps into displayable uint8 images (no GUI imports).
 
-Level colours are the ones the napari widgets use (``_layers.LEVEL_COLORS``),
+Level colours are the ones the napari widgets use (``_layer_data.LEVEL_COLORS``),
 so a PNG written by ``aprnet convert --level-map`` looks like the viewer.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from napari_aprnet._layers import level_color
+from napari_aprnet._layer_data import level_color
 
 __all__ = ["level_map_rgb", "to_uint8", "middle_slice"]
 

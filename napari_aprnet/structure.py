@@ -222,3 +222,110 @@ class APRStructure:
     def __repr__(self) -> str:
         return (f"APRStructure(shape={self.shape}, particles={self.n_particles}, "
                 f"CR={self.computational_ratio:.2f}, levels={self.level_min}..{self.level_max})")
+
+
+# ----- validation (pure numpy) -----
+
+def validate_cells(shape, level_max: int, levels: np.ndarray, coords: np.ndarray,
+                   what: str = "particles") -> np.ndarray:
+    """Check cells are inside their level grids and sorted; return level offsets.
+
+    Parameters
+    ----------
+    shape : tuple of int
+        Pixel grid at ``level_max`` (2D or 3D).
+    level_max : int
+        Finest level; ``2 ** level_max`` must cover the longest side.
+    levels : ndarray of uint8, shape (n,)
+    coords : ndarray of int32, shape (n, ndim)
+    what : str
+        Name used in error messages.
+
+    Returns
+    -------
+    ndarray of int64, shape (level_max + 2,)
+        Start of each level's cells.
+
+    Raises
+    ------
+    ValueError
+        If a level or coordinate is out of range, or the cells are not sorted
+        by level then row-major position without duplicates.
+    """
+    shape = tuple(int(s) for s in shape)
+    ndim = len(shape)
+    level_max = int(level_max)
+    if ndim not in (2, 3) or min(shape) < 1:
+        raise ValueError(f"{what}: shape must be 2D or 3D with positive sides, got {shape}")
+    if not level_max_for_shape(shape) <= level_max <= 30:
+        raise ValueError(f"{what}: level_max {level_max} does not fit shape {shape} "
+                         f"(need {level_max_for_shape(shape)}..30)")
+    levels = np.asarray(levels)
+    coords = np.asarray(coords)
+    if levels.ndim != 1 or coords.shape != (len(levels), ndim):
+        raise ValueError(f"{what}: levels {levels.shape} and coords {coords.shape} do not match "
+                         f"(expected (n,) and (n, {ndim}))")
+    if len(levels) and int(levels.max()) > level_max:
+        raise ValueError(f"{what}: level {int(levels.max())} is above level_max {level_max}")
+    if len(levels) > 1 and np.any(np.diff(levels.astype(np.int16)) < 0):
+        raise ValueError(f"{what}: cells are not sorted by level")
+    counts = np.bincount(levels, minlength=level_max + 1)[: level_max + 1]
+    offsets = np.zeros(level_max + 2, dtype=np.int64)
+    np.cumsum(counts, out=offsets[1:])
+    for level in range(level_max + 1):
+        lo, hi = offsets[level], offsets[level + 1]
+        if lo == hi:
+            continue
+        c = coords[lo:hi].astype(np.int64)
+        grid = level_shape(shape, level_max, level)
+        if c.min() < 0 or np.any(c >= np.array(grid)):
+            raise ValueError(f"{what}: a level-{level} coordinate is outside the level grid {grid}")
+        keys = np.zeros(len(c), dtype=np.int64)
+        for axis, n in enumerate(grid):
+            keys = keys * int(n) + c[:, axis]
+        if len(keys) > 1 and np.any(np.diff(keys) <= 0):
+            raise ValueError(f"{what}: level-{level} cells are not in row-major order or repeat a cell")
+    return offsets
+
+
+def validate_structure(structure: APRStructure, *, partition: bool = True) -> None:
+    """Check that a structure is usable: cells in range, sorted and (optionally) a partition.
+
+    Parameters
+    ----------
+    structure : APRStructure
+    partition : bool
+        Also check that the cells cover every pixel exactly once.
+
+    Raises
+    ------
+    ValueError
+        Describing the first problem found.
+    """
+    offsets = validate_cells(structure.shape, structure.level_max, structure.levels, structure.coords)
+    if structure.n_particles == 0:
+        raise ValueError("the structure has no particles")
+    if not 0 <= structure.level_min <= int(structure.levels.min()):
+        raise ValueError(f"level_min {structure.level_min} is above the coarsest particle level "
+                         f"{int(structure.levels.min())}")
+    if not partition:
+        return
+    lmax = structure.level_max
+    step = (np.int64(1) << (lmax - structure.levels.astype(np.int64)))[:, None]
+    lo = structure.coords.astype(np.int64) * step
+    hi = np.minimum(lo + step, np.asarray(structure.shape, dtype=np.int64))
+    volume = int(np.prod(hi - lo, axis=1).sum())
+    if volume != structure.n_pixels:
+        raise ValueError(f"the particle cells cover {volume} pixels, the image has {structure.n_pixels}: "
+                         "they are not a partition of the image")
+    t_levels, t_coords, t_offsets = structure.tree
+    for level in range(lmax + 1):
+        p = structure.coords[offsets[level]:offsets[level + 1]]
+        t = t_coords[t_offsets[level]:t_offsets[level + 1]]
+        if len(p) and len(t):
+            grid = structure.level_shape(level)
+            pk = np.ravel_multi_index(tuple(p.T.astype(np.int64)), grid)
+            tk = np.ravel_multi_index(tuple(t.T.astype(np.int64)), grid)
+            if np.intersect1d(pk, tk).size:
+                raise ValueError(f"a level-{level} particle cell contains other particle cells: "
+                                 "the cells overlap")

@@ -6,7 +6,7 @@
  *     x is the fastest axis. `shape` arguments are always int64_t[3] holding
  *     (nz, ny, nx) with nz = 1 for 2D images.
  *   - Every function returns an int status: APRNET_OK (0) or a negative error
- *     code below. Callers (napari_aprnet/_native.py) check bounds and shapes
+ *     code below. Callers (napari_aprnet/_native/) check bounds and shapes
  *     before calling, the C code checks again cheaply and never aborts.
  *   - Particle order: by level (coarse to fine), then row-major (z, y, x) at
  *     the particle's own level. Level l has ceil(n / 2^(level_max - l)) cells
@@ -55,7 +55,8 @@ int aprnet_formation_grad_sigma(const void *image, int dtype, const int64_t shap
 int aprnet_formation_levels(const float *grad_ds, const float *sigma_ds, const float *smooth_ds,
                             const int64_t shape_ds[3], double ip_th, double sigma_th,
                             double sigma_th_max, double grad_th, double rel_error,
-                            int level_max, double h_min, uint8_t *level_ds);
+                            int level_max, double h_min, uint8_t *level_ds,
+                            const int32_t *cancel);
 
 /* Stage 3. Bytes of the particle-cell tree buffer for aprnet_pulling_scheme. */
 int64_t aprnet_pulling_tree_bytes(const int64_t shape[3], int level_max, int level_min);
@@ -120,14 +121,14 @@ int aprnet_reconstruct_smooth(const aprnet_cell_table *parts, const aprnet_cell_
                               const float *values, int64_t nch, const int64_t *region, float *out,
                               const int32_t *cancel);
 
-/* ===== network structure work (nn_*.c) ===== */
+/* ===== network structure work (nn/plan.c, nn/kernels.c) ===== */
 /* dst[index[i], :] += src[i, :]; rows of n_cols values; deterministic for any thread count. */
 int aprnet_nn_scatter_add_f32(const float *src, int64_t n_rows, int64_t n_cols, const int32_t *index,
                               float *dst, int64_t n_dst);
 int aprnet_nn_scatter_add_f64(const double *src, int64_t n_rows, int64_t n_cols, const int32_t *index,
                               double *dst, int64_t n_dst);
 
-/* Tree filling over a batch value table values (n_values, n_cols), nn_kernels.c:
+/* Tree filling over a batch value table values (n_values, n_cols), nn/kernels.c:
  * values[rows[i]] = mean of values[children[i, :]] (children equal to
  * zero_index are missing and not counted); rows must be disjoint from all
  * children. tree_spread is its adjoint: grad[child] += grad[rows[i]] / count,
@@ -141,7 +142,7 @@ int aprnet_nn_tree_spread_f32(float *grad, int64_t n_values, int64_t n_cols, con
 int aprnet_nn_tree_spread_f64(double *grad, int64_t n_values, int64_t n_cols, const int64_t *rows,
                               const int64_t *children, int64_t n_rows, int n_children, int64_t zero_index);
 
-/* Max pooling (nn_kernels.c), x (n, n_cols) -> out (n_out, n_cols):
+/* Max pooling (nn/kernels.c), x (n, n_cols) -> out (n_out, n_cols):
  * out[pass_dst[i]] = x[pass_src[i]]; out[pool_dst[i], c] = max over j of
  * x[children[i, j], c] (first maximum in child order, NaN wins as in
  * torch.max); argsrc (n_pool, n_cols, optional) gets the input row of each
@@ -163,32 +164,7 @@ int aprnet_nn_pool_backward_f64(const double *grad, int64_t n_out, int64_t n_col
                                 const int64_t *pass_dst, int64_t n_pass, const int64_t *pool_dst,
                                 const int32_t *argsrc, int64_t n_pool, double *grad_x, int64_t n);
 
-/* Fused CPU convolution kernels (nn_conv.c). values (n_values, cin) is the
- * table [particles | tree | zero]; rulebook (n, K) int32 indexes it; weight is
- * (K, cin, cout). forward: out[i] = bias + sum_o values[rb[i,o]] @ weight[o]
- * (bias may be NULL). grad_weight: grad_weight[o] += sum_i values[rb[i,o]]^T
- * grad_out[i]. grad_values: grad_values[rb[i,o]] += weight[o] @ grad_out[i],
- * rows equal to skip_index (the zero row; -1 for none) are skipped. All three
- * give the same result for any number of threads. */
-int aprnet_nn_conv_forward_f32(const float *values, int64_t n_values, int64_t cin, const int32_t *rulebook,
-                               int64_t n, int64_t K, const float *weight, int64_t cout, const float *bias,
-                               float *out);
-int aprnet_nn_conv_forward_f64(const double *values, int64_t n_values, int64_t cin, const int32_t *rulebook,
-                               int64_t n, int64_t K, const double *weight, int64_t cout, const double *bias,
-                               double *out);
-int aprnet_nn_conv_grad_weight_f32(const float *values, int64_t n_values, int64_t cin, const int32_t *rulebook,
-                                   int64_t n, int64_t K, const float *grad_out, int64_t cout, float *grad_weight);
-int aprnet_nn_conv_grad_weight_f64(const double *values, int64_t n_values, int64_t cin, const int32_t *rulebook,
-                                   int64_t n, int64_t K, const double *grad_out, int64_t cout,
-                                   double *grad_weight);
-int aprnet_nn_conv_grad_values_f32(const float *grad_out, int64_t n, int64_t cout, const int32_t *rulebook,
-                                   int64_t K, const float *weight, int64_t cin, float *grad_values,
-                                   int64_t n_values, int64_t skip_index);
-int aprnet_nn_conv_grad_values_f64(const double *grad_out, int64_t n, int64_t cout, const int32_t *rulebook,
-                                   int64_t K, const double *weight, int64_t cin, double *grad_values,
-                                   int64_t n_values, int64_t skip_index);
-
-/* Index plans of the APR layers for a whole batch (nn_plan.c). Build once per
+/* Index plans of the APR layers for a whole batch (nn/plan.c). Build once per
  * batch of structures, query, free. Inputs: shapes (B, 3) as (nz, ny, nx) with
  * nz = 1 in 2D, level_max (B,), particle_starts (B + 1,) (particles of
  * structure b are rows particle_starts[b]..[b + 1] of levels and coords),

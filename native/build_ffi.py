@@ -1,7 +1,9 @@
 """cffi API-mode builder for the native APR library.
 
 The cdef is read from ``aprnet.h`` (preprocessor lines removed), and every
-``native/*.c`` file is compiled with ``-O3 -fopenmp``. Set
+C source under ``native/`` (``common.c`` and the part folders ``formation/``,
+``reconstruct/``, ``nn/``, each with its internal header) is compiled with
+``-O3 -fopenmp``. Set
 ``APRNET_SANITIZE=address`` to build with AddressSanitizer.
 """
 import glob
@@ -36,7 +38,7 @@ if os.environ.get("APRNET_SANITIZE") == "address":
     extra_compile = ["-O1", "-g", "-fopenmp", "-std=c11", "-fsanitize=address", "-fno-omit-frame-pointer"]
     extra_link = ["-fopenmp", "-fsanitize=address"]
 
-sources = sorted(glob.glob(os.path.join(HERE, "*.c")))
+sources = sorted(glob.glob(os.path.join(HERE, "**", "*.c"), recursive=True))
 # setuptools wants paths relative to the project root
 root = os.path.dirname(HERE)
 sources = [os.path.relpath(s, root) for s in sources]
@@ -47,7 +49,7 @@ ffibuilder.set_source(
     "napari_aprnet._aprnet_cffi",
     '#include "aprnet.h"',
     sources=sources,
-    include_dirs=[os.path.relpath(HERE, root)],
+    include_dirs=[os.path.relpath(HERE, root), os.path.relpath(os.path.join(HERE, "formation"), root)],
     extra_compile_args=extra_compile,
     extra_link_args=extra_link,
 )

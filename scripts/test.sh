@@ -18,6 +18,7 @@ if [ "${APRNET_SANITIZE:-}" = "address" ]; then
         ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 \
         .venv/bin/python -m pytest -q -m "not gui" -p no:xvfb "$@"
 else
+    .venv/bin/python -m ruff check .
     .venv/bin/python -m pytest -q "$@"
     # in CI (CI set, as by most CI services) the AddressSanitizer pass follows:
     # about 2.5 minutes on one core, rebuilds included

@@ -21,8 +21,6 @@ import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
-
 ROOT = Path(__file__).resolve().parent.parent
 TARGET = ROOT / "napari_aprnet" / "bundled" / "shapes_apr_b.pt"
 CHECK_SEED = 20261129  # the held-out check set; training streams never use ShapesDataset seeds

@@ -1,7 +1,7 @@
 """Atomic output: the target changes only when the write completes."""
 import pytest
 
-from napari_aprnet._atomic import atomic_output, atomic_write_bytes, atomic_write_text
+from napari_aprnet.io._atomic import atomic_output, atomic_write_bytes, atomic_write_text
 
 
 def test_success_replaces_and_leaves_no_temp(tmp_path):

@@ -49,6 +49,7 @@ def test_eval_prints_accuracy_and_confusion(run_dir, capsys):
 
 def test_predict(run_dir, tmp_path, capsys):
     import imageio.v3 as iio
+
     from napari_aprnet.data import make_shapes_dataset
     ds = make_shapes_dataset(1, seed=1, size=48, classes=("triangle", "circle"))
     paths = []
@@ -94,7 +95,7 @@ def _tampered(run_dir, tmp_path, change, rehash=True):
     """A copy of the run's checkpoint with ``change(data)`` applied (hash updated unless rehash=False)."""
     import torch
 
-    from napari_aprnet import checkpoint
+    from napari_aprnet.training import checkpoint
     data = torch.load(run_dir / "checkpoint.pt", weights_only=True)
     change(data)
     path = tmp_path / "tampered.pt"

@@ -7,12 +7,25 @@ import numpy as np
 import pytest
 from scipy.spatial import ConvexHull
 
-from napari_aprnet.data import (CLASS_NAMES, DEFAULT_PARAMS, MODIFIED_PARAMS, FolderDataset, InputSpec,
-                                ShapeParams, ShapeStream, augment, epoch_batches, make_loader,
-                                make_shapes_dataset, make_shapes_splits, match_channels, resize_bilinear,
-                                stream_batches, to_float01)
+from napari_aprnet.data import (
+    CLASS_NAMES,
+    DEFAULT_PARAMS,
+    MODIFIED_PARAMS,
+    FolderDataset,
+    InputSpec,
+    ShapeParams,
+    ShapeStream,
+    augment,
+    epoch_batches,
+    make_loader,
+    make_shapes_dataset,
+    make_shapes_splits,
+    match_channels,
+    resize_bilinear,
+    stream_batches,
+    to_float01,
+)
 from napari_aprnet.data.shapes import ShapeInfo, draw_shape, random_shape
-
 
 # ----- generator: reproducibility, balance, nesting -------------------------------
 

@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -17,7 +18,6 @@ from napari_aprnet import _native, formation
 from napari_aprnet.formation import LUMA_WEIGHTS, auto_thresholds, form_apr, gradient_and_scale
 from napari_aprnet.params import APRParameters
 from napari_aprnet.samples import fluorescence_blobs
-
 
 # ----- helpers -------------------------------------------------------------
 
@@ -499,6 +499,39 @@ def test_c_level_cancel_flag():
     flag = np.ones(1, np.int32)
     with pytest.raises(_native.CancelledError):
         _native.formation_grad_sigma(img, (1.0, 1.0), 3.0, 2, flag)
+
+
+def test_c_levels_poll_the_cancel_flag():
+    grad = np.ones((64, 64), np.float32)
+    with pytest.raises(_native.CancelledError):
+        _native.formation_levels(grad, grad, grad, ip_th=0.0, sigma_th=0.0, sigma_th_max=0.0, grad_th=0.0,
+                                 rel_error=0.1, level_max=7, h_min=1.0, cancel_flag=np.ones(1, np.int32))
+    out = _native.formation_levels(grad, grad, grad, ip_th=0.0, sigma_th=0.0, sigma_th_max=0.0, grad_th=0.0,
+                                   rel_error=0.1, level_max=7, h_min=1.0, cancel_flag=np.zeros(1, np.int32))
+    assert out.shape == (64, 64)
+
+
+@pytest.mark.parametrize("lambda_", [3.0, 0.0])  # 0: no spline, the plain gradient pass
+def test_c_grad_sigma_polls_the_cancel_flag(lambda_):
+    img = fluorescence_blobs((8, 64, 64), 5, seed=2).astype(np.float32)
+    with pytest.raises(_native.CancelledError):
+        _native.formation_grad_sigma(img, (1.0, 1.0, 1.0), lambda_, 2, np.ones(1, np.int32))
+
+
+@pytest.mark.parametrize("fraction", [0.05, 0.2, 0.35, 0.5])
+def test_cancel_during_a_conversion_stops_it(fraction):
+    """A cancel callable that turns true part-way through a conversion (in whichever
+    phase is running then) stops it with CancelledError, well before it would end."""
+    img = fluorescence_blobs((48, 192, 192), 30, seed=3).astype(np.float32)
+    t0 = time.perf_counter()
+    form_apr(img, APRParameters())
+    full = time.perf_counter() - t0
+    at = fraction * full
+    t0 = time.perf_counter()
+    with pytest.raises(_native.CancelledError):
+        form_apr(img, APRParameters(), cancel=lambda: time.perf_counter() - t0 > at)
+    latency = time.perf_counter() - t0 - at
+    assert latency < 0.5 * full + 0.2, (full, at, latency)
 
 
 def test_native_wrappers_check_arguments():

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from conftest import random_structure, random_values
 
-from napari_aprnet import APR, APRFileError, apr_file
+from napari_aprnet import APR, APRFileError
+from napari_aprnet.io import apr_h5 as apr_file
 from napari_aprnet.io import read_image, write_image
 
 

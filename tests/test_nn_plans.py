@@ -23,7 +23,8 @@ def _value_index(s: APRStructure):
     """Local value index of cell (level, coords): covering particle, else tree node n + t, zero outside."""
     pid = s.particle_id_image()
     _, tc, toff = s.tree
-    tree = {(lv,) + tuple(int(v) for v in tc[t]): t for lv in range(s.level_max + 1) for t in range(toff[lv], toff[lv + 1])}
+    tree = {(lv,) + tuple(int(v) for v in tc[t]): t
+            for lv in range(s.level_max + 1) for t in range(toff[lv], toff[lv + 1])}
     n, zero = s.n_particles, s.n_particles + len(tc)
 
     def index(level, c):

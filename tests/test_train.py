@@ -10,7 +10,7 @@ import torch
 
 from napari_aprnet.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from napari_aprnet.classify import Classifier
-from napari_aprnet.data import InputSpec, ShapesDataset, ShapeParams, make_shapes_dataset
+from napari_aprnet.data import InputSpec, ShapeParams, ShapesDataset, make_shapes_dataset
 from napari_aprnet.train import CSV_FIELDS, TrainConfig, run_training, train
 
 # Big, high-contrast outlines of two classes on 32x32 images: learnable in a few hundred small steps.

@@ -11,13 +11,14 @@ import numpy as np
 from magicgui.widgets import Container, Label, ProgressBar, PushButton
 from napari.utils.notifications import show_error, show_info, show_warning
 
-from napari_aprnet._layers import METADATA_KEY
+from napari_aprnet._layer_data import METADATA_KEY
 from napari_aprnet.bundled import bundled_checkpoint
 
 if TYPE_CHECKING:
     import napari
 
-__all__ = ["BackgroundTask", "PLUGIN", "Progress", "bundled_shapes_checkpoint", "find_widget", "image_from_layer", "image_layers",
+__all__ = ["BackgroundTask", "PLUGIN", "Progress", "bundled_shapes_checkpoint", "find_widget", "image_from_layer",
+           "image_layers",
            "input_image_choices", "notify", "refresh_choices_on_layer_change",
            "form", "open_widget", "register_widget", "row", "task_widgets", "text", "unwrap_viewer"]
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 from typing import Any
+
 from magicgui.widgets import CheckBox, FloatSpinBox
 
 __all__ = ["ParamsForm"]

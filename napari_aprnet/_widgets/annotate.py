@@ -7,8 +7,19 @@ from typing import TYPE_CHECKING
 import numpy as np
 from magicgui.widgets import Container, FileEdit, LineEdit, PushButton
 
-from napari_aprnet._widgets._common import (BackgroundTask, Progress, bundled_shapes_checkpoint, find_widget, form,
-                                            notify, register_widget, row, task_widgets, text, unwrap_viewer)
+from napari_aprnet._widgets._common import (
+    BackgroundTask,
+    Progress,
+    bundled_shapes_checkpoint,
+    find_widget,
+    form,
+    notify,
+    register_widget,
+    row,
+    task_widgets,
+    text,
+    unwrap_viewer,
+)
 
 if TYPE_CHECKING:
     import napari
@@ -230,7 +241,7 @@ class AnnotateWidget(Container):
         self.checkpoint.value = path
 
         def job(*, cancel):
-            from napari_aprnet.classify import Classifier
+            from napari_aprnet.training.predict import Classifier
 
             yield Progress(0, 1, f"loading {path.name}...")
             return Classifier.load(path)

@@ -8,11 +8,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from magicgui.widgets import ComboBox, Container, FileEdit, PushButton, Select
 
-from napari_aprnet._layers import METADATA_KEY, level_color_dict
+from napari_aprnet._layer_data import METADATA_KEY, level_color_dict
 from napari_aprnet._widgets._common import (
     BackgroundTask,
-    bundled_shapes_checkpoint,
     Progress,
+    bundled_shapes_checkpoint,
     form,
     input_image_choices,
     notify,
@@ -164,7 +164,7 @@ class ClassifyWidget(Container):
             return None
 
         def job(*, cancel):
-            from napari_aprnet.classify import Classifier
+            from napari_aprnet.training.predict import Classifier
 
             yield Progress(0, 1, f"loading {path.name}...")
             return Classifier.load(path)

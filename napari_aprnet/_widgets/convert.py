@@ -9,7 +9,7 @@ import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, PushButton
 from qtpy.QtCore import QTimer
 
-from napari_aprnet._layers import METADATA_KEY, apr_layer_data, level_color, level_legend, particle_cells
+from napari_aprnet._layer_data import METADATA_KEY, apr_layer_data, level_color, level_legend, particle_cells
 from napari_aprnet._widgets._common import (
     BackgroundTask,
     Progress,

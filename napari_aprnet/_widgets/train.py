@@ -9,8 +9,19 @@ from magicgui.widgets import ComboBox, Container, FileEdit, FloatSpinBox, PushBu
 from qtpy.QtCore import QEvent, QObject
 from qtpy.QtWidgets import QApplication, QMessageBox
 
-from napari_aprnet._widgets._common import (BackgroundTask, Progress, find_widget, notify, open_widget,
-                                            form, register_widget, row, task_widgets, text, unwrap_viewer)
+from napari_aprnet._widgets._common import (
+    BackgroundTask,
+    Progress,
+    find_widget,
+    form,
+    notify,
+    open_widget,
+    register_widget,
+    row,
+    task_widgets,
+    text,
+    unwrap_viewer,
+)
 from napari_aprnet._widgets._plot import LinePlot
 
 if TYPE_CHECKING:
@@ -34,7 +45,7 @@ def model_choices() -> list[str]:
 
 def train_job(config, out: Path, *, cancel):
     """Generator run in a worker: the events of :func:`napari_aprnet.train.train`."""
-    from napari_aprnet.train import train
+    from napari_aprnet.training import train
 
     yield Progress(0, 0, "preparing data and network...")
     last = None
@@ -133,7 +144,7 @@ class TrainWidget(Container):
 
     def config(self):
         """The :class:`TrainConfig` described by the widget (validated)."""
-        from napari_aprnet.train import TrainConfig
+        from napari_aprnet.training import TrainConfig
 
         if self.dataset.value == "folder":
             folder = Path(self.folder.value)

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from magicgui.widgets import ComboBox, Container, LineEdit, PushButton
 
-from napari_aprnet._layers import METADATA_KEY, level_color_dict
+from napari_aprnet._layer_data import METADATA_KEY, level_color_dict
 from napari_aprnet._widgets._common import (
     BackgroundTask,
     Progress,

@@ -6,11 +6,28 @@
 - :mod:`.loader`: input specification, APR conversion in workers, APR cache.
 """
 from napari_aprnet.data.folder import FolderDataset, read_image_file, split_indices
-from napari_aprnet.data.loader import (APRCache, Batch, InputSpec, epoch_batches, estimate_normalisation,
-                                       image_key, make_loader, stream_batches)
-from napari_aprnet.data.shapes import (CLASS_NAMES, DEFAULT_PARAMS, MODIFIED_PARAMS, ShapeInfo, ShapeParams,
-                                       ShapesDataset, ShapeStream, make_shapes_dataset, make_shapes_splits,
-                                       random_shape)
+from napari_aprnet.data.loader import (
+                                       APRCache,
+                                       Batch,
+                                       InputSpec,
+                                       epoch_batches,
+                                       estimate_normalisation,
+                                       image_key,
+                                       make_loader,
+                                       stream_batches,
+)
+from napari_aprnet.data.shapes import (
+                                       CLASS_NAMES,
+                                       DEFAULT_PARAMS,
+                                       MODIFIED_PARAMS,
+                                       ShapeInfo,
+                                       ShapeParams,
+                                       ShapesDataset,
+                                       ShapeStream,
+                                       make_shapes_dataset,
+                                       make_shapes_splits,
+                                       random_shape,
+)
 from napari_aprnet.data.transforms import augment, match_channels, resize_bilinear, to_float01
 
 __all__ = [

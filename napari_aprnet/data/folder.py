@@ -11,10 +11,11 @@ from pathlib import Path
 import numpy as np
 
 from napari_aprnet.data.transforms import match_channels, resize_bilinear, to_float01
+from napari_aprnet.io.images import IMAGE_EXTENSIONS, read_image
 
 __all__ = ["IMAGE_SUFFIXES", "read_image_file", "FolderDataset", "split_indices"]
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".npy")
+IMAGE_SUFFIXES = tuple(IMAGE_EXTENSIONS)  # the files io.read_image reads
 
 
 def read_image_file(path: str | Path) -> np.ndarray:
@@ -33,20 +34,7 @@ def read_image_file(path: str | Path) -> np.ndarray:
     if not path.is_file():
         raise FileNotFoundError(f"image file not found: {path}")
     try:
-        try:
-            from napari_aprnet.io import read_image  # shared reader, when present
-        except ImportError:
-            read_image = None
-        if read_image is not None:
-            data = read_image(path)
-        elif path.suffix.lower() == ".npy":
-            data = np.load(path, allow_pickle=False)
-        elif path.suffix.lower() in (".tif", ".tiff"):
-            import tifffile
-            data = tifffile.imread(path)
-        else:
-            import imageio.v3 as iio
-            data = iio.imread(path)
+        data = read_image(path)
     except (OSError, ValueError, SyntaxError, RuntimeError) as exc:
         raise ValueError(f"could not read {path} as an image ({exc}); use PNG, JPEG, TIFF, BMP or .npy") from exc
     data = np.asarray(data)

@@ -23,8 +23,9 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import torch
 
-from napari_aprnet.apr_file import APRFileError, load_apr, save_apr
+from napari_aprnet.apr import load_apr, save_apr
 from napari_aprnet.data.transforms import augment, match_channels, resize_bilinear, to_float01
+from napari_aprnet.io.apr_h5 import APRFileError
 
 __all__ = ["InputSpec", "APRCache", "Batch", "make_loader", "stream_batches", "epoch_batches",
            "image_key", "estimate_normalisation"]
@@ -192,7 +193,7 @@ class APRCache:
     Held in memory (the main process adds every APR its workers converted;
     workers started for the next epoch inherit or receive the filled cache)
     and, with ``directory``, also on disk (one ``<key>.apr`` file per APR, in
-    the validated :mod:`napari_aprnet.apr_file` format, written atomically),
+    the validated :mod:`napari_aprnet.io.apr_h5` format, written atomically),
     which persists across runs. Files in the folder are data, never code: an
     entry that does not load as a valid ``.apr`` file is converted again.
     """

@@ -7,8 +7,15 @@ for the exact convolution and pooling definitions.
 from napari_aprnet.nn import functional
 from napari_aprnet.nn._plans import clear_structure_caches
 from napari_aprnet.nn.batch import APRBatch
-from napari_aprnet.nn.modules import (APRBatchNorm, APRConv, APRDropout, APRGlobalAvgPool, APRMaxPool, APRReLU,
-                                      APRSpatialDropout)
+from napari_aprnet.nn.modules import (
+                                      APRBatchNorm,
+                                      APRConv,
+                                      APRDropout,
+                                      APRGlobalAvgPool,
+                                      APRMaxPool,
+                                      APRReLU,
+                                      APRSpatialDropout,
+)
 
 __all__ = ["APRBatch", "APRConv", "APRMaxPool", "APRBatchNorm", "APRDropout", "APRSpatialDropout", "APRReLU",
            "APRGlobalAvgPool", "clear_structure_caches", "functional"]

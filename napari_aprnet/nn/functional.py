@@ -32,8 +32,6 @@ and the weights are kept for backward. The C kernels give identical results
 for any number of OpenMP threads; only torch's matrix products may differ in
 the last bits. Max pooling runs in C on CPU (first maximum in child order, as
 ``torch.max``).
-``FUSED_CPU_KERNELS = True`` switches the CPU path to fused C kernels (same
-results, measured slower; see benchmarks/bench_layers.py).
 """
 from __future__ import annotations
 
@@ -48,7 +46,6 @@ from napari_aprnet.nn.batch import APRBatch
 
 __all__ = ["apr_conv", "apr_max_pool", "values_table"]
 
-FUSED_CPU_KERNELS = False  # True: fused C kernels on CPU (measured 3-6x slower per core than gather + matmul)
 _CHUNK_ELEMENTS = 1 << 21  # entries of one im2col block (8 MiB in float32)
 _workspace = threading.local()  # reused im2col blocks: fresh large allocations cost page faults
 
@@ -153,11 +150,6 @@ def _buffer(like: torch.Tensor, n_rows: int, width: int) -> torch.Tensor:
     return buf[:n]
 
 
-def _kernel_layout(wf_g: torch.Tensor, c_in: int) -> torch.Tensor:
-    """(out, K * in) -> contiguous (K, in, out), the layout of the fused C kernels."""
-    return wf_g.view(wf_g.shape[0], -1, c_in).permute(1, 2, 0).contiguous()
-
-
 def _flat_weight(weight: torch.Tensor) -> torch.Tensor:
     """(L, out, in, *k) -> (L, out, K * in) with offsets outer, channels inner."""
     nd = weight.dim() - 3
@@ -173,7 +165,6 @@ class _APRConvFunction(torch.autograd.Function):
         wf = _flat_weight(weight)
         out = x.new_empty((n, c_out))
         v = values_table(x, plan) if plan.tree is not None else x
-        use_fused = FUSED_CPU_KERNELS and _native_ok(x)
         width = wf.shape[2]
         for g, grp in enumerate(plan.groups):
             if grp is None:
@@ -184,10 +175,6 @@ class _APRConvFunction(torch.autograd.Function):
             if plan.kernel_size == 1:  # 1x1: no reconstruction
                 src = x if rows is None else x.index_select(0, rows)
                 res = src @ wg
-            elif use_fused:
-                res = out if rows is None else x.new_empty((n_g, c_out))
-                _native.nn_conv_forward(v.numpy(), plan.rulebook(g).numpy(), _kernel_layout(wf[g], c_in).numpy(),
-                                        None, res.numpy())
             else:
                 res = out if rows is None else x.new_empty((n_g, c_out))
                 buf = _buffer(x, n_g, width)
@@ -222,7 +209,6 @@ class _APRConvFunction(torch.autograd.Function):
         gv = None
         if need_x:
             gv = x.new_zeros((plan.n_values, c_in)) if plan.tree is not None else x.new_zeros((n, c_in))
-        use_fused = FUSED_CPU_KERNELS and _native_ok(x)
         width = wf.shape[2]
         for g, grp in enumerate(plan.groups):
             if grp is None:
@@ -240,16 +226,6 @@ class _APRConvFunction(torch.autograd.Function):
                         gv += gs
                     else:
                         gv.index_add_(0, rows, gs)  # rows are unique
-                continue
-            if use_fused:
-                go, rb = go.contiguous(), plan.rulebook(g)
-                if need_w:
-                    gk = x.new_zeros((rb.shape[1], c_in, go.shape[1]))
-                    _native.nn_conv_grad_weight(v.numpy(), rb.numpy(), go.numpy(), gk.numpy())
-                    gwf[g] = gk.permute(2, 0, 1).reshape(go.shape[1], -1)
-                if need_x:
-                    _native.nn_conv_grad_values(go.numpy(), rb.numpy(), _kernel_layout(wf[g], c_in).numpy(),
-                                                gv.numpy(), skip_index=plan.n_values - 1)
                 continue
             buf = _buffer(x, n_g, width)
             for a, b in _chunks(n_g, width):

@@ -18,7 +18,7 @@
 #include <string.h>
 
 #include "aprnet.h"
-#include "formation_internal.h"
+#include "fm_common.h"
 
 #if defined(__SSE2__)
 #include <emmintrin.h>
@@ -493,7 +493,7 @@ void aprnet_fm_line_filter_apply(const fm_line_filter *f, float *base, int64_t w
 
 /* ----- inverse B-spline kernel [1/6, 4/6, 1/6], mirror boundaries ----- */
 
-int aprnet_fm_inverse_bspline(float *img, fm_dims d) {
+int aprnet_fm_inverse_bspline(float *img, fm_dims d, const int32_t *cancel) {
     const float a = 1.0f / 6.0f, b = 4.0f / 6.0f;
     const int64_t nx = d.nx, ny = d.ny, nz = d.nz, plane = nx * ny;
     int status = APRNET_OK;
@@ -507,7 +507,7 @@ int aprnet_fm_inverse_bspline(float *img, fm_dims d) {
             }
 #pragma omp for schedule(static)
             for (int64_t r = 0; r < nz * ny; ++r) {
-                if (!row) continue;
+                if (!row || fm_cancelled(cancel)) continue;
                 float *p = img + r * nx;
                 memcpy(row, p, sizeof(float) * (size_t)nx);
                 p[0] = b * row[0] + 2.0f * a * row[1];
@@ -531,6 +531,7 @@ int aprnet_fm_inverse_bspline(float *img, fm_dims d) {
             float prev[FM_CHUNK], cur[FM_CHUNK];
 #pragma omp for schedule(static)
             for (int64_t job = 0; job < nouter * nchunks; ++job) {
+                if (fm_cancelled(cancel)) continue;
                 const int64_t o = job / nchunks, k0 = (job % nchunks) * FM_CHUNK;
                 const int64_t w = (k0 + FM_CHUNK <= width) ? FM_CHUNK : width - k0;
                 float *base = img + o * plane + k0;
@@ -550,5 +551,5 @@ int aprnet_fm_inverse_bspline(float *img, fm_dims d) {
             }
         }
     }
-    return APRNET_OK;
+    return fm_cancelled(cancel) ? APRNET_ERR_CANCELLED : APRNET_OK;
 }

@@ -1,4 +1,4 @@
-/* nn_plan.c -- index plans of the APR network layers for a whole batch.
+/* nn/plan.c -- index plans of the APR layers for a whole batch.
  *
  * aprnet_nn_plan_build validates the structures of a batch and builds, for
  * each structure, one lookup map per level (coarse to fine). A map cell holds

@@ -297,7 +297,7 @@ def test_run_script_converts_sample_and_writes_screenshot(tmp_path):
     import subprocess
     from pathlib import Path
 
-    script = Path(__file__).resolve().parents[1] / "scripts" / "run_napari.py"
+    script = Path(__file__).resolve().parents[2] / "scripts" / "run_napari.py"
     out = subprocess.run([sys.executable, str(script), "--sample", "photo", "--screenshot-dir", str(tmp_path)],
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]

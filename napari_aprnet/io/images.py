@@ -1,6 +1,6 @@
 """Reading images from disk and writing small images (PNG/TIFF/NPY).
 
-``.apr`` files are handled by :mod:`napari_aprnet.apr_file` (re-exported here).
+``.apr`` files are handled by :mod:`napari_aprnet.io.apr_h5`.
 """
 from __future__ import annotations
 
@@ -8,10 +8,9 @@ import os
 
 import numpy as np
 
-from napari_aprnet._atomic import atomic_output
-from napari_aprnet.apr_file import APRFileError, load_apr, save_apr
+from napari_aprnet.io._atomic import atomic_output
 
-__all__ = ["IMAGE_EXTENSIONS", "read_image", "write_image", "APRFileError", "load_apr", "save_apr"]
+__all__ = ["IMAGE_EXTENSIONS", "read_image", "write_image"]
 
 #: Extensions :func:`read_image` understands, by reader.
 IMAGE_EXTENSIONS = {".tif": "tifffile", ".tiff": "tifffile", ".png": "imageio", ".jpg": "imageio",

@@ -16,7 +16,7 @@
 #include <string.h>
 
 #include "aprnet.h"
-#include "formation_internal.h"
+#include "fm_common.h"
 
 enum {
     ST_EMPTY = 0,
@@ -273,8 +273,10 @@ int aprnet_pulling_scheme(const uint8_t *level_ds, const int64_t shape[3], int l
     /* required levels, max-pooled down the tree, then seeds */
     memcpy(lv[lps], level_ds, (size_t)nfine);
     int status = APRNET_OK;
-    for (int l = lps - 1; l >= level_min && status == APRNET_OK; --l)
+    for (int l = lps - 1; l >= level_min && status == APRNET_OK; --l) {
         status = maxpool(lv[l + 1], dl[l + 1], lv[l], dl[l]);
+        if (status == APRNET_OK && fm_cancelled(cancel)) status = APRNET_ERR_CANCELLED;
+    }
     for (int l = level_min; l <= lps; ++l) {
         uint8_t *t = lv[l];
         const int64_t n = fm_size(dl[l]);

@@ -1,8 +1,10 @@
-/* formation_internal.h -- private helpers shared by the APR formation sources
- * (formation.c, bspline.c, gradient.c, sigma.c, pulling.c). Not part of the
- * public C API (aprnet.h) and not seen by cffi. */
-#ifndef APRNET_FORMATION_INTERNAL_H
-#define APRNET_FORMATION_INTERNAL_H
+/* fm_common.h -- the internal header of the APR formation part (native/formation/):
+ * shared types and inline helpers, the buffers and pixel loading of
+ * fm_common.c, and the functions each source offers the others
+ * (formation.c -> bspline.c, gradient.c, sigma.c -> fm_common.c). Not part
+ * of the public C API (aprnet.h) and not seen by cffi. */
+#ifndef APRNET_FM_COMMON_H
+#define APRNET_FM_COMMON_H
 
 #include <stddef.h>
 #include <stdint.h>
@@ -64,11 +66,11 @@ typedef struct fm_line_filter fm_line_filter;
 int aprnet_fm_line_filter_new(double lambda, int64_t n, fm_line_filter **out, const int32_t *cancel);
 void aprnet_fm_line_filter_free(fm_line_filter *f);
 void aprnet_fm_line_filter_apply(const fm_line_filter *f, float *base, int64_t width, float *tmp);
-int aprnet_fm_inverse_bspline(float *img, fm_dims d);
+int aprnet_fm_inverse_bspline(float *img, fm_dims d, const int32_t *cancel);
 
 /* gradient.c: gradient magnitude max-downsampled 2x and the 2x mean of coef */
 int aprnet_fm_grad_mean_ds(const float *coef, fm_dims d, const double h[3], float *grad_ds,
-                           float *smooth_ds);
+                           float *smooth_ds, const int32_t *cancel);
 /* The same from the image smoothed along x and y only (xy), running the z
  * pass (zf, length d.nz >= 2) itself; per-thread buffers of
  * aprnet_fm_zfused_bytes(d) bytes. */
@@ -78,14 +80,15 @@ int aprnet_fm_grad_mean_ds_zfilter(const float *xy, fm_dims d, const double h[3]
 int64_t aprnet_fm_zfused_bytes(fm_dims d);
 
 /* sigma.c */
-int aprnet_fm_local_intensity_scale(const float *smooth_ds, fm_dims dh, int psf, float *sigma);
+int aprnet_fm_local_intensity_scale(const float *smooth_ds, fm_dims dh, int psf, float *sigma,
+                                    const int32_t *cancel);
 
-/* formation.c: a buffer for `bytes` bytes (release with free); large ones are
+/* fm_common.c: a buffer for `bytes` bytes (release with free); large ones are
  * aligned to 2 MiB and marked for transparent huge pages, which makes their
  * first touch much cheaper. NULL when out of memory. */
 void *aprnet_fm_alloc(size_t bytes);
 
-/* pixel loading (formation.c): convert `n` values of the given dtype starting at
+/* pixel loading (fm_common.c): convert `n` values of the given dtype starting at
  * element `offset` into floats (out[i] = value), or add them (out[i] += value). */
 void aprnet_fm_load_row(const void *image, int dtype, int64_t offset, int64_t n, float *out);
 void aprnet_fm_add_row(const void *image, int dtype, int64_t offset, int64_t n, float *out);

@@ -11,7 +11,7 @@
 #include <string.h>
 
 #include "aprnet.h"
-#include "formation_internal.h"
+#include "fm_common.h"
 
 /* g[x] = squared gradient magnitude of a row of nx values; ym/yp/zm/zp are the
  * neighbouring rows along y and z. The x term is left out at both ends of the
@@ -67,7 +67,7 @@ static void cell_out(const float *restrict gm, const float *restrict acc, int64_
 
 /* grad_ds and smooth_ds have shape ceil(d / 2); h = (hz, hy, hx) pixel spacing. */
 int aprnet_fm_grad_mean_ds(const float *coef, fm_dims d, const double h[3], float *grad_ds,
-                           float *smooth_ds) {
+                           float *smooth_ds, const int32_t *cancel) {
     int status = APRNET_OK;
     const int64_t nz = d.nz, ny = d.ny, nx = d.nx, plane = ny * nx;
     const fm_dims dh = fm_half_dims(d);
@@ -83,7 +83,7 @@ int aprnet_fm_grad_mean_ds(const float *coef, fm_dims d, const double h[3], floa
         }
 #pragma omp for schedule(static)
         for (int64_t r = 0; r < nrows_ds; ++r) {
-            if (!buf) continue;
+            if (!buf || fm_cancelled(cancel)) continue;
             const int64_t zd = r / dh.ny, yd = r % dh.ny;
             int q = 0;
             for (int64_t z = 2 * zd; z < 2 * zd + 2 && z < nz; ++z)
@@ -98,6 +98,7 @@ int aprnet_fm_grad_mean_ds(const float *coef, fm_dims d, const double h[3], floa
         }
         free(buf);
     }
+    if (status == APRNET_OK && fm_cancelled(cancel)) status = APRNET_ERR_CANCELLED;
     return status;
 }
 

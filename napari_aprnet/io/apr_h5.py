@@ -23,9 +23,12 @@ import os
 
 import numpy as np
 
-from napari_aprnet._atomic import atomic_write_bytes
+from napari_aprnet._version import __version__
+from napari_aprnet.io._atomic import atomic_write_bytes
+from napari_aprnet.params import APRParameters
+from napari_aprnet.structure import APRStructure, level_max_for_shape, validate_structure
 
-__all__ = ["APRFileError", "FORMAT_NAME", "FORMAT_VERSION", "save_apr", "load_apr"]
+__all__ = ["APRFileError", "FORMAT_NAME", "FORMAT_VERSION", "save_apr", "read_apr"]
 
 FORMAT_NAME = "napari-aprnet APR"
 FORMAT_VERSION = 1
@@ -54,10 +57,6 @@ def _params_from_json(text: str, path: str):
     if not isinstance(data, dict):
         raise APRFileError(f"{path}: the stored parameters are not a JSON object")
     try:
-        from napari_aprnet.params import APRParameters
-    except ImportError:  # formation not available: keep the plain dict
-        return data
-    try:
         return APRParameters.from_dict(data)
     except (TypeError, ValueError, KeyError) as exc:
         raise APRFileError(f"{path}: the stored parameters are invalid ({exc})") from None
@@ -70,7 +69,6 @@ def _dataset(group, name: str, data: np.ndarray):
 
 def _write_contents(h5, apr) -> None:
     """Write the datasets and attributes of ``apr`` into the open HDF5 file ``h5``."""
-    from napari_aprnet import __version__
 
     s = apr.structure
     h5.attrs["format"] = FORMAT_NAME
@@ -163,9 +161,6 @@ def _check_dtype(arr: np.ndarray, kind: str, name: str, path: str) -> None:
 
 
 def _load_contents(h5, path: str):
-    from napari_aprnet.apr import APR, validate_structure
-    from napari_aprnet.structure import APRStructure, level_max_for_shape
-
     fmt = h5.attrs.get("format")
     if isinstance(fmt, bytes):
         fmt = fmt.decode(errors="replace")
@@ -218,15 +213,17 @@ def _load_contents(h5, path: str):
     except (ValueError, TypeError, OverflowError) as exc:
         raise APRFileError(f"{path}: inconsistent particle structure: {exc}") from None
     params = _params_from_json(_attr(h5, "parameters", path), path)
-    return APR(structure, values, params)
+    return structure, values, params
 
 
-def load_apr(path: str | os.PathLike):
-    """Read an ``.apr`` file written by :func:`save_apr`.
+def read_apr(path: str | os.PathLike):
+    """Read an ``.apr`` file written by :func:`save_apr` (``APR.load`` wraps this).
 
     Returns
     -------
-    APR
+    structure : APRStructure
+    values : ndarray of float32, shape (Np,) or (Np, C)
+    params : APRParameters or None
 
     Raises
     ------

@@ -6,58 +6,16 @@
  *   3. aprnet_pulling_scheme / aprnet_pulling_emit (pulling.c): particle cells;
  *   4. aprnet_formation_sample: particle values = mean of the cell's pixels;
  * and aprnet_formation_histogram, the histogram of the automatic thresholds.
- * Large buffers come from aprnet_fm_alloc (transparent huge pages).
+ * Large buffers come from aprnet_fm_alloc (fm_common.c, transparent huge pages).
  */
-#define _DEFAULT_SOURCE /* madvise */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
-#if defined(__linux__)
-#include <sys/mman.h>
-#endif
 
 #include "aprnet.h"
-#include "formation_internal.h"
+#include "fm_common.h"
 
-#define FM_HUGE ((size_t)2 << 20)
 #define FM_FUSE_BYTES ((int64_t)8 << 20) /* per-thread row buffers of the fused z pass */
-
-void *aprnet_fm_alloc(size_t bytes) {
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-    if (bytes >= 2 * FM_HUGE) {
-        void *p = NULL;
-        if (posix_memalign(&p, FM_HUGE, bytes) != 0) return NULL;
-        (void)madvise(p, bytes, MADV_HUGEPAGE); /* advisory: failure is harmless */
-        return p;
-    }
-#endif
-    return malloc(bytes ? bytes : 1);
-}
-
-void aprnet_fm_load_row(const void *image, int dtype, int64_t offset, int64_t n, float *out) {
-    if (dtype == APRNET_DTYPE_U16) {
-        const uint16_t *p = (const uint16_t *)image + offset;
-        for (int64_t i = 0; i < n; ++i) out[i] = (float)p[i];
-    } else if (dtype == APRNET_DTYPE_U8) {
-        const uint8_t *p = (const uint8_t *)image + offset;
-        for (int64_t i = 0; i < n; ++i) out[i] = (float)p[i];
-    } else {
-        memcpy(out, (const float *)image + offset, sizeof(float) * (size_t)n);
-    }
-}
-
-void aprnet_fm_add_row(const void *image, int dtype, int64_t offset, int64_t n, float *out) {
-    if (dtype == APRNET_DTYPE_U16) {
-        const uint16_t *p = (const uint16_t *)image + offset;
-        for (int64_t i = 0; i < n; ++i) out[i] += (float)p[i];
-    } else if (dtype == APRNET_DTYPE_U8) {
-        const uint8_t *p = (const uint8_t *)image + offset;
-        for (int64_t i = 0; i < n; ++i) out[i] += (float)p[i];
-    } else {
-        const float *p = (const float *)image + offset;
-        for (int64_t i = 0; i < n; ++i) out[i] += p[i];
-    }
-}
 
 static int check_shape(const int64_t shape[3]) {
     if (!shape) return 0;
@@ -91,54 +49,59 @@ int aprnet_formation_grad_sigma(const void *image, int dtype, const int64_t shap
     if (st == APRNET_OK && fuse_z) st = aprnet_fm_line_filter_new(lambda, d.nz, &zf, cancel);
     if (st == APRNET_OK) {
         if (fuse_z) st = aprnet_fm_grad_mean_ds_zfilter(work, d, spacing, zf, grad_ds, smooth_ds, cancel);
-        else st = aprnet_fm_grad_mean_ds(work, d, spacing, grad_ds, smooth_ds);
+        else st = aprnet_fm_grad_mean_ds(work, d, spacing, grad_ds, smooth_ds, cancel);
     }
     aprnet_fm_line_filter_free(zf);
-    if (st == APRNET_OK && lambda > 0.0) st = aprnet_fm_inverse_bspline(smooth_ds, fm_half_dims(d));
+    if (st == APRNET_OK && lambda > 0.0) st = aprnet_fm_inverse_bspline(smooth_ds, fm_half_dims(d), cancel);
     free(work);
     if (st == APRNET_OK && fm_cancelled(cancel)) st = APRNET_ERR_CANCELLED;
-    if (st == APRNET_OK) st = aprnet_fm_local_intensity_scale(smooth_ds, fm_half_dims(d), psf, sigma_ds);
+    if (st == APRNET_OK) st = aprnet_fm_local_intensity_scale(smooth_ds, fm_half_dims(d), psf, sigma_ds, cancel);
     return st;
 }
 
 int aprnet_formation_levels(const float *grad_ds, const float *sigma_ds, const float *smooth_ds,
                             const int64_t shape_ds[3], double ip_th, double sigma_th,
                             double sigma_th_max, double grad_th, double rel_error, int level_max,
-                            double h_min, uint8_t *level_ds) {
+                            double h_min, uint8_t *level_ds, const int32_t *cancel) {
     if (!grad_ds || !sigma_ds || !smooth_ds || !level_ds || !check_shape(shape_ds) ||
         !(rel_error > 0.0) || !isfinite(rel_error) || !(h_min > 0.0) || level_max < 0 ||
         level_max > 60 || !isfinite(ip_th) || !isfinite(sigma_th) || !isfinite(sigma_th_max) ||
         !isfinite(grad_th))
         return APRNET_ERR_ARG;
     const int64_t n = shape_ds[0] * shape_ds[1] * shape_ds[2];
+    const int64_t nx = shape_ds[2], nrows = shape_ds[0] * shape_ds[1];
     const double factor = ldexp(1.0, level_max) * h_min / rel_error;
     const float fip = (float)ip_th, fst = (float)sigma_th, fstm = (float)sigma_th_max, fgt = (float)grad_th;
+    /* row by row, polling the cancel flag once per row */
 #pragma omp parallel for schedule(static) if (n >= FM_PAR_MIN)
-    for (int64_t i = 0; i < n; ++i) {
-        float g = grad_ds[i];
-        if (smooth_ds[i] <= fip) g = 0.0f;
-        if (g < fgt) g = 0.0f;
-        float s = sigma_ds[i];
-        if (s < fst) s = (s < fstm) ? 60000.0f : fst;
-        int L = 0;
-        if (g > 0.0f) {
-            if (!(s > 0.0f)) {
-                L = level_max;
-            } else {
-                double v = (double)(g / s) * factor;
-                if (v >= 2.0) {
-                    /* floor(log2(v)) from the exponent bits (v >= 2 is normal;
-                     * inf gives 1024, then level_max) */
-                    uint64_t bits;
-                    memcpy(&bits, &v, sizeof bits);
-                    L = (int)((bits >> 52) & 0x7ff) - 1023;
-                    if (L > level_max || !isfinite(v)) L = level_max;
+    for (int64_t r = 0; r < nrows; ++r) {
+        if (fm_cancelled(cancel)) continue;
+        for (int64_t i = r * nx; i < (r + 1) * nx; ++i) {
+            float g = grad_ds[i];
+            if (smooth_ds[i] <= fip) g = 0.0f;
+            if (g < fgt) g = 0.0f;
+            float s = sigma_ds[i];
+            if (s < fst) s = (s < fstm) ? 60000.0f : fst;
+            int L = 0;
+            if (g > 0.0f) {
+                if (!(s > 0.0f)) {
+                    L = level_max;
+                } else {
+                    double v = (double)(g / s) * factor;
+                    if (v >= 2.0) {
+                        /* floor(log2(v)) from the exponent bits (v >= 2 is normal;
+                         * inf gives 1024, then level_max) */
+                        uint64_t bits;
+                        memcpy(&bits, &v, sizeof bits);
+                        L = (int)((bits >> 52) & 0x7ff) - 1023;
+                        if (L > level_max || !isfinite(v)) L = level_max;
+                    }
                 }
             }
+            level_ds[i] = (uint8_t)L;
         }
-        level_ds[i] = (uint8_t)L;
     }
-    return APRNET_OK;
+    return fm_cancelled(cancel) ? APRNET_ERR_CANCELLED : APRNET_OK;
 }
 
 /* pixel count of cell c along an axis of n pixels, cell size `step` */

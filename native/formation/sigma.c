@@ -15,7 +15,7 @@
 #include <string.h>
 
 #include "aprnet.h"
-#include "formation_internal.h"
+#include "fm_common.h"
 
 #define FM_WMAX 6 /* largest box half-width of the tables */
 #define FM_STREAM_BYTES ((int64_t)4 << 20) /* per-thread scratch of the streaming box means */
@@ -86,7 +86,7 @@ static void box_row_x(const float *restrict src, float *restrict dst, int64_t nx
 }
 
 /* Box mean of half-width w along axis (0 = z, 1 = y, 2 = x), out of place. */
-static int box_axis(const float *in, float *out, fm_dims d, int axis, int w) {
+static int box_axis(const float *in, float *out, fm_dims d, int axis, int w, const int32_t *cancel) {
     const int64_t nz = d.nz, ny = d.ny, nx = d.nx, plane = ny * nx;
     const float inv = 1.0f / (float)(2 * w + 1);
     int status = APRNET_OK;
@@ -100,11 +100,12 @@ static int box_axis(const float *in, float *out, fm_dims d, int axis, int w) {
             }
 #pragma omp for schedule(static)
             for (int64_t r = 0; r < nz * ny; ++r) {
-                if (!pad) continue;
+                if (!pad || fm_cancelled(cancel)) continue;
                 box_row_x(in + r * nx, out + r * nx, nx, w, inv, pad);
             }
             free(pad);
         }
+        if (status == APRNET_OK && fm_cancelled(cancel)) status = APRNET_ERR_CANCELLED;
         return status;
     }
     const int64_t n = axis == 1 ? ny : nz;
@@ -112,11 +113,13 @@ static int box_axis(const float *in, float *out, fm_dims d, int axis, int w) {
     const int64_t nouter = axis == 1 ? nz : 1;
 #pragma omp parallel for schedule(static)
     for (int64_t job = 0; job < nouter * n; ++job) {
+        if (fm_cancelled(cancel)) continue;
         const int64_t i = job % n, o = job / n;
         const float *lp[2 * FM_WMAX + 1];
         for (int j = -w; j <= w; ++j) lp[j + w] = in + o * plane + fm_mirror(i + j, n) * stride;
         sum_lines(out + o * plane + i * stride, lp, 2 * w + 1, stride, inv, 1);
     }
+    if (status == APRNET_OK && fm_cancelled(cancel)) status = APRNET_ERR_CANCELLED;
     return status;
 }
 
@@ -187,7 +190,8 @@ static void post_op(float *restrict v, const float *restrict ref, int64_t len, i
 
 /* Streaming box mean of half-width w over the active axes, src -> dst
  * (distinct), followed by the post operation (|ref - mean| or c * mean). */
-static int box_mean_stream(const box_plan *b, const float *src, float *dst, int post, const float *ref, float c) {
+static int box_mean_stream(const box_plan *b, const float *src, float *dst, int post, const float *ref, float c,
+                           const int32_t *cancel) {
     const int64_t nz = b->d.nz, ny = b->d.ny, nx = b->d.nx, plane = ny * nx;
     const int w = b->w, nring = 2 * w + 1;
     const int64_t ulen = unit_len(b);
@@ -208,7 +212,7 @@ static int box_mean_stream(const box_plan *b, const float *src, float *dst, int 
         float *pad = xpl ? xpl + (b->outer == 0 ? plane : 0) : NULL;
 #pragma omp for schedule(static)
         for (int64_t job = 0; job < njobs; ++job) {
-            if (!buf) continue;
+            if (!buf || fm_cancelled(cancel)) continue;
             const int64_t o = job / nchunks, ch = job % nchunks;
             const int64_t u0 = ch * nunits / nchunks, u1 = (ch + 1) * nunits / nchunks;
             const int64_t obase = o * plane; /* offset of plane o (rows) or 0 (planes) */
@@ -222,6 +226,7 @@ static int box_mean_stream(const box_plan *b, const float *src, float *dst, int 
             }
             int64_t hi = (u0 - w > 0 ? u0 - w : 0) - 1; /* last unit in the ring */
             for (int64_t u = u0; u < u1; ++u) {
+                if (fm_cancelled(cancel)) break; /* this job only: no exit from the parallel region */
                 const int64_t need = u + w < nunits ? u + w : nunits - 1;
                 for (int64_t p = (hi + 1 > u - w ? hi + 1 : (u - w > 0 ? u - w : 0)); p <= need; ++p)
                     inner_unit(b, src, o, p, ring + (p % nring) * ulen, xpl, pad);
@@ -235,6 +240,7 @@ static int box_mean_stream(const box_plan *b, const float *src, float *dst, int 
         }
         free(buf);
     }
+    if (status == APRNET_OK && fm_cancelled(cancel)) status = APRNET_ERR_CANCELLED;
     return status;
 }
 
@@ -245,7 +251,7 @@ static int stream_ok(fm_dims d, const int act[3], int w) {
     return per_thread <= FM_STREAM_BYTES;
 }
 
-int aprnet_fm_local_intensity_scale(const float *smooth, fm_dims d, int psf, float *sigma) {
+int aprnet_fm_local_intensity_scale(const float *smooth, fm_dims d, int psf, float *sigma, const int32_t *cancel) {
     int ind = psf - 1;
     if (ind < 0) ind = 0;
     if (ind > 5) ind = 5;
@@ -271,8 +277,8 @@ int aprnet_fm_local_intensity_scale(const float *smooth, fm_dims d, int psf, flo
     if (!t) return APRNET_ERR_NOMEM;
     if (stream_ok(d, active, w1) && stream_ok(d, active, w2)) {
         const box_plan b1 = make_plan(d, active, w1), b2 = make_plan(d, active, w2);
-        int st = box_mean_stream(&b1, smooth, t, POST_ABSDIFF, smooth, c);
-        if (st == APRNET_OK) st = box_mean_stream(&b2, t, sigma, POST_SCALE, NULL, c);
+        int st = box_mean_stream(&b1, smooth, t, POST_ABSDIFF, smooth, c, cancel);
+        if (st == APRNET_OK) st = box_mean_stream(&b2, t, sigma, POST_SCALE, NULL, c, cancel);
         free(t);
         return st;
     }
@@ -282,7 +288,7 @@ int aprnet_fm_local_intensity_scale(const float *smooth, fm_dims d, int psf, flo
     for (int axis = 2; axis >= 0 && st == APRNET_OK; --axis) {
         if (!active[axis]) continue;
         float *dst = (cur == sigma) ? t : sigma;
-        st = box_axis(cur, dst, d, axis, w1);
+        st = box_axis(cur, dst, d, axis, w1, cancel);
         cur = dst;
     }
     if (st != APRNET_OK) {
@@ -295,7 +301,7 @@ int aprnet_fm_local_intensity_scale(const float *smooth, fm_dims d, int psf, flo
     for (int axis = 2; axis >= 0 && st == APRNET_OK; --axis) {
         if (!active[axis]) continue;
         float *dst = (x == sigma) ? t : sigma;
-        st = box_axis(x, dst, d, axis, w2);
+        st = box_axis(x, dst, d, axis, w2, cancel);
         x = dst;
     }
     if (st == APRNET_OK) {
