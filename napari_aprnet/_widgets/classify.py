@@ -169,11 +169,16 @@ class ClassifyWidget(Container):
             yield Progress(0, 1, f"loading {path.name}...")
             return Classifier.load(path)
 
-        return self.task.start(job, on_return=self._loaded)
+        return self.task.start(job, on_return=self._loaded, on_finish=self._classify_pending)
+
+    def _classify_pending(self) -> None:
+        """After a load started by Classify: classify what was asked (the load task has ended)."""
+        pending, self._classify_after_load = self._classify_after_load, None
+        if pending is not None and self.classifier is not None:
+            self.classify(*pending)
 
     def _loaded(self, classifier) -> None:
         self.classifier = classifier
-        pending, self._classify_after_load = self._classify_after_load, None
         self.probabilities.clear()
         self.net_layer.reset_choices()
         spec = classifier.spec
@@ -183,8 +188,6 @@ class ClassifyWidget(Container):
                            f"{'RGB' if classifier.channels == 3 else 'grey'}{e}\n"
                            f"classes: {', '.join(classifier.class_names)}")
         self.status.value = "network loaded"
-        if pending is not None:
-            self.classify(*pending)
 
     # ---------------------------------------------------------- classify
     def _selected(self) -> list:
