@@ -5,6 +5,9 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+from napari_aprnet._layer_data import apr_layer_data
+from napari_aprnet.apr import APR
+
 __all__ = ["get_reader", "read_apr"]
 
 
@@ -22,9 +25,6 @@ def read_apr(path: str | list[str]) -> list[tuple]:
     The APR parameters, particle count and computational ratio are stored in
     each layer's ``metadata["aprnet"]``.
     """
-    from napari_aprnet._layer_data import apr_layer_data
-    from napari_aprnet.apr import APR
-
     paths = [path] if isinstance(path, (str, os.PathLike)) else list(path)
     layers: list[tuple] = []
     for p in paths:

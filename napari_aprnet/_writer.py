@@ -5,6 +5,10 @@ from typing import Any
 
 import numpy as np
 
+from napari_aprnet._layer_data import APR_KEY, METADATA_KEY
+from napari_aprnet.apr import APR
+from napari_aprnet.params import APRParameters
+
 __all__ = ["apr_for_layer", "write_apr"]
 
 
@@ -15,10 +19,6 @@ def apr_for_layer(data: Any, meta: dict) -> Any:
     it is saved as is. Otherwise the data are converted with the parameters in
     ``metadata["aprnet"]["parameters"]`` if present, else the defaults.
     """
-    from napari_aprnet._layer_data import APR_KEY, METADATA_KEY
-    from napari_aprnet.apr import APR
-    from napari_aprnet.params import APRParameters
-
     metadata = (meta or {}).get("metadata") or {}
     apr = metadata.get(APR_KEY)
     if apr is not None and metadata.get(METADATA_KEY, {}).get("role") == "reconstruction":

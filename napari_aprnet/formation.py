@@ -334,6 +334,34 @@ def auto_thresholds(grad_ds: np.ndarray, sigma_ds: np.ndarray) -> tuple[float, f
     return max(_li_threshold(sigma_ds), 0.0), max(_li_threshold(grad_ds), 0.0)
 
 
+def _level_image(intensity: np.ndarray, params: APRParameters, level_max: int, watch) -> np.ndarray:
+    """The downsampled particle level image (the local resolution) of the intensity."""
+    flag = watch.flag
+    grad, sigma, smooth, offset, h_min = _grad_sigma(intensity, params, flag)
+    watch.check()
+    # grad is per smallest spacing h_min: grad_th (per unit spacing) is scaled to match
+    sigma_th, grad_th = params.sigma_th, params.grad_th * h_min
+    if params.auto_parameters:
+        sigma_th, grad_th = auto_thresholds(grad, sigma)
+    # gradients at the float32 round-off level of the smoothing filter are 0
+    abs_max = max(0.0, float(smooth.max()), -float(smooth.min()))  # max |smooth| without a temporary
+    grad_th = max(grad_th, _ROUNDOFF * abs_max)
+    return _native.formation_levels(
+        grad, sigma, smooth, ip_th=params.Ip_th - offset, sigma_th=sigma_th,
+        sigma_th_max=params.sigma_th_max, grad_th=grad_th, rel_error=params.rel_error,
+        level_max=level_max, h_min=1.0, cancel_flag=flag)
+
+
+def _sample_channels(arr: np.ndarray, level_max: int, levels, coords, watch) -> np.ndarray:
+    """Particle values ``(Np, C)`` of every channel of ``arr``, one channel at a time."""
+    values = np.empty((len(levels), arr.shape[-1]), np.float32)
+    for c in range(arr.shape[-1]):
+        channel = _native_channel(arr[..., c])
+        _native.formation_sample(channel, level_max, levels, coords, values, c, cancel_flag=watch.flag)
+        watch.check()
+    return values
+
+
 def form_apr(image: Any, params: APRParameters | None = None, channel_axis: int | None = None,
              cancel: Callable[[], bool] | threading.Event | None = None, *,
              rgb: bool | None = None) -> tuple[APRStructure, np.ndarray]:
@@ -382,20 +410,7 @@ def form_apr(image: Any, params: APRParameters | None = None, channel_axis: int 
         intensity = _intensity(arr)
         flag = watch.flag
         if level_max - 1 >= level_min:
-            grad, sigma, smooth, offset, h_min = _grad_sigma(intensity, params, flag)
-            watch.check()
-            # grad is per smallest spacing h_min: grad_th (per unit spacing) is scaled to match
-            sigma_th, grad_th = params.sigma_th, params.grad_th * h_min
-            if params.auto_parameters:
-                sigma_th, grad_th = auto_thresholds(grad, sigma)
-            # gradients at the float32 round-off level of the smoothing filter are 0
-            abs_max = max(0.0, float(smooth.max()), -float(smooth.min()))  # max |smooth| without a temporary
-            grad_th = max(grad_th, _ROUNDOFF * abs_max)
-            level_ds = _native.formation_levels(
-                grad, sigma, smooth, ip_th=params.Ip_th - offset, sigma_th=sigma_th,
-                sigma_th_max=params.sigma_th_max, grad_th=grad_th, rel_error=params.rel_error,
-                level_max=level_max, h_min=1.0, cancel_flag=flag)
-            del grad, sigma, smooth
+            level_ds = _level_image(intensity, params, level_max, watch)
         else:  # 1 or 2 pixels per axis at most: every pixel is a particle
             level_ds = np.zeros(1, np.uint8)
         watch.check()
@@ -407,11 +422,7 @@ def form_apr(image: Any, params: APRParameters | None = None, channel_axis: int 
             values = _native.formation_sample(intensity, level_max, levels, coords, cancel_flag=flag)
         else:
             del intensity
-            values = np.empty((len(levels), n_channels), np.float32)
-            for c in range(n_channels):
-                channel = _native_channel(arr[..., c])
-                _native.formation_sample(channel, level_max, levels, coords, values, c, cancel_flag=flag)
-                watch.check()
+            values = _sample_channels(arr, level_max, levels, coords, watch)
         watch.check()
     structure = APRStructure(spatial, level_max, levels, coords, level_min)
     return structure, values

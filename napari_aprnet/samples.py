@@ -72,7 +72,7 @@ def natural_photo() -> np.ndarray:
     ImportError
         If scikit-image is not installed.
     """
-    try:
+    try:  # an optional dependency (installed with napari): imported on use
         from skimage import data
     except ImportError as exc:  # pragma: no cover - napari depends on scikit-image
         raise ImportError("the natural photo sample needs scikit-image "
@@ -95,6 +95,7 @@ def shapes_gallery(size: int = 256, *, seed: int = 0) -> tuple[np.ndarray, list[
     images : ndarray, shape (n_classes, size, size)
     class_names : list of str
     """
+    # napari_aprnet.data imports torch: imported on use, to keep the sample menu light
     from napari_aprnet.data.shapes import ShapesDataset
 
     dataset = ShapesDataset(1, seed=seed, size=size, split=0)

@@ -13,7 +13,11 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["SweepPoint", "error_stats", "parse_rel_errors", "stack_points", "sweep_rel_error"]
+from napari_aprnet._native import CancelledError
+from napari_aprnet.apr import APR
+from napari_aprnet.metrics import error_stats
+
+__all__ = ["SweepPoint", "parse_rel_errors", "stack_points", "sweep_rel_error"]
 
 
 @dataclass(frozen=True)
@@ -50,28 +54,6 @@ class SweepPoint:
     reconstruction: np.ndarray
     level_map: np.ndarray
     apr: Any
-
-
-def error_stats(image: np.ndarray, reconstruction: np.ndarray) -> tuple[float, float, float]:
-    """Return ``(mean_abs_error, max_abs_error, psnr_db)`` of a reconstruction.
-
-    The PSNR uses the image's intensity range as peak (inf when the error is 0,
-    nan for a constant image).
-    """
-    image = np.asarray(image, dtype=np.float64)
-    reconstruction = np.asarray(reconstruction, dtype=np.float64)
-    if image.shape != reconstruction.shape:
-        raise ValueError(f"shapes differ: image {image.shape}, reconstruction {reconstruction.shape}")
-    diff = np.abs(image - reconstruction)
-    mse = float(np.mean(diff**2)) if diff.size else 0.0
-    peak = float(image.max() - image.min()) if image.size else 0.0
-    if mse == 0.0:
-        psnr = float("inf")
-    elif peak == 0.0:
-        psnr = float("nan")
-    else:
-        psnr = 10.0 * np.log10(peak**2 / mse)
-    return (float(diff.mean()) if diff.size else 0.0, float(diff.max()) if diff.size else 0.0, psnr)
 
 
 def parse_rel_errors(text: str) -> list[float]:
@@ -131,9 +113,6 @@ def sweep_rel_error(image: np.ndarray, rel_errors: Sequence[float], *, params=No
         Polled between and during conversions; when true the sweep ends
         (the generator returns; no exception).
     """
-    from napari_aprnet._native import CancelledError
-    from napari_aprnet.apr import APR
-
     for e in rel_errors:
         if cancel is not None and cancel():
             return

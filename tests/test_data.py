@@ -323,11 +323,11 @@ def test_pixel_loader_batches_match_stream_and_workers_agree():
     assert [b.inputs.shape for b in serial] == [(6, 1, 24, 24)] * 2
     for s, p in zip(serial, parallel):
         np.testing.assert_array_equal(s.inputs.numpy(), p.inputs.numpy())
-        np.testing.assert_array_equal(s.labels.numpy(), p.labels.numpy())
+        np.testing.assert_array_equal(s.targets.numpy(), p.targets.numpy())
     images, labels = stream.batch(2)
     expected = (resize_bilinear(images[0], 24) - 0.5) / 0.25
     np.testing.assert_allclose(serial[0].inputs[0, 0].numpy(), expected, atol=1e-6)
-    np.testing.assert_array_equal(serial[0].labels.numpy(), labels)
+    np.testing.assert_array_equal(serial[0].targets.numpy(), labels)
 
 
 def test_epoch_batches_cover_each_item_once():

@@ -4,8 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from napari_aprnet.metrics import error_stats
 from napari_aprnet.samples import fluorescence_blobs
-from napari_aprnet.sweep import error_stats, parse_rel_errors, stack_points, sweep_rel_error
+from napari_aprnet.sweep import parse_rel_errors, stack_points, sweep_rel_error
 
 
 def test_parse_list_and_range():

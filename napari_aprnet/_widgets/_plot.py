@@ -46,6 +46,21 @@ class _Series:
     axis: str
 
 
+def _y_ranges(pts) -> dict:
+    """Padded (lo, hi) of the finite y values of each axis that has any."""
+    ranges = {}
+    for axis in ("left", "right"):
+        ys = [s.ys[np.isfinite(s.ys)] for s in pts if s.axis == axis]
+        ys = np.concatenate(ys) if ys else np.zeros(0)
+        if ys.size:
+            lo, hi = float(ys.min()), float(ys.max())
+            if hi == lo:
+                lo, hi = lo - 0.5 * abs(lo or 1), hi + 0.5 * abs(hi or 1)
+            pad = 0.05 * (hi - lo)
+            ranges[axis] = (lo - pad, hi + pad)
+    return ranges
+
+
 class _PlotBase(QWidget):
     def __init__(self, title: str = "", parent: QWidget | None = None):
         super().__init__(parent)
@@ -107,6 +122,49 @@ class LinePlot(_PlotBase):
     def _xt(self, x: np.ndarray | float):
         return np.log10(x) if self.log_x else x
 
+    def _draw_legend(self, p: QPainter, left: float, top: float, has_right: bool) -> None:
+        fm = p.fontMetrics()
+        h_text = fm.height()
+        x_leg = left
+        for name, s in self.series.items():
+            p.setPen(QPen(QColor(s.color), 3))
+            p.drawLine(QPointF(x_leg, top - h_text * 0.6), QPointF(x_leg + 14, top - h_text * 0.6))
+            p.setPen(_FG)
+            label = f"{name} ({'right' if s.axis == 'right' else 'left'})" if has_right else name
+            p.drawText(QPointF(x_leg + 18, top - h_text * 0.3), label)
+            x_leg += 30 + fm.horizontalAdvance(label)
+
+    def _draw_y_ticks(self, p: QPainter, ranges: dict, box: QRectF, left: float, right: float) -> None:
+        """Y ticks of both axes and the grid of the left one."""
+        h_text = p.fontMetrics().height()
+        for axis, (lo, hi) in ranges.items():
+            for t in _ticks(lo, hi):
+                y = box.bottom() - (t - lo) / (hi - lo) * box.height()
+                if axis == "left":
+                    p.setPen(_GRID)
+                    p.drawLine(QPointF(box.left(), y), QPointF(box.right(), y))
+                    p.setPen(_FG)
+                    p.drawText(QRectF(0, y - h_text / 2, left - 4, h_text), Qt.AlignRight | Qt.AlignVCenter, _fmt(t))
+                else:
+                    p.setPen(_FG)
+                    p.drawText(QRectF(box.right() + 4, y - h_text / 2, right - 4, h_text),
+                               Qt.AlignLeft | Qt.AlignVCenter, _fmt(t))
+
+    def _draw_series(self, p: QPainter, s: _Series, y_range: tuple, box: QRectF, xpix) -> None:
+        lo, hi = y_range
+        pen = QPen(QColor(s.color), 2)
+        p.setPen(pen)
+        prev = None
+        for x, y in zip(s.xs, s.ys):
+            if not (np.isfinite(y) and (x > 0 or not self.log_x)):
+                prev = None
+                continue
+            pt = QPointF(xpix(x), box.bottom() - (y - lo) / (hi - lo) * box.height())
+            if prev is not None:
+                p.drawLine(prev, pt)
+            p.drawEllipse(pt, 2.5, 2.5)
+            prev = pt
+
     def paintEvent(self, event) -> None:  # noqa: N802 (Qt name)
         p = self._begin()
         fm = p.fontMetrics()
@@ -117,15 +175,7 @@ class LinePlot(_PlotBase):
         box = QRectF(left, top, max(10, self.width() - left - right), max(10, self.height() - top - bottom))
         p.setPen(_FG)
         p.drawText(QRectF(0, 2, self.width(), h_text), Qt.AlignHCenter, self.title)
-        # legend
-        x_leg = left
-        for name, s in self.series.items():
-            p.setPen(QPen(QColor(s.color), 3))
-            p.drawLine(QPointF(x_leg, top - h_text * 0.6), QPointF(x_leg + 14, top - h_text * 0.6))
-            p.setPen(_FG)
-            label = f"{name} ({'right' if s.axis == 'right' else 'left'})" if has_right else name
-            p.drawText(QPointF(x_leg + 18, top - h_text * 0.3), label)
-            x_leg += 30 + fm.horizontalAdvance(label)
+        self._draw_legend(p, left, top, has_right)
         p.setPen(QPen(_FG, 1))
         p.drawRect(box)
         pts = [s for s in self.series.values() if len(s.xs)]
@@ -143,29 +193,8 @@ class LinePlot(_PlotBase):
         def xpix(x):
             return box.left() + (self._xt(x) - xlo) / (xhi - xlo) * box.width()
 
-        ranges = {}
-        for axis in ("left", "right"):
-            ys = [s.ys[np.isfinite(s.ys)] for s in pts if s.axis == axis]
-            ys = np.concatenate(ys) if ys else np.zeros(0)
-            if ys.size:
-                lo, hi = float(ys.min()), float(ys.max())
-                if hi == lo:
-                    lo, hi = lo - 0.5 * abs(lo or 1), hi + 0.5 * abs(hi or 1)
-                pad = 0.05 * (hi - lo)
-                ranges[axis] = (lo - pad, hi + pad)
-        # y ticks and grid
-        for axis, (lo, hi) in ranges.items():
-            for t in _ticks(lo, hi):
-                y = box.bottom() - (t - lo) / (hi - lo) * box.height()
-                if axis == "left":
-                    p.setPen(_GRID)
-                    p.drawLine(QPointF(box.left(), y), QPointF(box.right(), y))
-                    p.setPen(_FG)
-                    p.drawText(QRectF(0, y - h_text / 2, left - 4, h_text), Qt.AlignRight | Qt.AlignVCenter, _fmt(t))
-                else:
-                    p.setPen(_FG)
-                    p.drawText(QRectF(box.right() + 4, y - h_text / 2, right - 4, h_text),
-                               Qt.AlignLeft | Qt.AlignVCenter, _fmt(t))
+        ranges = _y_ranges(pts)
+        self._draw_y_ticks(p, ranges, box, left, right)
         # x ticks
         p.setPen(_FG)
         for t in _ticks(xlo, xhi):
@@ -174,21 +203,8 @@ class LinePlot(_PlotBase):
             p.drawText(QRectF(x - 40, box.bottom() + 2, 80, h_text), Qt.AlignHCenter, _fmt(value))
         p.drawText(QRectF(box.left(), box.bottom() + h_text + 2, box.width(), h_text), Qt.AlignHCenter,
                    self.xlabel + (" (log)" if self.log_x else ""))
-        # series
         for s in pts:
-            lo, hi = ranges[s.axis]
-            pen = QPen(QColor(s.color), 2)
-            p.setPen(pen)
-            prev = None
-            for x, y in zip(s.xs, s.ys):
-                if not (np.isfinite(y) and (x > 0 or not self.log_x)):
-                    prev = None
-                    continue
-                pt = QPointF(xpix(x), box.bottom() - (y - lo) / (hi - lo) * box.height())
-                if prev is not None:
-                    p.drawLine(prev, pt)
-                p.drawEllipse(pt, 2.5, 2.5)
-                prev = pt
+            self._draw_series(p, s, ranges[s.axis], box, xpix)
         if self.marker is not None and (self.marker > 0 or not self.log_x):
             x = xpix(self.marker)
             p.setPen(QPen(QColor("#ffeb3b"), 2, Qt.DashLine))

@@ -53,7 +53,7 @@ class ConvertResult:
 def convert_job(image: np.ndarray, params, channel_axis: int | None, mode: str, *, cancel):
     """Generator run in a worker: convert, reconstruct, measure the error."""
     from napari_aprnet.apr import APR
-    from napari_aprnet.sweep import error_stats
+    from napari_aprnet.metrics import error_stats
 
     yield Progress(0, 3, f"reading the {'x'.join(map(str, image.shape))} image...")
     image = np.asarray(image)

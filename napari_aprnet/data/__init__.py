@@ -3,16 +3,17 @@
 - :mod:`.shapes`: synthetic shape images (streams and fixed, nested datasets).
 - :mod:`.folder`: image folders with one sub-folder per class.
 - :mod:`.transforms`: resize, channel matching, augmentation.
-- :mod:`.loader`: input specification, APR conversion in workers, APR cache.
+- :mod:`.spec`: :class:`InputSpec`, how an image becomes a network input.
+- :mod:`.cache`: :class:`APRCache` of converted APRs.
+- :mod:`.loader`: batch loaders (APR conversion in worker processes).
 """
+from napari_aprnet.data.cache import APRCache, image_key
 from napari_aprnet.data.folder import FolderDataset, read_image_file, split_indices
 from napari_aprnet.data.loader import (
-                                       APRCache,
                                        Batch,
-                                       InputSpec,
+                                       class_targets,
                                        epoch_batches,
                                        estimate_normalisation,
-                                       image_key,
                                        make_loader,
                                        stream_batches,
 )
@@ -28,12 +29,13 @@ from napari_aprnet.data.shapes import (
                                        make_shapes_splits,
                                        random_shape,
 )
+from napari_aprnet.data.spec import InputSpec
 from napari_aprnet.data.transforms import augment, match_channels, resize_bilinear, to_float01
 
 __all__ = [
     "FolderDataset", "read_image_file", "split_indices",
-    "APRCache", "Batch", "InputSpec", "epoch_batches", "estimate_normalisation", "image_key", "make_loader",
-    "stream_batches",
+    "APRCache", "Batch", "InputSpec", "class_targets", "epoch_batches", "estimate_normalisation", "image_key",
+    "make_loader", "stream_batches",
     "CLASS_NAMES", "DEFAULT_PARAMS", "MODIFIED_PARAMS", "ShapeInfo", "ShapeParams", "ShapesDataset",
     "ShapeStream", "make_shapes_dataset", "make_shapes_splits", "random_shape",
     "augment", "match_channels", "resize_bilinear", "to_float01",

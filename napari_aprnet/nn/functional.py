@@ -31,7 +31,8 @@ of the averaging. Only the value table (input features and tree node values)
 and the weights are kept for backward. The C kernels give identical results
 for any number of OpenMP threads; only torch's matrix products may differ in
 the last bits. Max pooling runs in C on CPU (first maximum in child order, as
-``torch.max``).
+``torch.max``). The device-specific steps come from the per-device op table
+of :mod:`napari_aprnet.nn._backend`; this module holds only the autograd Functions.
 """
 from __future__ import annotations
 
@@ -40,7 +41,7 @@ import threading
 import torch
 from torch.autograd.function import once_differentiable
 
-from napari_aprnet import _native
+from napari_aprnet.nn._backend import ops_for
 from napari_aprnet.nn._plans import ConvPlan, PoolPlan, conv_plan, pool_plan
 from napari_aprnet.nn.batch import APRBatch
 
@@ -50,84 +51,18 @@ _CHUNK_ELEMENTS = 1 << 21  # entries of one im2col block (8 MiB in float32)
 _workspace = threading.local()  # reused im2col blocks: fresh large allocations cost page faults
 
 
-def _native_ok(t: torch.Tensor) -> bool:
-    return t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64)
-
-
-def _counts(plan: ConvPlan, dtype: torch.dtype, device) -> list:
-    key = (dtype, str(device))
-    c = plan._dtype_cache.get(key)
-    if c is None:
-        zero = plan.n_values - 1
-        c = [(1.0 / (ch != zero).sum(1, keepdim=True).clamp_min(1).to(torch.float64)).to(dtype)
-             for _, ch in plan.tree.steps]
-        plan._dtype_cache[key] = c
-    return c
-
-
 def values_table(x: torch.Tensor, plan: ConvPlan) -> torch.Tensor:
     """``[particles | tree nodes | zero row]``, tree nodes = mean of their children (no autograd).
 
     Tree levels are filled finest first, so every node averages values that are
     already final.
     """
-    n_channels = x.shape[1]
-    zero = plan.n_values - 1
-    v = x.new_empty((plan.n_values, n_channels))
+    v = x.new_empty((plan.n_values, x.shape[1]))
     v[: plan.n_particles] = x
-    v[zero] = 0
-    if plan.tree is None:
-        return v
-    if _native_ok(v):
-        vn = v.numpy()
-        for rows, ch in plan.tree.steps:
-            _native.nn_tree_mean(vn, rows.numpy(), ch.numpy(), zero)
-        return v
-    for (rows, ch), ic in zip(plan.tree.steps, _counts(plan, x.dtype, x.device)):
-        s = v.index_select(0, ch.reshape(-1)).view(ch.shape[0], ch.shape[1], n_channels).sum(1)
-        v.index_copy_(0, rows, s.mul_(ic))
+    v[plan.n_values - 1] = 0
+    if plan.tree is not None:
+        ops_for(v).tree_mean(v, plan)
     return v
-
-
-def _tree_backward(gv: torch.Tensor, plan: ConvPlan) -> None:
-    """Split tree-node gradients evenly among children, coarse to fine (in place)."""
-    if plan.tree is None:
-        return
-    zero = plan.n_values - 1
-    if _native_ok(gv):
-        gn = gv.numpy()
-        for rows, ch in reversed(plan.tree.steps):
-            _native.nn_tree_spread(gn, rows.numpy(), ch.numpy(), zero)
-        return
-    n_channels = gv.shape[1]
-    for (rows, ch), ic in reversed(list(zip(plan.tree.steps, _counts(plan, gv.dtype, gv.device)))):
-        g = gv.index_select(0, rows).mul_(ic)
-        src = g.unsqueeze(1).expand(-1, ch.shape[1], -1).reshape(-1, n_channels)
-        gv.index_add_(0, ch.reshape(-1), src)  # children are unique; missing ones hit the zero row
-
-
-def _scatter_add(dst: torch.Tensor, index: torch.Tensor, src: torch.Tensor) -> None:
-    """``dst[index] += src`` row-wise; deterministic C kernel on CPU."""
-    if _native_ok(dst):
-        _native.nn_scatter_add(src.detach().contiguous().numpy(), index.numpy(), dst.detach().numpy())
-    else:
-        dst.index_add_(0, index, src)
-
-
-def _gather(v: torch.Tensor, index: torch.Tensor, out: torch.Tensor) -> None:
-    """Rows ``v[index]`` into the flat buffer ``out`` (one channel: a 1D gather, faster than 1-wide rows)."""
-    if v.shape[1] == 1:
-        torch.index_select(v.view(-1), 0, index, out=out)
-    else:
-        torch.index_select(v, 0, index, out=out.view(-1, v.shape[1]))
-
-
-def _stencil_values(plan: ConvPlan, g: int, v: torch.Tensor, a: int, b: int, out: torch.Tensor) -> None:
-    """Columns (im2col) of rows ``a:b`` of kernel group ``g`` into the flat buffer ``out``."""
-    if plan.maps is not None and _native_ok(v):
-        plan.maps.gather(plan.kernel_size, plan.gather_rows[g][a:b].numpy(), v.numpy(), out.numpy())
-    else:
-        _gather(v, plan.rulebook(g)[a:b].reshape(-1), out)
 
 
 def _chunks(n: int, width: int):
@@ -166,6 +101,7 @@ class _APRConvFunction(torch.autograd.Function):
         out = x.new_empty((n, c_out))
         v = values_table(x, plan) if plan.tree is not None else x
         width = wf.shape[2]
+        ops = ops_for(v)
         for g, grp in enumerate(plan.groups):
             if grp is None:
                 continue
@@ -180,7 +116,7 @@ class _APRConvFunction(torch.autograd.Function):
                 buf = _buffer(x, n_g, width)
                 for a, b in _chunks(n_g, width):
                     cols = buf[: (b - a) * width]
-                    _stencil_values(plan, g, v, a, b, cols)
+                    ops.stencil_values(plan, g, v, a, b, cols)
                     torch.mm(cols.view(b - a, width), wg, out=res[a:b])
             if rows is None:
                 if res is not out:
@@ -210,6 +146,7 @@ class _APRConvFunction(torch.autograd.Function):
         if need_x:
             gv = x.new_zeros((plan.n_values, c_in)) if plan.tree is not None else x.new_zeros((n, c_in))
         width = wf.shape[2]
+        ops = ops_for(v)
         for g, grp in enumerate(plan.groups):
             if grp is None:
                 continue
@@ -231,13 +168,14 @@ class _APRConvFunction(torch.autograd.Function):
             for a, b in _chunks(n_g, width):
                 chunk = buf[: (b - a) * width]
                 if need_w:
-                    _stencil_values(plan, g, v, a, b, chunk)
+                    ops.stencil_values(plan, g, v, a, b, chunk)
                     gwf[g].addmm_(go[a:b].t(), chunk.view(b - a, width))
                 if need_x:
                     torch.mm(go[a:b], wf[g], out=chunk.view(b - a, width))
-                    _scatter_add(gv, plan.rulebook(g)[a:b].reshape(-1), chunk.view(-1, c_in))
+                    ops.scatter_add(gv, plan.rulebook(g)[a:b].reshape(-1), chunk.view(-1, c_in))
         if need_x:
-            _tree_backward(gv, plan)
+            if plan.tree is not None:
+                ops.tree_spread(gv, plan)
             gx = gv[:n]
         gw = None
         if need_w:
@@ -296,62 +234,17 @@ def apr_conv(batch: APRBatch, weight: torch.Tensor, bias: torch.Tensor | None = 
     return batch.with_features(out)
 
 
-def _pool_native(x: torch.Tensor, plan: PoolPlan, with_arg: bool):
-    """C max pooling on CPU: (output, argmax rows (n_pool, C) int32 or None)."""
-    x = x.detach().contiguous()
-    out = x.new_empty((plan.n_out, x.shape[1]))
-    arg = torch.empty((plan.pool_dst.shape[0], x.shape[1]), dtype=torch.int32) if with_arg else None
-    _native.nn_pool_forward(x.numpy(), plan.pass_src.numpy(), plan.pass_dst.numpy(), plan.pool_dst.numpy(),
-                            plan.pool_children.numpy(), out.numpy(), None if arg is None else arg.numpy())
-    return out, arg
-
-
 class _APRMaxPoolFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, plan: PoolPlan):
-        n, c = x.shape
-        ctx.plan, ctx.n = plan, n
-        if _native_ok(x):
-            out, ctx.src = _pool_native(x, plan, True)
-            return out
-        out = x.new_empty((plan.n_out, c))
-        out.index_copy_(0, plan.pass_dst, x.index_select(0, plan.pass_src))
-        ch = plan.pool_children
-        if ch.shape[0]:
-            grp = x.index_select(0, ch.reshape(-1)).view(ch.shape[0], ch.shape[1], c)
-            vals, arg = grp.max(dim=1)
-            out.index_copy_(0, plan.pool_dst, vals)
-            ctx.src = ch.gather(1, arg)  # (n_pool, C) input particle of each max
-        else:
-            ctx.src = None
+        ctx.plan, ctx.n = plan, x.shape[0]
+        out, ctx.src = ops_for(x).pool_forward(x, plan, True)
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out):
-        plan: PoolPlan = ctx.plan
-        gx = grad_out.new_zeros((ctx.n, grad_out.shape[1]))
-        if _native_ok(gx):
-            _native.nn_pool_backward(grad_out.contiguous().numpy(), plan.pass_src.numpy(), plan.pass_dst.numpy(),
-                                     plan.pool_dst.numpy(), ctx.src.numpy(), gx.numpy())
-            return gx, None
-        gx.index_copy_(0, plan.pass_src, grad_out.index_select(0, plan.pass_dst))
-        if ctx.src is not None:
-            gx.scatter_(0, ctx.src, grad_out.index_select(0, plan.pool_dst))  # targets are unique
-        return gx, None
-
-
-def _max_pool_no_grad(x: torch.Tensor, plan: PoolPlan) -> torch.Tensor:
-    if _native_ok(x):
-        return _pool_native(x, plan, False)[0]
-    n, c = x.shape
-    out = x.new_empty((plan.n_out, c))
-    out.index_copy_(0, plan.pass_dst, x.index_select(0, plan.pass_src))
-    ch = plan.pool_children
-    if ch.shape[0]:
-        grp = x.index_select(0, ch.reshape(-1)).view(ch.shape[0], ch.shape[1], c)
-        out.index_copy_(0, plan.pool_dst, grp.amax(dim=1))
-    return out
+        return ops_for(grad_out).pool_backward(grad_out, ctx.plan, ctx.src, ctx.n), None
 
 
 def apr_max_pool(batch: APRBatch) -> APRBatch:
@@ -370,5 +263,5 @@ def apr_max_pool(batch: APRBatch) -> APRBatch:
     if torch.is_grad_enabled() and x.requires_grad:
         out = _APRMaxPoolFunction.apply(x, plan)
     else:
-        out = _max_pool_no_grad(x, plan)
+        out = ops_for(x).pool_forward(x, plan, False)[0]
     return APRBatch(out, plan.out_structures, _cache=plan.out_cache)

@@ -1,4 +1,5 @@
-"""Training: :mod:`.config` (the run, parsed once), :mod:`.loop` (the step loop), :mod:`.evaluate`,
+"""Training: :mod:`.config` (the run, parsed once), :mod:`.tasks` (targets, loss and metrics per task),
+:mod:`.loop` (the step loop), :mod:`.evaluate`,
 :mod:`.checkpoint` (files), :mod:`.predict` (the :class:`Classifier` for inference) and
 :mod:`.data_setup` (the data of a run). Imports torch.
 """

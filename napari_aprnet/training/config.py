@@ -1,7 +1,8 @@
 """The configuration and the result records of a training run.
 
 :class:`TrainConfig` (one run), :class:`TrainEvent` (what :func:`~napari_aprnet.training.loop.train`
-yields) and :class:`EvalResult`; ``validate`` parses the model name once.
+yields) and :class:`EvalResult`; ``validate`` parses the model name once into
+``model_spec`` (a :class:`~napari_aprnet.models.ModelSpec`), which the run carries.
 """
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 
 import numpy as np
 
-from napari_aprnet.models import parse_model_name
+from napari_aprnet.models import ModelSpec, parse_model_name
 
 CSV_FIELDS = ("phase", "step", "epoch", "loss", "accuracy", "lr", "elapsed")
 SHAPES_MEAN, SHAPES_STD = 0.5, 0.2887  # uniform [0, 1] intensities
@@ -73,6 +74,8 @@ class TrainConfig:
     normalisation : {"image", "dataset"}
         Input normalisation (see :class:`napari_aprnet.data.InputSpec`):
         per-image standardisation (default) or one mean/std for the dataset.
+    model_spec : ModelSpec, optional
+        ``model`` parsed; set by :meth:`validate` (not stored: ``to_dict`` leaves it out).
     """
 
     model: str = "APR_B"
@@ -104,6 +107,7 @@ class TrainConfig:
     bn_batches: int = 20
     width: float = 1.0
     normalisation: str = "image"
+    model_spec: ModelSpec | None = field(default=None, compare=False, repr=False)
 
     @property
     def streaming(self) -> bool:
@@ -111,8 +115,8 @@ class TrainConfig:
         return self.data == "shapes" and self.epochs is None
 
     def validate(self) -> "TrainConfig":
-        """Check values and fill the mode defaults; returns a new config."""
-        parse_model_name(self.model)
+        """Check values, parse the model name and fill the mode defaults; returns a new config."""
+        model_spec = parse_model_name(self.model)
         if self.steps is None and self.epochs is None:
             raise ValueError("give the training length: steps (streaming) or epochs (fixed datasets)")
         for name in ("steps", "epochs"):
@@ -128,17 +132,20 @@ class TrainConfig:
         fixed = not self.streaming
         return replace(
             self,
+            model_spec=model_spec,
             weight_decay=(1e-4 if fixed else 0.0) if self.weight_decay is None else float(self.weight_decay),
             dropout=(0.5 if fixed else 0.0) if self.dropout is None else float(self.dropout),
             spatial_dropout=(0.3 if fixed else 0.0) if self.spatial_dropout is None else float(self.spatial_dropout),
         )
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        del d["model_spec"]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
-        names = {f.name for f in fields(cls)}
+        names = {f.name for f in fields(cls)} - {"model_spec"}
         # runs stored before per-image normalisation existed used the dataset's mean/std
         return cls(**{"normalisation": "dataset", **{k: v for k, v in d.items() if k in names}})
 

@@ -13,7 +13,6 @@ from napari_aprnet.data import (
     make_shapes_splits,
     split_indices,
 )
-from napari_aprnet.models import ARCHITECTURES, parse_model_name
 from napari_aprnet.training.config import SHAPES_MEAN, SHAPES_STD, TrainConfig
 
 
@@ -26,17 +25,13 @@ class _Data:
     tests: dict = field(default_factory=dict)
 
 
-def _channels_for(config: TrainConfig) -> int:
-    kind, arch, _ = parse_model_name(config.model)
-    return ARCHITECTURES[arch].in_channels_pixels
-
-
 def _setup_data(config: TrainConfig) -> _Data:
-    kind, arch, _ = parse_model_name(config.model)
-    mode = "apr" if kind == "APR" else "pixels"
-    channels = _channels_for(config)
+    """The data of a validated ``config`` (its ``model_spec`` set)."""
+    model = config.model_spec
+    mode = model.mode
+    channels = model.image_channels
     level = config.level_channel if config.level_channel is not None else (
-        mode == "apr" and ARCHITECTURES[arch].in_channels_apr > channels)
+        mode == "apr" and model.default_in_channels > channels)
     if config.data == "shapes":
         params = ShapeParams.from_dict(config.shape_params) if config.shape_params else ShapeParams()
         gen_size = config.image_size or config.size

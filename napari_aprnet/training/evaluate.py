@@ -3,11 +3,10 @@ from __future__ import annotations
 
 from typing import Callable
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 
 from napari_aprnet.training.config import EvalResult
+from napari_aprnet.training.tasks import ClassificationTask, Task
 
 __all__ = ["evaluate", "recalibrate_batchnorm"]
 
@@ -17,28 +16,23 @@ def _forward(model, inputs):
 
 
 def evaluate(model: torch.nn.Module, loader, n_classes: int,
-             stop: Callable[[], bool] | None = None) -> EvalResult:
-    """Evaluate ``model`` (in eval mode) on every batch of ``loader`` (batches of :class:`Batch`)."""
+             stop: Callable[[], bool] | None = None, *, task: Task | None = None) -> EvalResult:
+    """Evaluate ``model`` (in eval mode) on every batch of ``loader`` (batches of :class:`Batch`).
+
+    ``task`` gives the metrics (default: classification into ``n_classes`` classes).
+    """
+    tally = (task or ClassificationTask(n_classes)).tally()
     was_training = model.training
     model.eval()
-    total, correct, loss_sum = 0, 0, 0.0
-    confusion = np.zeros((n_classes, n_classes), dtype=np.int64)
     try:
         with torch.no_grad():
             for batch in loader:
-                logits = _forward(model, batch.inputs)
-                loss_sum += float(F.cross_entropy(logits, batch.labels, reduction="sum"))
-                pred = logits.argmax(1)
-                correct += int((pred == batch.labels).sum())
-                total += len(batch)
-                np.add.at(confusion, (batch.labels.numpy(), pred.numpy()), 1)
+                tally.add(_forward(model, batch.inputs), batch.targets)
                 if stop is not None and stop():
                     break
     finally:
         model.train(was_training)
-    if total == 0:
-        raise ValueError("evaluation set is empty")
-    return EvalResult(loss_sum / total, correct / total, confusion, total)
+    return tally.result()
 
 
 def recalibrate_batchnorm(model: torch.nn.Module, loader) -> int:

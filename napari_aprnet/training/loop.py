@@ -36,7 +36,6 @@ from typing import Callable, Iterator
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from napari_aprnet.data import APRCache, epoch_batches, make_loader, stream_batches
 from napari_aprnet.io._atomic import atomic_write_bytes
@@ -45,6 +44,7 @@ from napari_aprnet.training.checkpoint import load_checkpoint, save_checkpoint
 from napari_aprnet.training.config import CSV_FIELDS, EvalResult, TrainConfig, TrainEvent
 from napari_aprnet.training.data_setup import _setup_data
 from napari_aprnet.training.evaluate import _forward, evaluate, recalibrate_batchnorm
+from napari_aprnet.training.tasks import ClassificationTask
 
 __all__ = ["train", "run_training"]
 
@@ -109,8 +109,9 @@ class _Run:
         self.ckpt_path = out / "checkpoint.pt" if out is not None else None
         self.data = _setup_data(config)
         self.spec, self.n_classes = self.data.spec, len(self.data.class_names)
+        self.task = ClassificationTask(self.n_classes)
         torch.manual_seed(config.seed)
-        self.model = build_model(config.model, n_classes=self.n_classes, in_channels=self.spec.network_channels,
+        self.model = build_model(config.model_spec, n_classes=self.n_classes, in_channels=self.spec.network_channels,
                                  width=config.width, dropout=config.dropout,
                                  spatial_dropout=config.spatial_dropout)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
@@ -166,7 +167,7 @@ class _Run:
 
     def loader_for(self, source, batches, aug_seed=None, epoch=0):
         return make_loader(source, self.spec, batches, workers=self.config.workers, augment_seed=aug_seed,
-                           epoch=epoch, cache=self.cache)
+                           epoch=epoch, cache=self.cache, targets=self.task.targets)
 
     def eval_loader(self, source):
         return self.loader_for(source, epoch_batches(len(source), self.config.batch_size, 0, 0, shuffle=False))
@@ -190,7 +191,7 @@ class _Run:
 
     def validate_now(self) -> EvalResult:
         self.recalibrate()
-        res = evaluate(self.model, self.eval_loader(self.data.val), self.n_classes)
+        res = evaluate(self.model, self.eval_loader(self.data.val), self.n_classes, task=self.task)
         if res.loss < self.best_val:
             self.best_val = res.loss
             if self.out is not None:
@@ -210,12 +211,12 @@ class _Run:
         return self.loader_for(self.data.train, batches, c.seed if c.augment else None, epoch)
 
     def _train_step(self, batch) -> tuple[float, float]:
-        logits = _forward(self.model, batch.inputs)
-        loss = F.cross_entropy(logits, batch.labels)
+        outputs = _forward(self.model, batch.inputs)
+        loss = self.task.loss(outputs, batch.targets)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
-        acc = float((logits.detach().argmax(1) == batch.labels).float().mean())
+        acc = self.task.score(outputs, batch.targets)
         self.step += 1
         self.history.append(1.0 - acc)
         del self.history[: -self.config.last_window]
@@ -274,7 +275,7 @@ class _Run:
             self.model.load_state_dict(load_checkpoint(out / "best.pt")["state_dict"])
         self.metrics = {"best_val_loss": self.best_val}
         for name, source in self.data.tests.items():
-            res = evaluate(self.model, self.eval_loader(source), self.n_classes)
+            res = evaluate(self.model, self.eval_loader(source), self.n_classes, task=self.task)
             self.metrics[name] = res.to_dict()
             self.elapsed = time.perf_counter() - self.t_start
             yield self.event(name, res.loss, res.accuracy, metrics={name: res.to_dict()})

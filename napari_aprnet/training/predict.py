@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from napari_aprnet.bundled import bundled_checkpoint, resolve_checkpoint
-from napari_aprnet.data.loader import InputSpec
+from napari_aprnet.data.spec import InputSpec
 from napari_aprnet.models import ClassifierNet, model_from_config
 from napari_aprnet.training.checkpoint import CheckpointError, load_checkpoint
 

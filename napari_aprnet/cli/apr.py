@@ -15,6 +15,11 @@ import time
 
 import numpy as np
 
+from napari_aprnet.apr import APR
+from napari_aprnet.io import read_image, write_image
+from napari_aprnet.params import APRParameters
+from napari_aprnet.render import level_map_rgb, middle_slice, to_uint8
+
 __all__ = ["register"]
 
 _COLOR_EXTENSIONS = (".png", ".jpg", ".jpeg")
@@ -47,7 +52,6 @@ def _add_param_args(p: argparse.ArgumentParser, rel_error_many: bool = False) ->
 
 
 def _params_from_args(args, rel_error: float | None = None):
-    from napari_aprnet.params import APRParameters
 
     overrides = {name: getattr(args, name) for name in ("lambda_", "Ip_th", "sigma_th", "grad_th")
                  if getattr(args, name) is not None}
@@ -60,7 +64,6 @@ def _params_from_args(args, rel_error: float | None = None):
 
 def _load_image(path: str, channel_axis: int | None):
     """Read the image; return it with channels moved last, and the channel axis to use (-1 or None)."""
-    from napari_aprnet.io import read_image
 
     image = read_image(path)
     if channel_axis is None and os.path.splitext(path)[1].lower() in _COLOR_EXTENSIONS \
@@ -92,10 +95,6 @@ def _describe(image) -> str:
 # ----- convert -----------------------------------------------------------------
 
 def _cmd_convert(args) -> int:
-    from napari_aprnet.apr import APR
-    from napari_aprnet.io import write_image
-    from napari_aprnet.render import level_map_rgb, middle_slice, to_uint8
-
     outputs = [args.output] + [p for p in (args.level_map, args.reconstruction) if p]
     for path in outputs:
         _check_output_dir(path)
@@ -136,8 +135,6 @@ def _cmd_convert(args) -> int:
 # ----- info ----------------------------------------------------------------------
 
 def _cmd_info(args) -> int:
-    from napari_aprnet.apr import APR
-
     apr = APR.load(args.file)
     print(f"file: {args.file}")
     print(f"shape: {apr.shape}")
@@ -164,8 +161,6 @@ def _cmd_info(args) -> int:
 # ----- sweep -------------------------------------------------------------------
 
 def _cmd_sweep(args) -> int:
-    from napari_aprnet.apr import APR
-
     bad = [e for e in args.rel_error if not (np.isfinite(e) and e > 0)]
     if bad:
         raise ValueError(f"--rel-error values must be positive, got {bad}")

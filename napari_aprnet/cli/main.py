@@ -1,30 +1,26 @@
 """The ``aprnet`` command line: one sub-command per task.
 
-Sub-commands are registered by small modules, each owning a group:
-``cli_apr`` (convert, info, sweep) and ``cli_train`` (train, eval, predict).
-Each exposes ``register(subparsers)``; a registered parser sets ``func``.
+Sub-commands are registered by one module per group: :mod:`.apr` (convert,
+info, sweep) and :mod:`.train` (train, eval, predict). Each exposes
+``register(subparsers)``; a registered parser sets ``func``.
 """
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 
-_GROUPS = ("napari_aprnet.cli_apr", "napari_aprnet.cli_train")
+from napari_aprnet.cli.apr import register as register_apr
+from napari_aprnet.cli.train import register as register_train
+
+_GROUPS = (register_apr, register_train)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """Return the top-level parser with every available sub-command."""
+    """Return the top-level parser with every sub-command."""
     parser = argparse.ArgumentParser(prog="aprnet", description="APR conversion and APRNet training.")
     sub = parser.add_subparsers(dest="command", required=True)
-    for name in _GROUPS:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name == name:
-                continue
-            raise
-        module.register(sub)
+    for register in _GROUPS:
+        register(sub)
     return parser
 
 
@@ -40,7 +36,3 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, OSError, TypeError, MemoryError) as exc:
         print(f"aprnet {args.command}: error: {exc}", file=sys.stderr)
         return 2
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

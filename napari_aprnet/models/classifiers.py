@@ -36,8 +36,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-__all__ = ["ARCHITECTURES", "MODEL_NAMES", "ClassifierNet", "build_model", "model_from_config",
-           "conv_weight_count", "parse_model_name"]
+from napari_aprnet import nn as aprnn
+
+__all__ = ["ARCHITECTURES", "ClassifierNet", "build_classifier"]
 
 
 @dataclass(frozen=True)
@@ -55,33 +56,6 @@ ARCHITECTURES: dict[str, _Arch] = {
     "B": _Arch(((32, 11, 5), (32, 3, 4), (64, 3, 3), (64, 3, 2), (64, 3, 1)), 64, 6, 1, 1, (40, 40, 96, 96, 96)),
     "C": _Arch(((32, 3, 4), (64, 3, 3), (128, 3, 2), (128, 3, 1)), 128, 2, 3, 4, (128, 128, 128, 128)),
 }
-MODEL_NAMES = tuple(f"{kind}_{a}" for a in ARCHITECTURES for kind in ("APR", "Pix"))
-_VARIANTS = {"APR": (None, "same", "close"), "Pix": (None, "expanded")}
-
-
-def parse_model_name(name: str, variant: str | None = None) -> tuple[str, str, str | None]:
-    """Split ``"APR_A-same"`` into ``("APR", "A", "same")`` and check it.
-
-    Raises
-    ------
-    ValueError
-        For unknown names or variants, listing the valid ones.
-    """
-    base, _, suffix = name.partition("-")
-    if suffix:
-        if variant is not None and variant != suffix:
-            raise ValueError(f"model {name!r} conflicts with variant {variant!r}")
-        variant = suffix
-    kind, _, arch = base.partition("_")
-    if kind not in _VARIANTS or arch not in ARCHITECTURES:
-        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)} "
-                         f"(APR variants: -same, -close; pixel variant: -expanded)")
-    if variant not in _VARIANTS[kind]:
-        allowed = ", ".join(v for v in _VARIANTS[kind] if v)
-        raise ValueError(f"unknown variant {variant!r} for {kind} networks; choose one of: {allowed}")
-    return kind, arch, variant
-
-
 def _scaled(c: int, width: float) -> int:
     return max(1, int(round(c * width)))
 
@@ -144,37 +118,20 @@ def _pixel_layers():
 
 
 def _apr_layers():
-    from napari_aprnet import nn as aprnn
     return {"conv": lambda i, o, k, n, bias: aprnn.APRConv(i, o, k, n_level_kernels=n, bias=bias, ndim=2),
             "bn": aprnn.APRBatchNorm, "relu": aprnn.APRReLU, "pool": aprnn.APRMaxPool,
             "dropout": aprnn.APRDropout, "spatial_dropout": aprnn.APRSpatialDropout,
             "gap": aprnn.APRGlobalAvgPool}
 
 
-def build_model(name: str, n_classes: int | None = None, variant: str | None = None,
-                in_channels: int | None = None, *, width: float = 1.0, dropout: float = 0.0,
-                spatial_dropout: float = 0.0) -> ClassifierNet:
-    """Build a thesis network.
+def build_classifier(kind: str, arch_name: str, variant: str | None, n_classes: int | None = None,
+                     in_channels: int | None = None, *, width: float = 1.0, dropout: float = 0.0,
+                     spatial_dropout: float = 0.0) -> ClassifierNet:
+    """Build the thesis network ``kind`` (``"APR"`` or ``"Pix"``), architecture ``arch_name``, ``variant``.
 
-    Parameters
-    ----------
-    name : str
-        ``APR_A``, ``Pix_A``, ``APR_B``, ``Pix_B``, ``APR_C`` or ``Pix_C``,
-        optionally with ``-variant`` appended.
-    n_classes : int, optional
-        Output classes (default 6 for A/B, 2 for C).
-    variant : {None, "same", "close", "expanded"}
-        See the module docstring.
-    in_channels : int, optional
-        Network input channels (default 1 for A/B; 3 for Pix_C, 4 for APR_C).
-    width : float
-        Multiplier of every channel count except the output (for small test nets).
-    dropout : float
-        Dropout probability between the 1x1 convolutions (thesis 4.1.3.4: 0.5).
-    spatial_dropout : float
-        Feature-map dropout probability after the last pooling (thesis: 0.3).
+    The arguments are those of :func:`napari_aprnet.models.build_model`, with the
+    name already parsed.
     """
-    kind, arch_name, variant = parse_model_name(name, variant)
     arch = ARCHITECTURES[arch_name]
     n_classes = arch.n_classes if n_classes is None else int(n_classes)
     if in_channels is None:
@@ -219,18 +176,3 @@ def build_model(name: str, n_classes: int | None = None, variant: str | None = N
               "in_channels": int(in_channels), "width": float(width), "dropout": float(dropout),
               "spatial_dropout": float(spatial_dropout)}
     return ClassifierNet(blocks, L["gap"](), mode, config)
-
-
-def model_from_config(config: dict) -> ClassifierNet:
-    """Rebuild a network from its ``config`` dict."""
-    config = dict(config)
-    try:
-        name = config.pop("name")
-    except KeyError:
-        raise ValueError("model config has no 'name'") from None
-    return build_model(name, **config)
-
-
-def conv_weight_count(model: nn.Module) -> int:
-    """Number of convolution weights (the thesis' '#parameters'): every parameter with 2+ dimensions."""
-    return sum(p.numel() for p in model.parameters() if p.dim() >= 2)

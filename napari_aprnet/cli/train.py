@@ -7,6 +7,11 @@ from pathlib import Path
 
 import numpy as np
 
+from napari_aprnet.data import FolderDataset, ShapeParams, ShapesDataset, epoch_batches, make_loader, read_image_file
+from napari_aprnet.data.shapes import _widen
+from napari_aprnet.training import TrainConfig, evaluate, train
+from napari_aprnet.training.predict import Classifier
+
 __all__ = ["register"]
 
 
@@ -76,8 +81,6 @@ def _progress(ev, tty: bool) -> None:
 
 
 def _train(args) -> int:
-    from napari_aprnet.training import TrainConfig, train
-
     if not args.resume and args.steps is None and args.epochs is None:
         raise ValueError("give --steps N (streaming) or --epochs N (fixed datasets)")
     data = args.data if args.data == "shapes" else str(Path(args.data).expanduser())
@@ -125,11 +128,6 @@ def _format_confusion(confusion: np.ndarray, names) -> str:
 
 
 def _eval(args) -> int:
-    from napari_aprnet.data import FolderDataset, ShapeParams, ShapesDataset, epoch_batches, make_loader
-    from napari_aprnet.data.shapes import _widen
-    from napari_aprnet.training import TrainConfig, evaluate
-    from napari_aprnet.training.predict import Classifier
-
     clf = Classifier.load(args.checkpoint)
     if args.n < 1 or args.batch_size < 1:
         raise ValueError("--n and --batch-size must be >= 1")
@@ -157,9 +155,6 @@ def _eval(args) -> int:
 
 
 def _predict(args) -> int:
-    from napari_aprnet.data import read_image_file
-    from napari_aprnet.training.predict import Classifier
-
     clf = Classifier.load(args.checkpoint)
     images = [read_image_file(p) for p in args.images]  # all errors before any output
     t0 = time.perf_counter()
