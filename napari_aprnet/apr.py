@@ -35,7 +35,7 @@ import numpy as np
 
 from napari_aprnet import _native
 from napari_aprnet.formation import form_apr
-from napari_aprnet.io import apr_h5
+from napari_aprnet.io import APR_FORMATS, apr_h5, detect_format, libapr
 from napari_aprnet.params import APRParameters
 from napari_aprnet.structure import APRStructure, validate_structure
 
@@ -148,14 +148,48 @@ class APR:
         return cls(structure, values, params)
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "APR":
-        """Read an ``.apr`` file (see :func:`napari_aprnet.io.apr_h5.read_apr`)."""
+    def load(cls, path: str | os.PathLike, particles: str | None = None) -> "APR":
+        """Read an ``.apr`` file of either format (detected from its content).
+
+        Parameters
+        ----------
+        path : str or PathLike
+            Our format (:func:`napari_aprnet.io.apr_h5.read_apr`) or LibAPR /
+            pyapr's (:func:`napari_aprnet.io.libapr.read_libapr`).
+        particles : str, optional
+            LibAPR files only: the particle dataset to read (default
+            ``"particles"``, or the first one).
+        """
+        if detect_format(path) == "libapr":
+            contents = libapr.read_libapr(path)
+            sets = contents.particles
+            name = particles if particles is not None else "particles" if "particles" in sets else next(iter(sets))
+            if name not in sets:
+                raise apr_h5.APRFileError(f"{os.fspath(path)} has no particle set {name!r} (it has: "
+                                          f"{', '.join(sets)})")
+            return cls(contents.structure, sets[name], contents.parameters)
+        if particles is not None:
+            raise ValueError(f"{os.fspath(path)} is a napari-aprnet .apr file; 'particles' applies to LibAPR files")
         structure, values, params = apr_h5.read_apr(path)
         return cls(structure, values, params)
 
-    def save(self, path: str | os.PathLike) -> None:
-        """Write this APR to an ``.apr`` file atomically (see :func:`napari_aprnet.io.apr_h5.save_apr`)."""
-        apr_h5.save_apr(self, path)
+    def save(self, path: str | os.PathLike, format: str = "apr") -> None:
+        """Write this APR to an ``.apr`` file atomically.
+
+        Parameters
+        ----------
+        path : str or PathLike
+        format : {"apr", "libapr"}
+            Ours (:func:`napari_aprnet.io.apr_h5.save_apr`, any number of
+            channels) or LibAPR's, readable by pyapr
+            (:func:`napari_aprnet.io.libapr.save_libapr`, one channel).
+        """
+        if format not in APR_FORMATS:
+            raise ValueError(f"unknown .apr format {format!r}; choose one of {', '.join(APR_FORMATS)}")
+        if format == "libapr":
+            libapr.save_libapr(self, path)
+        else:
+            apr_h5.save_apr(self, path)
 
     def copy(self) -> "APR":
         """Copy with its own values array (the immutable structure is shared)."""
