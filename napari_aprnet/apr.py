@@ -34,6 +34,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from napari_aprnet import _native
+from napari_aprnet.blockwise import form_apr_blockwise, needs_blocks, parse_memory
 from napari_aprnet.formation import form_apr
 from napari_aprnet.io import APR_FORMATS, apr_h5, detect_format, libapr
 from napari_aprnet.params import APRParameters
@@ -111,7 +112,7 @@ class APR:
     @classmethod
     def from_image(cls, image, rel_error: float | None = None, *, params: APRParameters | None = None,
                    channel_axis: int | None = None, cancel: Callable[[], bool] | None = None,
-                   **param_overrides) -> "APR":
+                   max_memory: int | str | None = None, **param_overrides) -> "APR":
         """Form the APR of a 2D or 3D image (LibAPR's pipeline, thesis section 2.3).
 
         Parameters
@@ -129,6 +130,12 @@ class APR:
             particle cells are shared and values get one column per channel.
         cancel : callable returning bool, optional
             Polled during formation; raises ``CancelledError`` when true.
+        max_memory : int or str, optional
+            Memory budget (e.g. ``"600MiB"``). A one-channel 3D volume whose
+            whole-volume conversion needs more is converted block by block
+            along z without being read whole (numpy memmap,
+            :class:`napari_aprnet.blockwise.TiffPages`, zarr, dask); see
+            :mod:`napari_aprnet.blockwise` for the tolerance.
         **param_overrides
             Any other ``APRParameters`` field, e.g. ``lambda_=2.0``.
 
@@ -144,7 +151,11 @@ class APR:
             param_overrides["rel_error"] = float(rel_error)
         if param_overrides:
             params = replace(params, **param_overrides)
-        structure, values = form_apr(image, params, channel_axis=channel_axis, cancel=cancel)
+        if max_memory is not None and channel_axis is None and len(getattr(image, "shape", ())) == 3 \
+                and needs_blocks(image.shape, parse_memory(max_memory)):
+            structure, values = form_apr_blockwise(image, params, max_memory=max_memory, cancel=cancel)
+        else:
+            structure, values = form_apr(image, params, channel_axis=channel_axis, cancel=cancel)
         return cls(structure, values, params)
 
     @classmethod
