@@ -34,8 +34,9 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from napari_aprnet import _native
+from napari_aprnet.blockwise import form_apr_blockwise, needs_blocks, parse_memory
 from napari_aprnet.formation import form_apr
-from napari_aprnet.io import apr_h5
+from napari_aprnet.io import APR_FORMATS, apr_h5, detect_format, libapr
 from napari_aprnet.params import APRParameters
 from napari_aprnet.structure import APRStructure, validate_structure
 
@@ -111,7 +112,7 @@ class APR:
     @classmethod
     def from_image(cls, image, rel_error: float | None = None, *, params: APRParameters | None = None,
                    channel_axis: int | None = None, cancel: Callable[[], bool] | None = None,
-                   **param_overrides) -> "APR":
+                   max_memory: int | str | None = None, **param_overrides) -> "APR":
         """Form the APR of a 2D or 3D image (LibAPR's pipeline, thesis section 2.3).
 
         Parameters
@@ -129,6 +130,12 @@ class APR:
             particle cells are shared and values get one column per channel.
         cancel : callable returning bool, optional
             Polled during formation; raises ``CancelledError`` when true.
+        max_memory : int or str, optional
+            Memory budget (e.g. ``"600MiB"``). A one-channel 3D volume whose
+            whole-volume conversion needs more is converted block by block
+            along z without being read whole (numpy memmap,
+            :class:`napari_aprnet.blockwise.TiffPages`, zarr, dask); see
+            :mod:`napari_aprnet.blockwise` for the tolerance.
         **param_overrides
             Any other ``APRParameters`` field, e.g. ``lambda_=2.0``.
 
@@ -144,18 +151,56 @@ class APR:
             param_overrides["rel_error"] = float(rel_error)
         if param_overrides:
             params = replace(params, **param_overrides)
-        structure, values = form_apr(image, params, channel_axis=channel_axis, cancel=cancel)
+        if max_memory is not None and channel_axis is None and len(getattr(image, "shape", ())) == 3 \
+                and needs_blocks(image.shape, parse_memory(max_memory)):
+            structure, values = form_apr_blockwise(image, params, max_memory=max_memory, cancel=cancel)
+        else:
+            structure, values = form_apr(image, params, channel_axis=channel_axis, cancel=cancel)
         return cls(structure, values, params)
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "APR":
-        """Read an ``.apr`` file (see :func:`napari_aprnet.io.apr_h5.read_apr`)."""
+    def load(cls, path: str | os.PathLike, particles: str | None = None) -> "APR":
+        """Read an ``.apr`` file of either format (detected from its content).
+
+        Parameters
+        ----------
+        path : str or PathLike
+            Our format (:func:`napari_aprnet.io.apr_h5.read_apr`) or LibAPR /
+            pyapr's (:func:`napari_aprnet.io.libapr.read_libapr`).
+        particles : str, optional
+            LibAPR files only: the particle dataset to read (default
+            ``"particles"``, or the first one).
+        """
+        if detect_format(path) == "libapr":
+            contents = libapr.read_libapr(path)
+            sets = contents.particles
+            name = particles if particles is not None else "particles" if "particles" in sets else next(iter(sets))
+            if name not in sets:
+                raise apr_h5.APRFileError(f"{os.fspath(path)} has no particle set {name!r} (it has: "
+                                          f"{', '.join(sets)})")
+            return cls(contents.structure, sets[name], contents.parameters)
+        if particles is not None:
+            raise ValueError(f"{os.fspath(path)} is a napari-aprnet .apr file; 'particles' applies to LibAPR files")
         structure, values, params = apr_h5.read_apr(path)
         return cls(structure, values, params)
 
-    def save(self, path: str | os.PathLike) -> None:
-        """Write this APR to an ``.apr`` file atomically (see :func:`napari_aprnet.io.apr_h5.save_apr`)."""
-        apr_h5.save_apr(self, path)
+    def save(self, path: str | os.PathLike, format: str = "apr") -> None:
+        """Write this APR to an ``.apr`` file atomically.
+
+        Parameters
+        ----------
+        path : str or PathLike
+        format : {"apr", "libapr"}
+            Ours (:func:`napari_aprnet.io.apr_h5.save_apr`, any number of
+            channels) or LibAPR's, readable by pyapr
+            (:func:`napari_aprnet.io.libapr.save_libapr`, one channel).
+        """
+        if format not in APR_FORMATS:
+            raise ValueError(f"unknown .apr format {format!r}; choose one of {', '.join(APR_FORMATS)}")
+        if format == "libapr":
+            libapr.save_libapr(self, path)
+        else:
+            apr_h5.save_apr(self, path)
 
     def copy(self) -> "APR":
         """Copy with its own values array (the immutable structure is shared)."""

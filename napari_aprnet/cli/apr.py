@@ -101,6 +101,8 @@ def _cmd_convert(args) -> int:
     for path in (args.level_map, args.reconstruction):
         if path and os.path.splitext(path)[1].lower() not in (".png", ".jpg", ".jpeg", ".tif", ".tiff"):
             raise ValueError(f"{path}: images are written as .png (or .jpg/.tif); change the extension")
+    if args.max_memory is not None:
+        return _convert_blockwise(args)
     image, channel_axis = _load_image(args.image, args.channel_axis)
     params = _params_from_args(args, args.rel_error)
     _progress(f"converting {args.image} ({_describe(image)}) with E={params.rel_error:g} ...")
@@ -129,6 +131,36 @@ def _cmd_convert(args) -> int:
         lo, hi = float(np.min(image)), float(np.max(image))
         write_image(args.reconstruction, to_uint8(middle_slice(recon, apr.ndim), lo, hi))
         print(f"reconstruction: {args.reconstruction}{note}")
+    return 0
+
+
+def _convert_blockwise(args) -> int:
+    """``convert --max-memory``: read a .tif page by page or a .npy memory-mapped; no whole-image outputs."""
+    from napari_aprnet.apr import APR
+    from napari_aprnet.blockwise import TiffPages
+
+    if args.level_map or args.reconstruction or args.channel_axis is not None:
+        raise ValueError("--max-memory converts one-channel volumes without reconstructing them: drop "
+                         "--level-map, --reconstruction and --channel-axis")
+    ext = os.path.splitext(args.image)[1].lower()
+    if ext in (".tif", ".tiff"):
+        image = TiffPages(args.image)
+    elif ext == ".npy":
+        image = np.load(args.image, mmap_mode="r")
+    else:
+        raise ValueError(f"{args.image}: --max-memory reads .tif/.tiff stacks or .npy files, not {ext}")
+    params = _params_from_args(args, args.rel_error)
+    _progress(f"converting {args.image} ({_describe(image)}) within {args.max_memory} ...")
+    t0 = time.perf_counter()
+    apr = APR.from_image(image, params=params, max_memory=args.max_memory)
+    t_form = time.perf_counter() - t0
+    apr.save(args.output)
+    print(f"image: {args.image} ({_describe(image)})")
+    print(f"particles: {apr.n_particles}")
+    print(f"computational ratio: {apr.computational_ratio:.4f}")
+    print(f"levels: {apr.level_min}..{apr.level_max}")
+    print(f"conversion time: {t_form:.3f} s")
+    print(f"saved: {args.output}")
     return 0
 
 
@@ -192,6 +224,9 @@ def register(subparsers) -> None:
                    help="reconstruction used for the error and --reconstruction (default constant)")
     p.add_argument("--level-map", metavar="PNG", help="also write a colour level map (PNG)")
     p.add_argument("--reconstruction", metavar="PNG", help="also write the reconstruction (PNG)")
+    p.add_argument("--max-memory", metavar="SIZE", default=None,
+                   help="convert block by block along z within SIZE (e.g. 600MiB) when the volume needs more; "
+                        "reads .tif page by page and .npy memory-mapped")
     p.set_defaults(func=_cmd_convert)
 
     p = subparsers.add_parser("info", help="describe an .apr file",

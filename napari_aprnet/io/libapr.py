@@ -1,0 +1,348 @@
+"""LibAPR / pyapr ``.apr`` files: read them into our structure and write them back.
+
+Facts of the format (LibAPR's ``APRFile`` / ``APRWriter``, checked against
+files that pyapr 1.0.7 writes)::
+
+    /ParticleRepr/<channel>          attrs: level_min, level_max, x_num, y_num, z_num (uint64),
+                                            total_number_particles, x_num_<l>, ... (int32, per level),
+                                            rel_error, lambda, I_th, sigma_th, ... (float32)
+    /ParticleRepr/<channel>/y_vec        uint16 (Np,)  y of each particle at its level
+    /ParticleRepr/<channel>/xz_end_vec   uint64 (1 + rows,) cumulative end of each (level, z, x) row
+    /ParticleRepr/<channel>/<name>       one value per particle ("particles" by default)
+    /ParticleRepr/<channel>/Tree/...     the same for the interior tree (optional)
+
+LibAPR's axes ``(z, x, y)`` are numpy's ``(z, y, x)``: its ``y`` is numpy's
+last axis, and its particle order (level, z, x, y) is exactly our order
+(level, then row-major). A file with ``z_num == 1`` is a 2D image ``(x_num,
+y_num)``. The rows of level ``l`` are ``z_num_l * x_num_l`` consecutive
+entries of ``xz_end_vec`` after entry 0 (levels below ``level_min`` have no
+rows). LibAPR writes ``int`` values into its uint64 attributes, so only the
+low 32 bits of those are meaningful; they are read that way. Chunks are
+usually Blosc-compressed (HDF5 filter 32001), decoded through ``hdf5plugin``.
+
+LibAPR's older random-access layout (``map_level``, ``map_y_begin``, ...) is
+recognised and refused with a message saying how to convert it. Particle
+values of any integer or float type are read as float32 (integers beyond
+2**24 lose precision); NaN/Inf values are refused.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from napari_aprnet.io._atomic import atomic_write_bytes
+from napari_aprnet.io.apr_h5 import APRFileError, _dataset_obj
+from napari_aprnet.params import APRParameters
+from napari_aprnet.structure import APRStructure, level_max_for_shape, level_shape, validate_structure
+
+__all__ = ["LibAPRContents", "read_libapr", "save_libapr", "is_libapr_file"]
+
+_ACCESS = {"y_vec", "xz_end_vec"}
+_RANDOM = {"map_level", "map_y_begin", "map_y_end", "map_global_index", "map_x", "map_z", "map_number_gaps"}
+# LibAPR attribute -> APRParameters field; LibAPR's dx is along its x = numpy's second-to-last axis
+_PARAMS = {"rel_error": "rel_error", "lambda": "lambda_", "I_th": "Ip_th", "sigma_th": "sigma_th",
+           "sigma_th_max": "sigma_th_max", "grad_th": "grad_th", "dy": "dx", "dx": "dy", "dz": "dz",
+           "psfx": "psf"}
+
+
+@dataclass
+class LibAPRContents:
+    """What :func:`read_libapr` returns.
+
+    Attributes
+    ----------
+    structure : APRStructure
+    particles : dict of str to ndarray of float32
+        Every particle dataset of the channel, by name, in file order.
+    parameters : APRParameters or None
+        The conversion parameters (None if they are not valid for us).
+    channel : str
+        The ``/ParticleRepr`` group that was read.
+    attributes : dict
+        LibAPR's parameter attributes as stored, and the original particle dtypes.
+    """
+
+    structure: APRStructure
+    particles: dict[str, np.ndarray]
+    parameters: APRParameters | None
+    channel: str
+    attributes: dict = field(default_factory=dict)
+
+
+def is_libapr_file(path: str | os.PathLike) -> bool:
+    """True if ``path`` is an HDF5 file with a ``/ParticleRepr`` group."""
+    import h5py
+
+    try:
+        with h5py.File(os.fspath(path), "r") as h5:
+            return h5.get("ParticleRepr", getclass=True) is h5py.Group
+    except (OSError, ValueError):
+        return False
+
+
+def _u32(group, name: str, path: str) -> int:
+    if name not in group.attrs:
+        raise APRFileError(f"{path}: attribute '{name}' of {group.name} is missing; not a LibAPR file")
+    value = np.asarray(group.attrs[name]).reshape(-1)
+    if value.size != 1 or value.dtype.kind not in "iu":
+        raise APRFileError(f"{path}: attribute '{name}' of {group.name} must be one integer, got {value!r}")
+    # LibAPR stores C ints in uint64 attributes: the high 32 bits are undefined
+    return int(np.uint64(value[0]) & np.uint64(0xFFFFFFFF)) if value.dtype.itemsize == 8 else int(value[0])
+
+
+def _pick_channel(root, channel: str | None, path: str):
+    import h5py
+
+    names = [n for n in root if root.get(n, getclass=True) is h5py.Group]
+    if channel is None:
+        if not names:
+            raise APRFileError(f"{path}: /ParticleRepr holds no channel group")
+        channel = "t" if "t" in names else names[0] if len(names) == 1 else None
+        if channel is None:
+            raise APRFileError(f"{path} holds several channels ({', '.join(names)}); pass channel=<name>")
+    elif channel not in names:
+        raise APRFileError(f"{path}: channel '{channel}' not found (the file has: {', '.join(names) or 'none'})")
+    return channel, root[channel]
+
+
+def _parameters(group) -> tuple[APRParameters | None, dict]:
+    raw = {}
+    for name in list(_PARAMS) + ["psfy", "psfz", "noise_sd_estimate", "background_intensity_estimate"]:
+        if name in group.attrs:
+            v = np.asarray(group.attrs[name]).reshape(-1)
+            if v.size == 1 and v.dtype.kind in "iuf":
+                raw[name] = float(v[0])
+    kwargs = {ours: raw[theirs] for theirs, ours in _PARAMS.items() if theirs in raw}
+    try:
+        return APRParameters(**kwargs), raw
+    except (TypeError, ValueError):
+        return None, raw
+
+
+def _cells(group, shape: tuple[int, ...], level_min: int, level_max: int, path: str):
+    """Levels and coordinates from ``y_vec`` + ``xz_end_vec``, checking sizes before reading."""
+    dims3 = (1,) * (3 - len(shape)) + tuple(shape)
+    grids = [level_shape(dims3, level_max, lv) for lv in range(level_max + 1)]
+    rows = [g[0] * g[1] if lv >= level_min else 0 for lv, g in enumerate(grids)]
+    dxz, dy = _dataset_obj(group, "xz_end_vec", path), _dataset_obj(group, "y_vec", path)
+    n_total = _u32(group, "total_number_particles", path)
+    if dxz.shape != (1 + sum(rows),):
+        raise APRFileError(f"{path}: xz_end_vec has shape {dxz.shape}, expected ({1 + sum(rows)},) for image "
+                           f"{shape} and levels {level_min}..{level_max}")
+    if dy.shape != (n_total,) or not 1 <= n_total <= int(np.prod(shape, dtype=np.int64)):
+        raise APRFileError(f"{path}: y_vec has shape {dy.shape} for {n_total} particles (expected "
+                           f"1..{int(np.prod(shape, dtype=np.int64))} particles, one y each)")
+    if dxz.dtype.kind not in "iu" or dy.dtype.kind not in "iu":
+        raise APRFileError(f"{path}: y_vec / xz_end_vec must hold integers, got {dy.dtype} / {dxz.dtype}")
+    ends = dxz[()].astype(np.int64)
+    counts = np.diff(ends)
+    if ends[0] != 0 or ends[-1] != n_total or np.any(counts < 0):
+        raise APRFileError(f"{path}: xz_end_vec is not a cumulative row count from 0 to {n_total}")
+    y = dy[()].astype(np.int32)
+    levels = np.empty(n_total, np.uint8)
+    coords = np.empty((n_total, 3), np.int32)
+    row0 = 0
+    for lv in range(level_max + 1):
+        if not rows[lv]:
+            continue
+        lo, hi = ends[row0], ends[row0 + rows[lv]]
+        c = counts[row0: row0 + rows[lv]]
+        r = np.repeat(np.arange(rows[lv], dtype=np.int64), c)
+        g = grids[lv]
+        coords[lo:hi, 0], coords[lo:hi, 1], coords[lo:hi, 2] = r // g[1], r % g[1], y[lo:hi]
+        if hi > lo and int(y[lo:hi].max()) >= g[2]:
+            raise APRFileError(f"{path}: a level-{lv} y coordinate is beyond the level's {g[2]} cells")
+        levels[lo:hi] = lv
+        row0 += rows[lv]
+    return levels, coords[:, 3 - len(shape):]
+
+
+def _particle_sets(group, n: int, path: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    import h5py
+
+    values, dtypes = {}, {}
+    for name in group:
+        if not isinstance(group.get(name, getlink=True), h5py.HardLink):
+            raise APRFileError(f"{path}: '{group.name}/{name}' is a link to other data; .apr files must hold "
+                               f"their data themselves")
+        if name in _ACCESS or group.get(name, getclass=True) is not h5py.Dataset:
+            continue
+        ds = _dataset_obj(group, name, path)
+        if ds.shape != (n,) or ds.dtype.kind not in "iuf":
+            continue
+        arr = ds[()]
+        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+            raise APRFileError(f"{path}: particle set '{name}' contains NaN or Inf; replace them before "
+                               f"opening the file (napari-aprnet refuses non-finite particle values)")
+        values[name] = np.ascontiguousarray(arr, dtype=np.float32)
+        dtypes[name] = str(arr.dtype)
+    if not values:
+        raise APRFileError(f"{path}: no particle dataset of {n} numbers in {group.name}; write the particles "
+                           f"with pyapr.io.write (not only the structure)")
+    return values, dtypes
+
+
+def _read_group(group, path: str, channel: str) -> LibAPRContents:
+    if any(name in group for name in _RANDOM) and "y_vec" not in group:
+        raise APRFileError(f"{path} uses LibAPR's older random-access layout, which napari-aprnet does not "
+                           f"read; re-save it with pyapr: apr, parts = pyapr.io.read(path); "
+                           f"pyapr.io.write(new_path, apr, parts)  (write_linear=True is the default)")
+    nz, nx, ny = (_u32(group, k, path) for k in ("z_num", "x_num", "y_num"))
+    if min(nz, nx, ny) < 1 or max(nz, nx, ny) > (1 << 31):
+        raise APRFileError(f"{path}: invalid image size z_num={nz}, x_num={nx}, y_num={ny}")
+    shape = (nx, ny) if nz == 1 else (nz, nx, ny)
+    level_max, level_min = _u32(group, "level_max", path), _u32(group, "level_min", path)
+    if level_max != level_max_for_shape(shape) or not 0 <= level_min <= level_max:
+        raise APRFileError(f"{path}: levels {level_min}..{level_max} do not fit the image {shape} (level_max "
+                           f"should be {level_max_for_shape(shape)})")
+    levels, coords = _cells(group, shape, level_min, level_max, path)
+    particles, dtypes = _particle_sets(group, len(levels), path)
+    try:
+        structure = APRStructure(shape, level_max, levels, coords, level_min)
+        validate_structure(structure)
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise APRFileError(f"{path}: inconsistent particle structure: {exc}") from None
+    params, raw = _parameters(group)
+    tree = group.get("Tree")
+    tree_sets = [n for n in tree if n not in _ACCESS] if tree is not None else []
+    return LibAPRContents(structure, particles, params, channel,
+                          {"libapr_parameters": raw, "particle_dtypes": dtypes, "tree_particle_sets": tree_sets})
+
+
+def read_libapr(path: str | os.PathLike, channel: str | None = None) -> LibAPRContents:
+    """Read a LibAPR / pyapr ``.apr`` file (linear layout, time point 0).
+
+    Parameters
+    ----------
+    path : str or PathLike
+    channel : str, optional
+        Group under ``/ParticleRepr`` (default ``"t"``, or the only one).
+
+    Returns
+    -------
+    LibAPRContents
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``path`` does not exist.
+    APRFileError
+        If it is not a LibAPR file, is damaged, or holds inconsistent arrays.
+    """
+    import h5py
+    import hdf5plugin  # noqa: F401  (registers the Blosc filter LibAPR compresses with)
+
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no such .apr file: {path}")
+    try:
+        h5 = h5py.File(path, "r")
+    except OSError as exc:
+        raise APRFileError(f"{path} is not a readable HDF5 file: {exc}") from None
+    try:
+        with h5:
+            root = h5.get("ParticleRepr")
+            if not isinstance(root, h5py.Group):
+                raise APRFileError(f"{path} has no /ParticleRepr group: not a LibAPR file")
+            name, group = _pick_channel(root, channel, path)
+            return _read_group(group, path, name)
+    except APRFileError:
+        raise
+    except (OSError, KeyError, RuntimeError, TypeError, ValueError) as exc:
+        raise APRFileError(f"{path} is damaged or truncated: {type(exc).__name__}: {exc}") from None
+
+
+# ----- writing -----------------------------------------------------------------
+
+def _linear_access(levels: np.ndarray, coords3: np.ndarray, dims3, level_max: int, first: int, last: int):
+    """``y_vec`` and ``xz_end_vec`` of cells sorted by level, z, x, y, with rows for levels ``first..last``."""
+    parts = [np.zeros(1, np.uint64)]
+    off = np.zeros(level_max + 2, np.int64)
+    np.cumsum(np.bincount(levels, minlength=level_max + 1)[: level_max + 1], out=off[1:])
+    for lv in range(first, last + 1):
+        g = level_shape(dims3, level_max, lv)
+        c = coords3[off[lv]: off[lv + 1]].astype(np.int64)
+        counts = np.bincount(c[:, 0] * g[1] + c[:, 1], minlength=g[0] * g[1])
+        parts.append(counts.astype(np.uint64))
+    ends = np.cumsum(np.concatenate(parts), dtype=np.uint64)
+    return coords3[:, 2].astype(np.uint16), ends
+
+
+def _write_access(group, levels, coords, shape, level_max, first, last, compression) -> None:
+    dims3 = (1,) * (3 - len(shape)) + tuple(shape)
+    coords3 = np.concatenate([np.zeros((len(coords), 3 - len(shape)), np.int32), coords], axis=1)
+    y_vec, ends = _linear_access(levels, coords3, dims3, level_max, first, last)
+    group.create_dataset("y_vec", data=y_vec, **compression)
+    group.create_dataset("xz_end_vec", data=ends, **compression)
+
+
+def _write_attrs(group, apr, shape, level_min: int) -> None:
+    nz, nx, ny = (1,) * (3 - len(shape)) + tuple(shape)
+    u64 = {"level_min": level_min, "level_max": apr.level_max, "x_num": nx, "y_num": ny, "z_num": nz,
+           "total_number_particles": apr.n_particles, "time_steps": 0}
+    for key, value in u64.items():
+        group.attrs.create(key, [value], dtype=np.uint64)
+    for lv in range(level_min, apr.level_max):
+        g = level_shape((nz, nx, ny), apr.level_max, lv)
+        for key, value in zip(("z_num", "x_num", "y_num"), g):
+            group.attrs.create(f"{key}_{lv}", [value], dtype=np.int32)
+    params = apr.parameters if isinstance(apr.parameters, APRParameters) else APRParameters()
+    floats = {theirs: getattr(params, ours) for theirs, ours in _PARAMS.items()}
+    floats.update(psfy=params.psf, psfz=params.psf, noise_sd_estimate=0.0, background_intensity_estimate=0.0,
+                  compress_background=1.0, quantization_factor=0.5)
+    for key, value in floats.items():
+        group.attrs.create(key, [value], dtype=np.float32)
+    for key in ("compress_type",):
+        group.attrs.create(key, [0], dtype=np.int32)
+    group.attrs.create("lzxy_order", [1], dtype=np.int32)
+    group.attrs["name"] = np.bytes_(b"napari-aprnet")
+    group.attrs["githash"] = np.bytes_(b"napari-aprnet")
+
+
+def save_libapr(apr, path: str | os.PathLike, *, particles_name: str = "particles", channel: str = "t",
+                tree: bool = True) -> None:
+    """Write ``apr`` as a LibAPR ``.apr`` file (linear layout, Blosc/zstd) that pyapr 1.0.7 reads.
+
+    The particle values are written as float32 (pyapr reads them as
+    ``FloatParticles``). The file is built in memory and moved into place
+    atomically, like :func:`napari_aprnet.io.apr_h5.save_apr`.
+
+    Raises
+    ------
+    ValueError
+        If the APR has several channels, NaN/Inf values or a last axis
+        beyond LibAPR's uint16 ``y`` range.
+    """
+    import h5py
+    import hdf5plugin
+
+    path = os.fspath(path)
+    s = apr.structure
+    values = np.asarray(apr.values)
+    if values.ndim != 1:
+        raise ValueError(f"cannot save {path} as a LibAPR file: it holds one value per particle, this APR has "
+                         f"{values.shape[1]} channels; save each with apr.with_values(apr.values[:, c])")
+    if not np.isfinite(values).all():
+        raise ValueError(f"cannot save {path}: the particle values contain NaN or Inf; replace them first")
+    if s.shape[-1] > 65535:
+        raise ValueError(f"cannot save {path} as a LibAPR file: its y axis (numpy's last, {s.shape[-1]} "
+                         f"pixels) is beyond LibAPR's uint16 coordinates")
+    level_min = int(s.level_min)
+    comp = dict(hdf5plugin.Blosc(cname="zstd", clevel=4, shuffle=hdf5plugin.Blosc.SHUFFLE))
+    with h5py.File("in-memory.apr", "w", driver="core", backing_store=False) as h5:
+        group = h5.create_group("ParticleRepr").create_group(channel)
+        _write_attrs(group, apr, s.shape, level_min)
+        _write_access(group, s.levels, s.coords, s.shape, s.level_max, level_min, s.level_max, comp)
+        group.create_dataset(particles_name, data=values.astype(np.float32), **comp)
+        if tree:
+            t_levels, t_coords, _ = s.tree
+            keep = t_levels >= max(level_min - 1, 0)
+            tg = group.create_group("Tree")
+            tg.attrs.create("total_number_particles", [int(keep.sum())], dtype=np.uint64)
+            _write_access(tg, t_levels[keep], t_coords[keep], s.shape, s.level_max, max(level_min - 1, 0),
+                          s.level_max - 1, comp)
+        h5.flush()
+        image = h5.id.get_file_image()
+    atomic_write_bytes(path, image)

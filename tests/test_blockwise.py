@@ -1,0 +1,86 @@
+"""Blockwise conversion of volumes larger than memory (napari_aprnet.blockwise)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tifffile
+
+from napari_aprnet import APR
+from napari_aprnet.blockwise import TiffPages, form_apr_blockwise, halo_planes, needs_blocks, parse_memory
+from napari_aprnet.cli import main
+from napari_aprnet.formation import form_apr
+from napari_aprnet.params import APRParameters
+
+PARAMS = APRParameters(sigma_th=20.0, grad_th=2.0)
+
+
+@pytest.fixture(scope="module")
+def volume():
+    rng = np.random.default_rng(5)
+    z, y, x = np.mgrid[0:64, 0:24, 0:20]
+    img = 100 + rng.normal(0, 3, z.shape)
+    for _ in range(12):
+        c = rng.uniform(0, 1, 3) * [64, 24, 20]
+        img += rng.uniform(200, 900) * np.exp(-((z - c[0]) ** 2 + (y - c[1]) ** 2 + (x - c[2]) ** 2)
+                                              / rng.uniform(4, 30))
+    return img.clip(0, 65535).astype(np.uint16)
+
+
+def _budget(volume, core):
+    """A budget giving blocks of about ``core`` planes."""
+    plane = volume.shape[1] * volume.shape[2]
+    return (core + 2 * halo_planes(PARAMS)) * 8 * plane + 4 * plane * volume.shape[0]
+
+
+def test_blocks_equal_the_whole_volume(tmp_path, volume):
+    whole_s, whole_v = form_apr(volume, PARAMS)
+    mm = np.lib.format.open_memmap(tmp_path / "v.npy", "w+", np.uint16, volume.shape)
+    mm[:] = volume
+    mm.flush()
+    mm = np.load(tmp_path / "v.npy", mmap_mode="r")
+    s, v = form_apr_blockwise(mm, PARAMS, max_memory=_budget(volume, 10))
+    assert s.n_particles == whole_s.n_particles
+    np.testing.assert_array_equal(s.levels, whole_s.levels)
+    np.testing.assert_array_equal(s.coords, whole_s.coords)
+    np.testing.assert_allclose(v, whole_v, rtol=1e-6)
+
+
+def test_tiff_pages_and_api(tmp_path, volume):
+    tifffile.imwrite(tmp_path / "v.tif", volume)
+    pages = TiffPages(tmp_path / "v.tif")
+    assert pages.shape == volume.shape and pages.dtype == np.uint16
+    np.testing.assert_array_equal(pages[3:5], volume[3:5])
+    with pytest.raises(TypeError, match="slices of pages"):
+        pages[3]
+    apr = APR.from_image(pages, params=PARAMS, max_memory=_budget(volume, 12))
+    pages.close()
+    whole = APR.from_image(volume, params=PARAMS)
+    np.testing.assert_array_equal(apr.coords, whole.coords)
+    assert APR.from_image(volume, params=PARAMS, max_memory="1GiB").equals(whole)  # fits: whole-volume path
+
+
+def test_parse_memory_and_refusals(volume):
+    assert parse_memory("600MiB") == 600 << 20 and parse_memory("1.5GB") == 1_500_000_000
+    assert parse_memory(4096) == 4096 and parse_memory("2g") == 2 << 30
+    for bad in ("lots", "-1MiB", 0):
+        with pytest.raises(ValueError):
+            parse_memory(bad)
+    assert needs_blocks((256, 1024, 1024), 600 << 20) and not needs_blocks((8, 8, 8), 600 << 20)
+    with pytest.raises(ValueError, match="too small"):
+        form_apr_blockwise(volume, PARAMS, max_memory="10KiB")
+    with pytest.raises(ValueError, match="auto_parameters"):
+        form_apr_blockwise(volume, APRParameters(auto_parameters=True))
+    with pytest.raises(ValueError, match=r"\(z, y, x\)"):
+        form_apr_blockwise(volume[0], PARAMS)
+    bad = volume.astype(np.float32)
+    bad[40, 3, 3] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        form_apr_blockwise(bad, PARAMS, max_memory=_budget(volume, 10))
+
+
+def test_cli_convert_max_memory(tmp_path, volume, capsys):
+    np.save(tmp_path / "v.npy", volume)
+    rc = main(["convert", str(tmp_path / "v.npy"), "-o", str(tmp_path / "v.apr"), "--sigma-th", "20",
+               "--grad-th", "2", "--max-memory", str(_budget(volume, 10))])
+    assert rc == 0 and "particles:" in capsys.readouterr().out
+    np.testing.assert_array_equal(APR.load(tmp_path / "v.apr").coords, APR.from_image(volume, params=PARAMS).coords)
