@@ -36,7 +36,7 @@ import numpy as np
 from napari_aprnet import _native
 from napari_aprnet.blockwise import form_apr_blockwise, needs_blocks, parse_memory
 from napari_aprnet.formation import form_apr
-from napari_aprnet.io import APR_FORMATS, apr_h5, detect_format, libapr
+from napari_aprnet.io import APR_FORMATS, apr_h5, libapr
 from napari_aprnet.params import APRParameters
 from napari_aprnet.structure import APRStructure, validate_structure
 
@@ -171,7 +171,7 @@ class APR:
             LibAPR files only: the particle dataset to read (default
             ``"particles"``, or the first one).
         """
-        if detect_format(path) == "libapr":
+        if os.path.isfile(path) and libapr.is_libapr_file(path):  # by content: any extension
             contents = libapr.read_libapr(path)
             sets = contents.particles
             name = particles if particles is not None else "particles" if "particles" in sets else next(iter(sets))
