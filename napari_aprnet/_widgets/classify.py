@@ -30,6 +30,9 @@ if TYPE_CHECKING:
 
 __all__ = ["ClassifyWidget", "FeatureResult", "feature_job", "images_for_classifier"]
 
+#: Smallest image side classified: smaller images carry no shape to recognise once resized.
+MIN_SIDE = 8
+
 
 def images_for_classifier(layer, classifier) -> list[np.ndarray]:
     """2D images of an image layer for ``classifier`` (a stack gives one image per plane).
@@ -54,6 +57,11 @@ def images_for_classifier(layer, classifier) -> list[np.ndarray]:
     if have != want:
         raise ValueError(f"layer {layer.name!r} is a {have} image but the network was trained on {want} images "
                          f"({classifier.channels} channel(s)); load a checkpoint trained on {have} images")
+    side = min(data.shape[-3:-1] if rgb else data.shape[-2:])
+    if side < MIN_SIDE:
+        raise ValueError(f"layer {layer.name!r} is {'x'.join(map(str, data.shape[-2:] if not rgb else data.shape[-3:-1]))} "
+                         f"pixels: too small to classify (each side needs >= {MIN_SIDE} pixels; the network "
+                         f"takes {classifier.input_size}x{classifier.input_size} images)")
     if spatial == 2:
         return [data]
     if spatial == 3:
@@ -70,6 +78,7 @@ class FeatureResult:
     level_map: np.ndarray | None  # (H', W') levels of the input APR, or None for pixel nets
     layer: str
     input_size: int
+    level_max: int | None = None  # pixel level of the input APR (level colours follow cell size)
 
 
 def feature_job(classifier, image: np.ndarray, layer: str, *, cancel):
@@ -85,7 +94,8 @@ def feature_job(classifier, image: np.ndarray, layer: str, *, cancel):
     fmap = np.moveaxis(fmap.reshape(fmap.shape[:structure.ndim] + (-1,)), -1, 0)
     spec = classifier.spec
     input_apr = spec.to_apr(spec.prepare(image, convert_channels=False))
-    return FeatureResult(fmap, input_apr.reconstruct(mode="level"), layer, classifier.input_size)
+    return FeatureResult(fmap, input_apr.reconstruct(mode="level"), layer, classifier.input_size,
+                         int(input_apr.level_max))
 
 
 class ClassifyWidget(Container):
@@ -329,7 +339,7 @@ class ClassifyWidget(Container):
             scale, shift = placed(levels.shape)
             update_or_add(self.viewer, levels.reshape(lead_shape + levels.shape),
                           {"name": f"{layer.name} network input levels", "opacity": 0.5,
-                           "colormap": level_color_dict(int(levels.min()), int(levels.max())),
+                           "colormap": level_color_dict(int(levels.min()), result.level_max or int(levels.max())),
                            "scale": (*lead_scale, *scale), "translate": (*lead_shift, *shift),
                            "metadata": {METADATA_KEY: {"role": "input_levels", "source_layer": layer.name}}},
                           "labels")

@@ -33,6 +33,8 @@ __all__ = ["ConvertResult", "ConvertWidget", "convert_job", "update_or_add"]
 
 #: Images up to this many pixels are re-converted automatically when E changes.
 AUTO_PIXELS = 512 * 512
+#: Where the level map goes: beside the reconstruction (default) or over it.
+LEVEL_DISPLAYS = ("beside the image", "over the image")
 #: Particle cells are drawn as points only up to this many particles.
 MAX_CELL_POINTS = 20_000
 
@@ -48,6 +50,7 @@ class ConvertResult:
     max_error: float
     psnr: float
     mode: str
+    legend: str = ""
 
 
 def convert_job(image: np.ndarray, params, channel_axis: int | None, mode: str, *, cancel):
@@ -67,8 +70,9 @@ def convert_job(image: np.ndarray, params, channel_axis: int | None, mode: str, 
     level_map = np.asarray(apr.reconstruct(mode="level"))
     yield Progress(2, 3, "measuring the reconstruction error...")
     mean_err, max_err, psnr = error_stats(image, recon)
+    legend = legend_html(apr)  # particle counts per level: here, not on the main thread
     yield Progress(3, 3, "done")
-    return ConvertResult(apr, recon, level_map, mean_err, max_err, psnr, mode)
+    return ConvertResult(apr, recon, level_map, mean_err, max_err, psnr, mode, legend)
 
 
 def update_or_add(viewer: napari.Viewer, data: np.ndarray, kwargs: dict, layer_type: str):
@@ -79,7 +83,7 @@ def update_or_add(viewer: napari.Viewer, data: np.ndarray, kwargs: dict, layer_t
         if layer._type_string == layer_type and layer.data.ndim == np.ndim(data) and \
                 getattr(layer, "rgb", False) == kwargs.get("rgb", False):
             layer.data = data
-            for key in ("metadata", "colormap", "scale", "translate", "axis_labels"):
+            for key in ("metadata", "colormap", "scale", "translate", "axis_labels", "opacity"):
                 if key in kwargs:
                     setattr(layer, key, kwargs[key])
             return layer
@@ -91,12 +95,19 @@ def legend_html(apr, level_map: np.ndarray | None = None) -> str:
     """HTML legend: one coloured square per level with its cell size and particle count."""
     counts = np.bincount(np.asarray(apr.levels, dtype=np.int64), minlength=apr.level_max + 1)
     lines = []
-    for level, color, side in level_legend(apr.level_min, apr.level_max):
-        n = int(counts[level]) if level < len(counts) else 0
-        if n:
-            lines.append(f'<span style="color:{color}; font-size:14pt">&#9632;</span> '
-                         f"level {level}: {side}-pixel cells, {n:,} particles")
-    return "<b>level map legend</b><br>" + "<br>".join(lines)
+    for level, color, side in level_legend(apr.level_min, apr.level_max, np.flatnonzero(counts)):
+        lines.append(f'<span style="color:{color}; font-size:14pt">&#9632;</span> '
+                     f"{side}x{side}-pixel cells (level {level}): {int(counts[level]):,} particles")
+    return "<b>level map: colour = cell size</b><br>" + "<br>".join(lines)
+
+
+def levels_present(apr) -> str:
+    """"levels a-b" of the levels that hold particles (not the structure's range)."""
+    present = np.flatnonzero(np.bincount(np.asarray(apr.levels, dtype=np.int64)))
+    if len(present) == 0:
+        return "no particles"
+    lo, hi = int(present.min()), int(present.max())
+    return f"levels {lo}-{hi} (cells {1 << (apr.level_max - hi)}-{1 << (apr.level_max - lo)} px)"
 
 
 class ConvertWidget(Container):
@@ -117,6 +128,9 @@ class ConvertWidget(Container):
         self.mode = ComboBox(label="reconstruction", choices=["constant", "smooth"], value="constant",
                              tooltip="constant: every pixel takes its particle's value; "
                                      "smooth: values blended across cell borders")
+        self.level_display = ComboBox(label="level map", choices=list(LEVEL_DISPLAYS), value=LEVEL_DISPLAYS[0],
+                                      tooltip="beside: the level map (opaque) right of the reconstruction, both "
+                                              "readable; over: laid over the reconstruction at half opacity")
         self.show_cells = CheckBox(text=f"particle cells as points (<= {MAX_CELL_POINTS:,} particles)",
                                    value=False, tooltip="draw each particle cell as a square")
         self.auto_update = CheckBox(text="re-convert when E changes (small images)", value=True,
@@ -129,7 +143,7 @@ class ConvertWidget(Container):
         self.legend = text("")
         self.save_path = FileEdit(label="save as", mode="w", filter="*.apr", value="converted.apr")
         self.save_button = PushButton(text="Save APR")
-        self.extend([form(self.image, *self.params.widgets, self.mode), self.show_cells, self.auto_update,
+        self.extend([form(self.image, *self.params.widgets, self.mode, self.level_display), self.show_cells, self.auto_update,
                      row(self.convert_button, self.cancel_button), self.progress, self.status,
                      self.results, self.legend, form(self.save_path), self.save_button])
         self.result: ConvertResult | None = None
@@ -144,6 +158,7 @@ class ConvertWidget(Container):
         for w in self.params.fields.values():
             w.changed.connect(self._param_changed)
         self.mode.changed.connect(self._param_changed)
+        self.level_display.changed.connect(lambda *_: self.result is not None and self._show(self.result))
         refresh_choices_on_layer_change(self.viewer, self.image)
         register_widget(napari_viewer, "Convert to APR", self)
 
@@ -203,6 +218,7 @@ class ConvertWidget(Container):
         for data, kwargs, kind in apr_layer_data(apr, layer.name, mode=result.mode,
                                                  reconstruction=result.reconstruction,
                                                  level_map=result.level_map, extra=extra,
+                                                 level_map_beside=self.level_display.value == LEVEL_DISPLAYS[0],
                                                  scale=tuple(layer.scale[-spatial:]),
                                                  translate=tuple(layer.translate[-spatial:])):
             if kind == "image":
@@ -214,7 +230,7 @@ class ConvertWidget(Container):
         cells_name = f"{layer.name} particle cells"
         if self.show_cells.value and apr.n_particles <= MAX_CELL_POINTS:
             centres, sides, levels = particle_cells(apr)
-            colors = [level_color(lv) for lv in levels]
+            colors = [level_color(lv, apr.level_max) for lv in levels]
             if cells_name in self.viewer.layers:
                 self.viewer.layers.remove(cells_name)
             self.viewer.add_points(centres, size=sides, symbol="square", face_color="transparent",
@@ -226,11 +242,11 @@ class ConvertWidget(Container):
             notify(f"{apr.n_particles:,} particles are too many to draw as points "
                    f"(limit {MAX_CELL_POINTS:,}); use the level map", "info")
         self.results.value = (f"particles: {apr.n_particles:,}   CR: {apr.computational_ratio:.2f}\n"
-                              f"levels {apr.level_min}-{apr.level_max}   "
+                              f"{levels_present(apr)}   "
                               f"mean |error|: {result.mean_error:.4g}   max |error|: {result.max_error:.4g}"
                               f"   PSNR: {result.psnr:.1f} dB")
         self.status.value = f"converted {layer.name!r} with E = {apr.parameters.rel_error:g}"
-        self.legend.value = legend_html(apr)
+        self.legend.value = result.legend or legend_html(apr)
 
     def save(self, path: str | Path | None = None):
         """Save the last APR to ``path`` (default: the "save as" field) in the background."""

@@ -169,6 +169,7 @@ def test_train_runs_offers_checkpoint_and_stops_cleanly(make_napari_viewer, qtbo
     viewer = make_napari_viewer()
     classify = open_widget(viewer, "Classify")
     w = open_widget(viewer, "Train")
+    w.network.value = "APR_A"
     w.steps.value, w.size.value, w.batch.value = 3, 32, 4
     w.out_dir.value = tmp_path / "run1"
     assert w.start() is not None
@@ -189,13 +190,19 @@ def test_train_runs_offers_checkpoint_and_stops_cleanly(make_napari_viewer, qtbo
     n = len(w.history["step"])
     qtbot.wait(300)
     assert len(w.history["step"]) <= n + 1  # at most the step in flight lands
-    # closing napari asks first: "No" keeps training, "Yes" stops it cleanly (here: while paused)
+    # closing the window by hand asks first: "No" keeps training, "Yes" stops it cleanly (here: while paused)
+    class UserClose(QCloseEvent):
+        def spontaneous(self):
+            return True
+
     w.confirm_close = lambda: False
-    assert w._guard.eventFilter(viewer.window._qt_window, QCloseEvent()) is True
+    assert w._guard.eventFilter(viewer.window._qt_window, UserClose()) is True
     assert w.task.running
     w.confirm_close = lambda: True
-    assert w._guard.eventFilter(viewer.window._qt_window, QCloseEvent()) is False
-    assert not w.task.running and not worker.is_running
+    assert w._guard.eventFilter(viewer.window._qt_window, UserClose()) is False
+    assert w._ended.is_set()  # the worker's generator ended before the window closes
+    wait_idle(qtbot, w)
+    assert not worker.is_running
     assert "stopped at step" in w.result.value
     assert (tmp_path / "run2" / "checkpoint.pt").exists()
     qtbot.waitUntil(lambda: QThreadPool.globalInstance().activeThreadCount() == 0, timeout=WAIT)
