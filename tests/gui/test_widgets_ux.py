@@ -190,3 +190,20 @@ def test_libapr_file_says_why_it_cannot_be_opened(tmp_path):
         f.create_group("ParticleRepr/t")
     with pytest.warns(UserWarning, match="LibAPR/pyapr"), pytest.raises(ValueError, match="LibAPR/pyapr"):
         read_apr(str(path))
+
+
+def test_annotate_number_key_on_selected_layer_warns_and_restores(make_napari_viewer, tmp_path, notes):
+    import imageio.v3 as iio
+
+    for i in range(2):
+        iio.imwrite(tmp_path / f"im{i}.png", (np.random.default_rng(i).random((16, 16)) * 255).astype(np.uint8))
+    viewer = make_napari_viewer()
+    w = open_widget(viewer, "Annotate")
+    w.classes.value = "a, b"
+    assert w.open(tmp_path)
+    layer = [lyr for lyr in viewer.layers if lyr.name == "annotation image"] or list(viewer.layers)
+    layer = layer[0]
+    viewer.layers.selection.active = layer
+    layer.mode = "transform"  # what napari's key "2" does to a selected image layer
+    assert str(layer.mode) in ("pan_zoom", "Mode.PAN_ZOOM") and viewer.layers.selection.active is None
+    assert "number key" in notes[-1][0]
