@@ -82,7 +82,8 @@ def particle_cells(apr) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def apr_layer_data(apr, name: str = "image", *, mode: str = "constant", source: str | None = None,
                    reconstruction: np.ndarray | None = None, level_map: np.ndarray | None = None,
-                   extra: dict | None = None, level_map_beside: bool = True, **layer_kwargs: Any) -> list[tuple[np.ndarray, dict, str]]:
+                   extra: dict | None = None, level_map_beside: bool = True,
+                   **layer_kwargs: Any) -> list[tuple[np.ndarray, dict, str]]:
     """Reconstruction (image) and level map (labels) layer data of an APR.
 
     Parameters

@@ -57,9 +57,9 @@ def images_for_classifier(layer, classifier) -> list[np.ndarray]:
     if have != want:
         raise ValueError(f"layer {layer.name!r} is a {have} image but the network was trained on {want} images "
                          f"({classifier.channels} channel(s)); load a checkpoint trained on {have} images")
-    side = min(data.shape[-3:-1] if rgb else data.shape[-2:])
-    if side < MIN_SIDE:
-        raise ValueError(f"layer {layer.name!r} is {'x'.join(map(str, data.shape[-2:] if not rgb else data.shape[-3:-1]))} "
+    plane = tuple(data.shape[-3:-1] if rgb else data.shape[-2:])
+    if min(plane) < MIN_SIDE:
+        raise ValueError(f"layer {layer.name!r} is {'x'.join(map(str, plane))} "
                          f"pixels: too small to classify (each side needs >= {MIN_SIDE} pixels; the network "
                          f"takes {classifier.input_size}x{classifier.input_size} images)")
     if spatial == 2:

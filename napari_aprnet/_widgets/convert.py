@@ -143,7 +143,8 @@ class ConvertWidget(Container):
         self.legend = text("")
         self.save_path = FileEdit(label="save as", mode="w", filter="*.apr", value="converted.apr")
         self.save_button = PushButton(text="Save APR")
-        self.extend([form(self.image, *self.params.widgets, self.mode, self.level_display), self.show_cells, self.auto_update,
+        self.extend([form(self.image, *self.params.widgets, self.mode, self.level_display), self.show_cells,
+                     self.auto_update,
                      row(self.convert_button, self.cancel_button), self.progress, self.status,
                      self.results, self.legend, form(self.save_path), self.save_button])
         self.result: ConvertResult | None = None

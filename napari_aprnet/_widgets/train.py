@@ -314,6 +314,7 @@ class TrainWidget(Container):
             if ev.phase == "val":
                 self.history.setdefault("val_step", []).append(ev.step)
                 self.history.setdefault("val_accuracy", []).append(ev.accuracy)
+                self._plot_history()
         elif ev.phase in ("done", "stopped"):
             self.stopped = ev.phase == "stopped"
             self.checkpoint = Path(ev.checkpoint) if ev.checkpoint else None
@@ -328,8 +329,7 @@ class TrainWidget(Container):
         self.history["step"].append(ev.step)
         self.history["loss"].append(ev.loss)
         self.history["accuracy"].append(ev.accuracy if ev.accuracy is not None else float("nan"))
-        self.plot.set_series("loss", self.history["step"], self.history["loss"], "#ff8a65", "left")
-        self.plot.set_series("accuracy", self.history["step"], self.history["accuracy"], "#81c784", "right")
+        self._plot_history()
         self.progress.max = max(int(ev.total_steps), 1)
         self.progress.value = min(int(ev.step), int(ev.total_steps))
         if self.task.cancel_event.is_set():
@@ -337,6 +337,20 @@ class TrainWidget(Container):
         left = eta_text(time.monotonic() - self._first[1], ev.step - self._first[0], ev.total_steps - ev.step)
         self.status.value = (f"step {ev.step}/{ev.total_steps}  loss {ev.loss:.3f}  "
                              f"accuracy {ev.accuracy:.2f}  {ev.elapsed:.0f} s{left}")
+
+    def _plot_history(self) -> None:
+        from napari_aprnet._widgets._plot import running_mean
+
+        h, steps = self.history, self.history["step"]
+        window = max(5, min(50, len(steps) // 10))
+        self.plot.set_series("loss", steps, h["loss"], "#ff8a65", "left", alpha=0.3, label="_loss per batch")
+        self.plot.set_series("loss (mean)", steps, running_mean(h["loss"], window), "#ff8a65", "left",
+                             label=f"loss (mean of {window})")
+        self.plot.set_series("accuracy (mean)", steps, running_mean(h["accuracy"], window), "#81c784", "right",
+                             label=f"accuracy (mean of {window})")
+        if h.get("val_step"):
+            self.plot.set_series("validation", h["val_step"], h["val_accuracy"], "#fff176", "right", style="o",
+                                 label="validation accuracy")
 
     def _finished(self) -> None:
         self.start_button.enabled = True

@@ -207,3 +207,25 @@ def test_annotate_number_key_on_selected_layer_warns_and_restores(make_napari_vi
     layer.mode = "transform"  # what napari's key "2" does to a selected image layer
     assert str(layer.mode) in ("pan_zoom", "Mode.PAN_ZOOM") and viewer.layers.selection.active is None
     assert "number key" in notes[-1][0]
+
+
+def test_plots_use_matplotlib_round_ticks_and_non_negative_error_axis(qtbot):
+    from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+
+    from napari_aprnet._widgets._plot import BarPlot, LinePlot, running_mean
+
+    plot = LinePlot(title="t", xlabel="E", log_x=True)
+    qtbot.addWidget(plot)
+    assert isinstance(plot, FigureCanvasQTAgg)
+    plot.set_series("mean |error|", [0.02, 0.1, 0.5], [0.001, 0.004, 0.02], axis="right")
+    plot.set_series("CR", [0.02, 0.1, 0.5], [1.1, 2.3, 4.55])
+    plot.redraw()
+    left, right = plot.figure.axes[:2]
+    assert left.get_ylim()[0] == 0 and right.get_ylim()[0] == 0  # never negative
+    ticks = [t for t in left.get_yticks() if 0 <= t <= left.get_ylim()[1]]
+    assert all(abs(t * 2 - round(t * 2)) < 1e-9 for t in ticks)  # 0, 0.5, 1, ... or 0, 1, 2, ...
+    np.testing.assert_allclose(running_mean([1, 3, 5, 7], 2), [1, 2, 4, 6])
+    bars = BarPlot("p")
+    qtbot.addWidget(bars)
+    bars.set_bars(["a", "b"], [0.2, 0.8])
+    bars.redraw()
