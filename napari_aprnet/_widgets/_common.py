@@ -17,7 +17,8 @@ from napari_aprnet.bundled import bundled_checkpoint
 if TYPE_CHECKING:
     import napari
 
-__all__ = ["BackgroundTask", "PLUGIN", "Progress", "bundled_shapes_checkpoint", "find_widget", "image_from_layer",
+__all__ = ["BackgroundTask", "PLUGIN", "Progress", "bundled_shapes_checkpoint", "default_spatial", "find_widget",
+           "image_from_layer",
            "image_layers",
            "input_image_choices", "notify", "preselect_layer", "refresh_choices_on_layer_change",
            "form", "open_widget", "register_widget", "row", "task_widgets", "text", "unwrap_viewer"]
@@ -164,11 +165,34 @@ def refresh_choices_on_layer_change(viewer: napari.Viewer, picker: Any) -> None:
     reset()
 
 
-def image_from_layer(layer) -> tuple[np.ndarray, int | None]:
+#: Axis names that are never spatial: images along such an axis are converted one by one.
+NON_SPATIAL = {"t", "time", "c", "ch", "channel", "class", "plane", "sample", "index", "e", "label", "frame"}
+
+
+def default_spatial(layer) -> int:
+    """2 or 3: how many trailing axes of ``layer`` form one image (RGB's colour axis not counted).
+
+    2D layers give 2. Otherwise an axis named like time, channel or class
+    (:data:`NON_SPATIAL`) just before the last two makes them stacked 2D
+    images; a 3D layer with an axis named "z" or default names is one volume;
+    4D and up (e.g. t, z, y, x) give 3D volumes unless the third-last axis is
+    non-spatial.
+    """
+    ndim = int(layer.ndim)
+    if ndim <= 2:
+        return 2
+    labels = [str(a).lower() for a in getattr(layer, "axis_labels", ())] or [""] * ndim
+    third = labels[-3] if len(labels) >= 3 else ""
+    return 2 if third in NON_SPATIAL else 3
+
+
+def image_from_layer(layer, spatial: int | None = None) -> tuple[np.ndarray, int | None]:
     """Return ``(data, channel_axis)`` of a layer that APR conversion accepts.
 
     ``data`` is the layer's array as is (possibly lazy); read it with
-    ``np.asarray`` in the worker thread.
+    ``np.asarray`` in the worker thread. With ``spatial`` (2 or 3), the
+    layer may have more axes than that: the images along the leading axes are
+    converted one by one.
 
     Raises
     ------
@@ -187,13 +211,18 @@ def image_from_layer(layer) -> tuple[np.ndarray, int | None]:
     if layer.multiscale:
         raise ValueError(f"layer {layer.name!r} is multiscale; convert a single-scale image instead")
     rgb = bool(layer.rgb)
-    spatial = layer.ndim
-    if spatial not in (2, 3):
-        raise ValueError(f"layer {layer.name!r} has {spatial} dimensions (shape {tuple(layer.data.shape)}); "
-                         "APR conversion takes 2D or 3D images (RGB allowed). Extract one time point or "
-                         "channel first (e.g. right-click the layer > Split Stack)")
+    ndim = layer.ndim
+    if spatial is None:
+        if ndim not in (2, 3):
+            raise ValueError(f"layer {layer.name!r} has {ndim} dimensions (shape {tuple(layer.data.shape)}); "
+                             "APR conversion takes 2D or 3D images (RGB allowed). Extract one time point or "
+                             "channel first (e.g. right-click the layer > Split Stack)")
+        spatial = ndim
+    elif spatial not in (2, 3) or ndim < spatial:
+        raise ValueError(f"layer {layer.name!r} has {ndim} dimensions: it cannot be converted as "
+                         f"{spatial}D images")
     data = layer.data  # not read here: lazy (dask) data is loaded in the worker thread
-    if min(data.shape[:spatial]) < 2:
+    if min(data.shape[ndim - spatial:ndim]) < 2:
         raise ValueError(f"layer {layer.name!r} has shape {tuple(data.shape)}: every spatial side must be "
                          ">= 2 pixels")
     return data, (-1 if rgb else None)

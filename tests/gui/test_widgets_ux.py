@@ -229,3 +229,27 @@ def test_plots_use_matplotlib_round_ticks_and_non_negative_error_axis(qtbot):
     qtbot.addWidget(bars)
     bars.set_bars(["a", "b"], [0.2, 0.8])
     bars.redraw()
+
+
+def test_stack_of_2d_images_is_converted_image_by_image(make_napari_viewer, qtbot, notes):
+    from napari_aprnet.apr import APR
+    from napari_aprnet.params import APRParameters
+
+    viewer = make_napari_viewer()
+    stack = np.stack([fluorescence_blobs((40, 48), 5, seed=s) for s in range(3)])
+    layer = viewer.add_image(stack, name="stack", axis_labels=("class", "y", "x"))
+    w = open_widget(viewer, "Convert to APR")
+    assert w.image.value is layer and w.spatial.value.startswith("2D")  # preset from the "class" axis
+    w.auto_update.value = False
+    w.params.rel_error.value = 0.2
+    w.convert()
+    qtbot.waitUntil(lambda: not w.task.running, timeout=WAIT)
+    assert not notes
+    recon = viewer.layers["stack reconstruction"]
+    assert recon.data.shape == stack.shape and tuple(recon.axis_labels) == ("class", "y", "x")
+    params = w.params.parameters(spacing=(1.0, 1.0))
+    for i in range(3):  # each plane equals its own 2D conversion
+        direct = APR.from_image(stack[i], 0.2, params=params)
+        np.testing.assert_array_equal(recon.data[i], direct.reconstruct())
+    assert "3 images converted one by one" in w.results.value
+    assert isinstance(params, APRParameters)
