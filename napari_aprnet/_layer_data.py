@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 __all__ = ["LEVEL_COLORS", "METADATA_KEY", "APR_KEY", "apr_layer_data", "apr_metadata", "beside_translate",
+           "feature_montage",
            "level_color", "level_color_dict", "level_legend", "particle_cells"]
 
 #: One colour per particle cell side, 1, 2, 4, ... 512 pixels (512 and larger share the last):
@@ -129,3 +130,25 @@ def beside_translate(shape, scale=None, translate=None, gap: float = 0.05) -> tu
     out = list(tuple(translate)[-n:] if translate is not None else (0.0,) * n)
     out[-1] = float(out[-1]) + shape[-1] * float(scale[-1]) * (1 + gap)
     return tuple(float(v) for v in out)
+
+
+def feature_montage(features: np.ndarray, gap: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """Lay channel maps ``(C, h, w)`` out as a grid, each scaled to [0, 1] by its own 1-99 % range.
+
+    Returns the montage ``(rows * (h + gap) - gap, cols * (w + gap) - gap)``
+    (float32; gaps 0) and the top-left pixel ``(y, x)`` of each channel's tile.
+    """
+    features = np.asarray(features, dtype=np.float32)
+    c, h, w = features.shape
+    cols = int(np.ceil(np.sqrt(c)))
+    rows = int(np.ceil(c / cols))
+    out = np.zeros((rows * (h + gap) - gap, cols * (w + gap) - gap), dtype=np.float32)
+    corners = np.zeros((c, 2), dtype=np.int64)
+    for k in range(c):
+        r, q = divmod(k, cols)
+        y, x = r * (h + gap), q * (w + gap)
+        lo, hi = np.percentile(features[k], (1, 99))
+        tile = (features[k] - lo) / (hi - lo) if hi > lo else np.zeros((h, w), np.float32)
+        out[y:y + h, x:x + w] = np.clip(tile, 0, 1)
+        corners[k] = (y, x)
+    return out, corners

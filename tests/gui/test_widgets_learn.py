@@ -102,12 +102,21 @@ def test_classify_probabilities_and_feature_maps(make_napari_viewer, qtbot, grey
     wait_idle(qtbot, w)
     structure, feats = ref.feature_maps(images[2], "conv2")
     expected = np.moveaxis(APR(structure, feats).reconstruct(), -1, 0)
+    np.testing.assert_allclose(w.feature_result.features, expected, rtol=1e-5, atol=1e-6)
+    # a labelled montage of the channels, each with its own contrast, beside the image at the maps' resolution
+    from napari_aprnet._layer_data import feature_montage
+
     fl = viewer.layers["one conv2 features"]
-    assert fl.data.shape == (feats.shape[1],) + structure.shape
-    np.testing.assert_allclose(fl.data, expected, rtol=1e-5, atol=1e-6)
-    # the maps overlay the 64-pixel image: extent = scale * shape
-    np.testing.assert_allclose(np.asarray(fl.scale[1:]) * structure.shape, (64, 64))
+    montage, corners = feature_montage(expected)
+    np.testing.assert_allclose(fl.data, montage, atol=1e-5)
+    y, x = corners[1]
+    tile = fl.data[y:y + structure.shape[0], x:x + structure.shape[1]]
+    assert tile.min() >= 0 and tile.max() <= 1
+    np.testing.assert_allclose(np.asarray(fl.scale) * structure.shape, (64, 64))  # one tile = the image's extent
+    assert fl.translate[-1] >= 64  # beside the image, not over it
+    assert len(viewer.layers["one conv2 features channels"].data) == feats.shape[1]
     levels = viewer.layers["one network input levels"]
+    assert levels.translate[-2] >= 64 and levels.opacity == 1.0  # below the image
     spec = ref.spec
     np.testing.assert_array_equal(levels.data, spec.to_apr(spec.prepare(images[2])).reconstruct(mode="level"))
     assert levels.data.shape == (32, 32)
