@@ -87,6 +87,7 @@ def convert_job(image: np.ndarray, params, channel_axis: int | None, mode: str, 
         levels.append(np.asarray(apr.reconstruct(mode="level")))
     recon = np.stack(recons).reshape(lead + recons[0].shape) if n_lead else recons[0]
     level_map = np.stack(levels).reshape(lead + levels[0].shape) if n_lead else levels[0]
+    level_map = level_map.astype(np.uint8, copy=False)  # the labels layer's dtype, converted here
     yield Progress(n, n + 1, "measuring the reconstruction error...")
     mean_err, max_err, psnr = error_stats(image, recon)
     legend = legend_html(aprs)  # particle counts per level: here, not on the main thread

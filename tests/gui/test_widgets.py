@@ -40,6 +40,8 @@ def notes(monkeypatch):
 
 def open_widget(viewer, name):
     _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, name)
+    if hasattr(widget, "params"):  # these tests compare with the library's defaults (GUI default: auto on)
+        widget.params.fields["auto_parameters"].value = False
     return widget
 
 
@@ -78,7 +80,7 @@ def test_convert_adds_layers_matching_direct_apr(make_napari_viewer, qtbot, note
     cells = viewer.layers["blobs particle cells"]
     assert len(cells.data) == direct.n_particles
     for level in np.unique(direct.levels):  # legend lists every level present
-        assert f"level {level}:" in w.legend.value
+        assert f"(level {level})" in w.legend.value
     # changing E re-converts small images automatically and updates the layers in place
     n_layers = len(viewer.layers)
     w.params.rel_error.value = 0.05
