@@ -35,9 +35,7 @@ __all__ = ["TuneWidget", "sweep_job"]
 def sweep_job(image: np.ndarray, rel_errors: list[float], params, channel_axis: int | None, mode: str, *,
               cancel):
     """Generator run in a worker: yields progress and one SweepPoint per E."""
-    from napari_aprnet.sweep import sweep_rel_error
-
-    from napari_aprnet.sweep import stack_points
+    from napari_aprnet.sweep import stack_points, sweep_rel_error
 
     n = len(rel_errors)
     yield Progress(0, n, "reading the image...")
