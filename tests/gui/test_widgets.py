@@ -134,20 +134,20 @@ def test_convert_rgb_and_3d(make_napari_viewer, qtbot, notes):
     assert not notes
 
 
-@pytest.mark.parametrize("case", ["no layer", "labels", "4d", "points"])
+@pytest.mark.parametrize("case", ["no layer", "labels", "tiny", "points"])
 def test_convert_bad_input_notifies_and_changes_nothing(make_napari_viewer, notes, case):
     viewer = make_napari_viewer()
     w = open_widget(viewer, "Convert to APR")
     layer = {"no layer": lambda: None,
              "labels": lambda: viewer.add_labels(np.zeros((20, 20), dtype=np.uint8), name="lab"),
-             "4d": lambda: viewer.add_image(np.zeros((2, 3, 20, 20), dtype=np.float32), name="t"),
+             "tiny": lambda: viewer.add_image(np.zeros((3, 20, 1), dtype=np.float32), name="t"),
              "points": lambda: viewer.add_points(np.zeros((3, 2)), name="pts")}[case]()
     before = [ly.name for ly in viewer.layers]
     assert w.convert(layer) is None
     assert [ly.name for ly in viewer.layers] == before
     assert len(notes) == 1 and notes[0][1] == "error"
     expected = {"no layer": "no image layer selected", "labels": "is a Labels layer",
-                "4d": "has 4 dimensions", "points": "is a Points layer"}[case]
+                "tiny": "spatial side must be >= 2", "points": "is a Points layer"}[case]
     assert expected in notes[0][0]
     assert expected in w.status.value
 
