@@ -158,7 +158,7 @@ def test_stop_shows_stopping_then_resume_continues(make_napari_viewer, qtbot, tm
     qtbot.wait(200)
     assert w.status.value.startswith("stopping") or not w.task.running
     qtbot.waitUntil(lambda: not w.task.running, timeout=WAIT)
-    assert w.resume_button.visible and "stopped at step" in w.result.value
+    assert not w.resume_button.native.isHidden() and "stopped at step" in w.result.value
     stopped_at = w.history["step"][-1]
     w.steps.value = stopped_at + 2
     assert w.resume() is not None
