@@ -78,7 +78,7 @@ def _dock_nicely(viewer: napari.Viewer, widget: Any) -> None:
         window = dock.parent()
         key = id(unwrap_viewer(viewer))
         others = [_dock_of(w.native) for (vid, _), w in list(_REGISTRY.items()) if vid == key and w is not widget]
-        others = [d for d in others if d is not None and d is not dock and not d.isHidden()
+        others = [d for d in others if d is not None and d is not dock
                   and window.dockWidgetArea(d) == window.dockWidgetArea(dock)]
         if others and dock not in window.tabifiedDockWidgets(others[0]):
             window.tabifyDockWidget(others[0], dock)
