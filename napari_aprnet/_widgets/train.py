@@ -101,6 +101,14 @@ class _CloseGuard(QObject):
         return False
 
 
+def _set_quietly(widget, attr: str, value) -> None:
+    """Set a magicgui widget's attribute unless Qt already deleted it (napari tears docks down first)."""
+    try:
+        setattr(widget, attr, value)
+    except RuntimeError:
+        pass
+
+
 class TrainWidget(Container):
     """Train a classifier (synthetic shapes, a folder dataset or an annotation export).
 
@@ -289,8 +297,13 @@ class TrainWidget(Container):
         worker = self.task.worker
         if worker is None:
             return
-        self.task.cancel()
-        self.pause_button.enabled = False
+        self.task.cancel_event.set()  # first: the widgets below may already be deleted when napari closes
+        try:
+            self.task.cancel()
+        except RuntimeError:
+            if getattr(worker, "is_paused", False):
+                worker.resume()
+        _set_quietly(self.pause_button, "enabled", False)
         if wait and self._ended is not None:  # no Qt event processing here (may run inside a close event)
             self._ended.wait(timeout)
 
