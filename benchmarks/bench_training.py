@@ -163,7 +163,7 @@ def _plot_curves(runs: Path, path: Path, models: tuple, title: str) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
     k = 25
     for model in models:
-        log = _read_log(runs / run_name(model))
+        log = _read_log(runs / run_name(model) / "log.csv")
         if log["steps"] < k:
             continue
         acc = 1 - np.convolve(log["errors"], np.ones(k) / k, mode="valid")
@@ -207,14 +207,14 @@ def _plot_finite(rows: list, path: Path, size: int) -> None:
 def cmd_report(args) -> None:
     runs = args.runs
     RESULTS.mkdir(parents=True, exist_ok=True)
-    machine = (f"{platform.machine()}, {os.cpu_count()} logical CPUs, torch {torch.__version__}, "
-               f"torch threads {torch.get_num_threads()}")
+    machine = (f"{platform.machine()}, {os.cpu_count()} logical CPUs, torch {torch.__version__}; each run with "
+               f"{args.run_threads}")
     lines = ["## Table 4.2: error threshold E vs pixel resolution (streaming shapes)", "",
              f"Machine: {machine}. Commands: see the top of `benchmarks/bench_training.py`.", "",
              "| data | steps run | error, last 100 of 1000 batches | error, last 100 batches | "
              "thesis (3000 batches) | step time (s) |", "|---|---:|---|---|---|---:|"]
     for name, (model, e, size, label, t_mean, t_std) in TABLE.items():
-        log = _read_log(runs / name)
+        log = _read_log(runs / name / "log.csv")
         if not log["steps"]:
             lines.append(f"| {label} | not run | | | {t_mean:.4f} +- {t_std:.4f} | |")
             continue
@@ -230,7 +230,7 @@ def cmd_report(args) -> None:
                   "| network | steps run | error, last 100 batches | first step with running error <= 0.05 |",
                   "|---|---:|---|---:|"]
         for model in models:
-            log = _read_log(runs / run_name(model))
+            log = _read_log(runs / run_name(model) / "log.csv")
             if not log["steps"]:
                 lines.append(f"| {model} | not run | | |")
                 continue
@@ -242,7 +242,7 @@ def cmd_report(args) -> None:
     rows = []
     for n in FINITE_SIZES:
         for model in ("APR_B", "Pix_B"):
-            log = _read_log(runs / finite_name(model, n, args.size))
+            log = _read_log(runs / finite_name(model, n, args.size) / "log.csv")
             row = {"model": model, "n": n, "steps": log["steps"]}
             for key in ("test", "test_modified"):
                 if key in log["evals"]:
@@ -322,6 +322,8 @@ def main(argv=None) -> int:
     for sp in (sub.add_parser("finite", help="Figure 4.6"), sub.add_parser("report", help="write the tables")):
         sp.add_argument("--size", type=int, default=128)
         sp.add_argument("--n-test", type=int, default=200, help="test images per class")
+        sp.add_argument("--run-threads", default="torch threads 2 (one run at a time)",
+                        help="report: how the runs were scheduled (stated beside the step times)")
         if sp.prog.endswith("finite"):
             sp.add_argument("--steps", type=int, default=600)
             sp.add_argument("--eval-every", type=int, default=50)

@@ -39,7 +39,7 @@ def level_map_rgb(levels_img: np.ndarray, level_min: int, level_max: int) -> np.
         raise ValueError(f"invalid level range {level_min}..{level_max}")
     lut = np.zeros((level_max + 2, 3), dtype=np.uint8)
     for level in range(level_min, level_max + 1):
-        lut[level] = _hex_to_rgb(level_color(level))
+        lut[level] = _hex_to_rgb(level_color(level, level_max))
     idx = np.where((levels_img >= level_min) & (levels_img <= level_max), levels_img, level_max + 1)
     return lut[idx.astype(np.intp)]
 

@@ -73,15 +73,10 @@ def shot_convert(out: Path) -> None:
     viewer.open_sample(PLUGIN, "blobs_3d")
     layer = viewer.layers["blobs 3D"]
     w = dock(viewer, "Convert to APR")
-    w.image.value = layer
-    w.params.fields["auto_parameters"].value = True
+    w.image.value = layer  # preselected anyway; automatic thresholds are on by default
     w.convert()
     wait(w)
-    viewer.layers["blobs 3D level map"].opacity = 0.9
-    viewer.grid.enabled = True
-    viewer.grid.shape = (1, 2)
-    viewer.layers.move(viewer.layers.index("blobs 3D"), len(viewer.layers) - 1)
-    layer.visible = False
+    layer.visible = False  # the reconstruction and, beside it, the level map
     viewer.dims.set_current_step(0, 16)
     save(viewer, out, "convert.png")
     viewer.close()
@@ -94,7 +89,6 @@ def shot_tune(out: Path) -> None:
     layer = viewer.add_image(natural_photo()[::2, ::2], name="camera")
     w = dock(viewer, "Tune E")
     w.image.value = layer
-    w.params.fields["auto_parameters"].value = True
     w.values.value = "0.03:1.0:7"
     w.run()
     wait(w)
@@ -109,15 +103,10 @@ def shot_train(out: Path, run_dir: Path, steps: int) -> Path:
     from napari_aprnet.data.shapes import ShapeStream
 
     viewer = new_viewer("Train")
-    images, labels = ShapeStream(seed=0, size=64, batch=16).batch(0)  # the first training batch
+    w = dock(viewer, "Train")  # the widget's defaults, except the number of steps
+    images, labels = ShapeStream(seed=0, size=w.size.value, batch=w.batch.value).batch(0)  # the first batch
     viewer.add_image(images, name="training batch 0", axis_labels=("image", "y", "x"))
-    viewer.grid.enabled = True
-    viewer.grid.shape = (1, 1)
-    w = dock(viewer, "Train")
-    w.network.value = "APR_A"
     w.steps.value = steps
-    w.size.value = 64
-    w.batch.value = 16
     w.out_dir.value = run_dir
     w.start()
     wait(w, until=lambda: len(w.history["step"]) >= max(2, int(steps * 0.7)))

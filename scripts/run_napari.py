@@ -67,8 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     viewer.window._qt_window.resize(1500, 950)
     viewer.open_sample(PLUGIN, args.sample)
     layer = viewer.layers[SAMPLE_LAYERS[args.sample]]
-    if args.sample == "shapes":  # a stack of six 2D images: convert the one on screen
-        layer = viewer.add_image(layer.data[0], name="shape 0")
+    # the shapes sample is six 2D images along a "class" axis: Convert presets "2D planes" and converts each
     widgets = {}
     for name in reversed(WIDGETS):  # tabified; the first one ends up in front
         widgets[name] = viewer.window.add_plugin_dock_widget(PLUGIN, name, tabify=True)[1]

@@ -17,9 +17,10 @@ from napari_aprnet.bundled import bundled_checkpoint
 if TYPE_CHECKING:
     import napari
 
-__all__ = ["BackgroundTask", "PLUGIN", "Progress", "bundled_shapes_checkpoint", "find_widget", "image_from_layer",
+__all__ = ["BackgroundTask", "PLUGIN", "Progress", "bundled_shapes_checkpoint", "default_spatial", "find_widget",
+           "image_from_layer",
            "image_layers",
-           "input_image_choices", "notify", "refresh_choices_on_layer_change",
+           "input_image_choices", "notify", "preselect_layer", "refresh_choices_on_layer_change",
            "form", "open_widget", "register_widget", "row", "task_widgets", "text", "unwrap_viewer"]
 
 PLUGIN = "napari-aprnet"
@@ -37,8 +38,54 @@ def unwrap_viewer(viewer: napari.Viewer) -> napari.Viewer:
 
 
 def register_widget(viewer: napari.Viewer, name: str, widget: Any) -> None:
-    """Remember ``widget`` as this viewer's widget ``name`` (weakly)."""
+    """Remember ``widget`` as this viewer's widget ``name`` (weakly); once docked, scroll and tab it."""
+    from qtpy.QtCore import QTimer
+
     _REGISTRY[(id(unwrap_viewer(viewer)), name)] = widget
+    ref = weakref.ref(widget)
+    QTimer.singleShot(0, lambda: _dock_nicely(viewer, ref()))
+
+
+def _dock_of(native) -> Any:
+    from qtpy.QtWidgets import QDockWidget
+
+    parent = native.parent() if native is not None else None
+    while parent is not None and not isinstance(parent, QDockWidget):
+        parent = parent.parent()
+    return parent
+
+
+def _dock_nicely(viewer: napari.Viewer, widget: Any) -> None:
+    """Put the docked ``widget`` in a scroll area and tab it with the plugin's other docked widgets.
+
+    The widgets together are taller than most screens: stacked, they pushed
+    the dock past the screen's bottom.
+    """
+    from qtpy.QtWidgets import QFrame, QScrollArea
+
+    try:
+        dock = _dock_of(getattr(widget, "native", None))
+        if dock is None:
+            return
+        inner = dock.widget()
+        if inner is not None and not isinstance(inner, QScrollArea):
+            scroll = QScrollArea()
+            scroll.setWidgetResizable(True)
+            scroll.setFrameShape(QFrame.NoFrame)
+            scroll.setMinimumWidth(min(inner.sizeHint().width() + 24, 480))
+            dock.setWidget(scroll)
+            scroll.setWidget(inner)
+        window = dock.parent()
+        key = id(unwrap_viewer(viewer))
+        others = [_dock_of(w.native) for (vid, _), w in list(_REGISTRY.items()) if vid == key and w is not widget]
+        others = [d for d in others if d is not None and d is not dock
+                  and window.dockWidgetArea(d) == window.dockWidgetArea(dock)]
+        if others and dock not in window.tabifiedDockWidgets(others[0]):
+            window.tabifyDockWidget(others[0], dock)
+        dock.show()
+        dock.raise_()
+    except RuntimeError:  # closed before the event loop got here
+        pass
 
 
 def find_widget(viewer: napari.Viewer, name: str) -> Any:
@@ -80,23 +127,72 @@ def input_image_choices(viewer: napari.Viewer) -> Callable[..., list[tuple[str, 
     return choices
 
 
+def _pick(picker: Any, layer: Any) -> None:
+    from magicgui.widgets import Select
+
+    picker.value = [layer] if isinstance(picker, Select) else layer
+
+
+def preselect_layer(viewer: napari.Viewer, picker: Any, layer: Any = None) -> None:
+    """Select ``layer`` (default: the active layer, else the newest choice) in ``picker`` if it is a choice.
+
+    Without ``layer``, a picker that already shows a layer is left alone.
+    """
+    choices = [c for c in picker.choices if c is not None]
+    if layer is not None:
+        if layer in choices:
+            _pick(picker, layer)
+        return
+    if picker.value not in (None, [], ()) or not choices:
+        return
+    active = viewer.layers.selection.active
+    _pick(picker, active if active in choices else choices[-1])
+
+
 def refresh_choices_on_layer_change(viewer: napari.Viewer, picker: Any) -> None:
-    """Keep ``picker``'s layer choices current as layers are added or removed."""
-    def reset(*_: Any) -> None:
+    """Keep ``picker``'s layer choices current; preselect the active image layer and each new one."""
+    def reset(event: Any = None) -> None:
         try:
             picker.reset_choices()
+            added = getattr(event, "value", None) if getattr(event, "type", "") == "inserted" else None
+            preselect_layer(viewer, picker, added)
+            preselect_layer(viewer, picker)
         except RuntimeError:  # the widget was already deleted by Qt
             pass
 
     for event in (viewer.layers.events.inserted, viewer.layers.events.removed):
         event.connect(reset)
+    reset()
 
 
-def image_from_layer(layer) -> tuple[np.ndarray, int | None]:
+#: Axis names that are never spatial: images along such an axis are converted one by one.
+NON_SPATIAL = {"t", "time", "c", "ch", "channel", "class", "plane", "sample", "index", "e", "label", "frame"}
+
+
+def default_spatial(layer) -> int:
+    """2 or 3: how many trailing axes of ``layer`` form one image (RGB's colour axis not counted).
+
+    2D layers give 2. Otherwise an axis named like time, channel or class
+    (:data:`NON_SPATIAL`) just before the last two makes them stacked 2D
+    images; a 3D layer with an axis named "z" or default names is one volume;
+    4D and up (e.g. t, z, y, x) give 3D volumes unless the third-last axis is
+    non-spatial.
+    """
+    ndim = int(layer.ndim)
+    if ndim <= 2:
+        return 2
+    labels = [str(a).lower() for a in getattr(layer, "axis_labels", ())] or [""] * ndim
+    third = labels[-3] if len(labels) >= 3 else ""
+    return 2 if third in NON_SPATIAL else 3
+
+
+def image_from_layer(layer, spatial: int | None = None) -> tuple[np.ndarray, int | None]:
     """Return ``(data, channel_axis)`` of a layer that APR conversion accepts.
 
     ``data`` is the layer's array as is (possibly lazy); read it with
-    ``np.asarray`` in the worker thread.
+    ``np.asarray`` in the worker thread. With ``spatial`` (2 or 3), the
+    layer may have more axes than that: the images along the leading axes are
+    converted one by one.
 
     Raises
     ------
@@ -115,13 +211,18 @@ def image_from_layer(layer) -> tuple[np.ndarray, int | None]:
     if layer.multiscale:
         raise ValueError(f"layer {layer.name!r} is multiscale; convert a single-scale image instead")
     rgb = bool(layer.rgb)
-    spatial = layer.ndim
-    if spatial not in (2, 3):
-        raise ValueError(f"layer {layer.name!r} has {spatial} dimensions (shape {tuple(layer.data.shape)}); "
-                         "APR conversion takes 2D or 3D images (RGB allowed). Extract one time point or "
-                         "channel first (e.g. right-click the layer > Split Stack)")
+    ndim = layer.ndim
+    if spatial is None:
+        if ndim not in (2, 3):
+            raise ValueError(f"layer {layer.name!r} has {ndim} dimensions (shape {tuple(layer.data.shape)}); "
+                             "APR conversion takes 2D or 3D images (RGB allowed). Extract one time point or "
+                             "channel first (e.g. right-click the layer > Split Stack)")
+        spatial = ndim
+    elif spatial not in (2, 3) or ndim < spatial:
+        raise ValueError(f"layer {layer.name!r} has {ndim} dimensions: it cannot be converted as "
+                         f"{spatial}D images")
     data = layer.data  # not read here: lazy (dask) data is loaded in the worker thread
-    if min(data.shape[:spatial]) < 2:
+    if min(data.shape[ndim - spatial:ndim]) < 2:
         raise ValueError(f"layer {layer.name!r} has shape {tuple(data.shape)}: every spatial side must be "
                          ">= 2 pixels")
     return data, (-1 if rgb else None)
@@ -199,6 +300,7 @@ class BackgroundTask:
         self.quit_on_cancel = quit_on_cancel
         self.worker = None
         self.cancel_event = threading.Event()
+        self.cancel_text = f"{name}: cancelling..."
         self.error: BaseException | None = None
         if cancel_button is not None:
             cancel_button.enabled = False
@@ -220,9 +322,14 @@ class BackgroundTask:
             raise RuntimeError(f"{self.name} is already running")
         self.cancel_event = threading.Event()
         self.error = None
-        worker = create_worker(_guarded, func, args, kwargs, self.cancel_event, _start_thread=False)
+        # _ignore_errors: errors reach ``errored`` below only; otherwise they are also re-raised on the
+        # main thread (a second notification with a traceback, and an abort outside napari.run)
+        worker = create_worker(_guarded, func, args, kwargs, self.cancel_event, _start_thread=False,
+                               _ignore_errors=True)
 
         def yielded(value):
+            if self.cancel_event.is_set() and isinstance(value, Progress):
+                return  # keep "stopping..." on screen
             if isinstance(value, Progress):
                 self._show_progress(value)
             elif on_yield is not None:
@@ -278,7 +385,7 @@ class BackgroundTask:
         """Ask the running task to stop (takes effect at its next poll or yield)."""
         if self.worker is not None:
             self.cancel_event.set()
-            self.status.value = f"{self.name}: cancelling..."
+            self.status.value = self.cancel_text
             if self.quit_on_cancel:
                 self.worker.quit()
             if getattr(self.worker, "is_paused", False):  # a paused worker must run to see the request

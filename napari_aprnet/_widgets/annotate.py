@@ -112,6 +112,23 @@ class AnnotateWidget(Container):
 
         self.native.destroyed.connect(unbind)
 
+    def _watch_mode(self, layer) -> None:
+        """napari's own keys 1/2 switch a selected image layer's mode: undo that and say how to label."""
+        import weakref
+
+        ref = weakref.ref(self)
+
+        def changed(event) -> None:
+            widget = ref()
+            if widget is None or str(layer.mode) in ("pan_zoom", "Mode.PAN_ZOOM"):
+                return
+            layer.mode = "pan_zoom"
+            widget.viewer.layers.selection.clear()
+            notify("the image layer was selected, so napari took the number key (layer mode); it is "
+                   "deselected now: press the number again, or use the class buttons", "warning")
+
+        layer.events.mode.connect(changed)
+
     def assign_number(self, k: int) -> None:
         """Assign class number ``k`` (1-based), as the number keys do."""
         if self.annotations is None:
@@ -180,7 +197,7 @@ class AnnotateWidget(Container):
             else:
                 if IMAGE_LAYER in self.viewer.layers:
                     self.viewer.layers.remove(IMAGE_LAYER)
-                self.viewer.add_image(image, name=IMAGE_LAYER, rgb=rgb)
+                self._watch_mode(self.viewer.add_image(image, name=IMAGE_LAYER, rgb=rgb))
             self.viewer.reset_view()
             # image layers use 1 and 2 for their modes; with no active layer the digits label
             self.viewer.layers.selection.clear()

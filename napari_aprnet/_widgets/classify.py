@@ -30,6 +30,9 @@ if TYPE_CHECKING:
 
 __all__ = ["ClassifyWidget", "FeatureResult", "feature_job", "images_for_classifier"]
 
+#: Smallest image side classified: smaller images carry no shape to recognise once resized.
+MIN_SIDE = 8
+
 
 def images_for_classifier(layer, classifier) -> list[np.ndarray]:
     """2D images of an image layer for ``classifier`` (a stack gives one image per plane).
@@ -54,6 +57,11 @@ def images_for_classifier(layer, classifier) -> list[np.ndarray]:
     if have != want:
         raise ValueError(f"layer {layer.name!r} is a {have} image but the network was trained on {want} images "
                          f"({classifier.channels} channel(s)); load a checkpoint trained on {have} images")
+    plane = tuple(data.shape[-3:-1] if rgb else data.shape[-2:])
+    if min(plane) < MIN_SIDE:
+        raise ValueError(f"layer {layer.name!r} is {'x'.join(map(str, plane))} "
+                         f"pixels: too small to classify (each side needs >= {MIN_SIDE} pixels; the network "
+                         f"takes {classifier.input_size}x{classifier.input_size} images)")
     if spatial == 2:
         return [data]
     if spatial == 3:
@@ -70,22 +78,27 @@ class FeatureResult:
     level_map: np.ndarray | None  # (H', W') levels of the input APR, or None for pixel nets
     layer: str
     input_size: int
+    level_max: int | None = None  # pixel level of the input APR (level colours follow cell size)
+    montage: tuple | None = None  # feature_montage(features), computed in the worker
 
 
 def feature_job(classifier, image: np.ndarray, layer: str, *, cancel):
     """Generator run in a worker: feature maps reconstructed to pixels, and the input APR's level map."""
+    from napari_aprnet._layer_data import feature_montage
     from napari_aprnet.apr import APR
 
     yield Progress(0, 2, f"computing {layer} feature maps...")
     structure, features = classifier.feature_maps(image, layer)
     if structure is None:  # pixel network: (C, H, W) already
-        return FeatureResult(np.asarray(features), None, layer, classifier.input_size)
+        features = np.asarray(features)
+        return FeatureResult(features, None, layer, classifier.input_size, montage=feature_montage(features))
     yield Progress(1, 2, "reconstructing feature maps to pixels...")
     fmap = APR(structure, features).reconstruct()
     fmap = np.moveaxis(fmap.reshape(fmap.shape[:structure.ndim] + (-1,)), -1, 0)
     spec = classifier.spec
     input_apr = spec.to_apr(spec.prepare(image, convert_channels=False))
-    return FeatureResult(fmap, input_apr.reconstruct(mode="level"), layer, classifier.input_size)
+    return FeatureResult(fmap, input_apr.reconstruct(mode="level"), layer, classifier.input_size,
+                         int(input_apr.level_max), feature_montage(fmap))
 
 
 class ClassifyWidget(Container):
@@ -305,36 +318,49 @@ class ClassifyWidget(Container):
         return self.task.start(feature_job, self.classifier, images[index], net_layer, on_return=self._add_features)
 
     def _add_features(self, result: FeatureResult) -> None:
+        """Feature maps as a labelled montage right of the image, the input's level map below it."""
+        from napari_aprnet._layer_data import feature_montage
+
         layer, (h, w), index = self._feature_source
-        # a stack gets its plane axis back (length 1, placed at the plane the maps come from)
+        self.feature_result = result
+        # a stack gets its plane axis back (length 1, at the plane the maps come from), with its own name
         stacked = layer.ndim == 3
         lead_scale = (float(layer.scale[-3]),) if stacked else ()
         lead_shift = (float(layer.translate[-3] + index * layer.scale[-3]),) if stacked else ()
         lead_shape = (1,) if stacked else ()
-        spatial_scale = np.asarray(layer.scale[-2:], dtype=float)
-        translate = np.asarray(layer.translate[-2:], dtype=float)
-
-        def placed(shape2d):
-            # stretch a map of shape2d over the h x w image (pixel centres aligned)
-            factor = np.array([h, w], dtype=float) / np.asarray(shape2d, dtype=float)
-            return spatial_scale * factor, translate + spatial_scale * (factor - 1) / 2
-
-        scale, shift = placed(result.features.shape[1:])
-        features = result.features.reshape((result.features.shape[0],) + lead_shape + result.features.shape[1:])
-        update_or_add(self.viewer, features,
-                      {"name": f"{layer.name} {result.layer} features", "colormap": "viridis",
-                       "scale": (1.0, *lead_scale, *scale), "translate": (0.0, *lead_shift, *shift),
-                       "axis_labels": ("channel",) + (("plane",) if stacked else ()) + ("y", "x"),
-                       "metadata": {METADATA_KEY: {"role": "features", "network_layer": result.layer,
-                                                   "source_layer": layer.name}}}, "image")
+        lead_label = (str(layer.axis_labels[-3]),) if stacked else ()
+        px = np.asarray(layer.scale[-2:], dtype=float)
+        origin = np.asarray(layer.translate[-2:], dtype=float)
+        c, fh, fw = result.features.shape
+        montage, corners = result.montage if result.montage is not None else feature_montage(result.features)
+        scale = px * np.array([h / fh, w / fw])  # the maps' own resolution, in the image's units
+        shift = origin + np.array([0.0, w * px[1] * 1.05])  # right of the image
+        name = f"{layer.name} {result.layer} features"
+        meta = {METADATA_KEY: {"role": "features", "network_layer": result.layer, "source_layer": layer.name,
+                               "channels": int(c), "tile_shape": (int(fh), int(fw))}}
+        update_or_add(self.viewer, montage.reshape(lead_shape + montage.shape),
+                      {"name": name, "colormap": "viridis", "contrast_limits": (0.0, 1.0),
+                       "scale": (*lead_scale, *scale), "translate": (*lead_shift, *shift),
+                       "axis_labels": lead_label + ("y", "x"), "metadata": meta}, "image")
+        labels_name = f"{name} channels"
+        if labels_name in self.viewer.layers:
+            self.viewer.layers.remove(labels_name)
+        pts = np.column_stack([np.full(c, 0.0)] * len(lead_shape) + [corners[:, 0], corners[:, 1]])
+        self.viewer.add_points(pts, name=labels_name, size=0.01, face_color="transparent", border_width=0,
+                               features={"label": [f"ch {k}" for k in range(c)]},
+                               text={"string": "{label}", "color": "white", "size": 7, "anchor": "upper_left"},
+                               scale=(*lead_scale, *scale), translate=(*lead_shift, *shift),
+                               metadata={METADATA_KEY: {"role": "feature_labels", "source_layer": layer.name}})
         if result.level_map is not None:
             levels = result.level_map.astype(np.uint8)
-            scale, shift = placed(levels.shape)
+            lscale = px * np.array([h / levels.shape[0], w / levels.shape[1]])
+            lshift = origin + np.array([h * px[0] * 1.05, 0.0])  # below the image, not over it
             update_or_add(self.viewer, levels.reshape(lead_shape + levels.shape),
-                          {"name": f"{layer.name} network input levels", "opacity": 0.5,
-                           "colormap": level_color_dict(int(levels.min()), int(levels.max())),
-                           "scale": (*lead_scale, *scale), "translate": (*lead_shift, *shift),
+                          {"name": f"{layer.name} network input levels", "opacity": 1.0,
+                           "colormap": level_color_dict(int(levels.min()), result.level_max or int(levels.max())),
+                           "scale": (*lead_scale, *lscale), "translate": (*lead_shift, *lshift),
+                           "axis_labels": lead_label + ("y", "x"),
                            "metadata": {METADATA_KEY: {"role": "input_levels", "source_layer": layer.name}}},
                           "labels")
-        self.status.value = (f"{result.features.shape[0]} feature maps of {result.layer} "
-                             f"({result.features.shape[1]}x{result.features.shape[2]})")
+        self.status.value = (f"{c} feature maps of {result.layer} ({fh}x{fw} each, own contrast), right of the "
+                             "image; the network's input level map below it")

@@ -1,7 +1,7 @@
 """Dock widget "Convert to APR": image layer -> reconstruction + level map layers."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -13,6 +13,7 @@ from napari_aprnet._layer_data import METADATA_KEY, apr_layer_data, level_color,
 from napari_aprnet._widgets._common import (
     BackgroundTask,
     Progress,
+    default_spatial,
     form,
     image_from_layer,
     input_image_choices,
@@ -33,13 +34,22 @@ __all__ = ["ConvertResult", "ConvertWidget", "convert_job", "update_or_add"]
 
 #: Images up to this many pixels are re-converted automatically when E changes.
 AUTO_PIXELS = 512 * 512
+#: Spatial axes choices: how many trailing axes form one image.
+SPATIAL = {"2D planes (last 2 axes)": 2, "3D volumes (last 3 axes)": 3}
+#: Where the level map goes: beside the reconstruction (default) or over it.
+LEVEL_DISPLAYS = ("beside the image", "over the image")
 #: Particle cells are drawn as points only up to this many particles.
 MAX_CELL_POINTS = 20_000
 
 
 @dataclass
 class ConvertResult:
-    """What a conversion produced (computed in the worker thread)."""
+    """What a conversion produced (computed in the worker thread).
+
+    For a stack (images along leading axes converted one by one) ``aprs``
+    holds one APR per image (``apr`` is the first) and the arrays are stacked
+    along the same leading axes.
+    """
 
     apr: Any
     reconstruction: np.ndarray
@@ -48,27 +58,41 @@ class ConvertResult:
     max_error: float
     psnr: float
     mode: str
+    legend: str = ""
+    aprs: list = field(default_factory=list)
 
 
-def convert_job(image: np.ndarray, params, channel_axis: int | None, mode: str, *, cancel):
-    """Generator run in a worker: convert, reconstruct, measure the error."""
+def convert_job(image: np.ndarray, params, channel_axis: int | None, mode: str, spatial: int | None = None, *,
+                cancel):
+    """Generator run in a worker: convert, reconstruct, measure the error (each image of a stack alone)."""
     from napari_aprnet.apr import APR
     from napari_aprnet.metrics import error_stats
 
     yield Progress(0, 3, f"reading the {'x'.join(map(str, image.shape))} image...")
     image = np.asarray(image)
-    yield Progress(0, 3, f"converting a {'x'.join(map(str, image.shape))} image to an APR...")
-    apr = APR.from_image(image, params.rel_error, params=params, channel_axis=channel_axis,
-                         cancel=cancel.is_set)
-    if cancel.is_set():
-        return None
-    yield Progress(1, 3, f"{apr.n_particles:,} particles; reconstructing...")
-    recon = np.asarray(apr.reconstruct(mode=mode))
-    level_map = np.asarray(apr.reconstruct(mode="level"))
-    yield Progress(2, 3, "measuring the reconstruction error...")
+    n_lead = image.ndim - (1 if channel_axis is not None else 0) - (spatial or 0) if spatial else 0
+    lead = image.shape[:n_lead]
+    n = int(np.prod(lead)) if n_lead else 1
+    aprs, recons, levels = [], [], []
+    for i, index in enumerate(np.ndindex(*lead) if n_lead else [()]):
+        part = image[index]
+        yield Progress(i, n + 1, f"converting a {'x'.join(map(str, part.shape))} image to an APR"
+                                 + (f" ({i + 1}/{n})..." if n_lead else "..."))
+        apr = APR.from_image(part, params.rel_error, params=params, channel_axis=channel_axis,
+                             cancel=cancel.is_set)
+        if cancel.is_set():
+            return None
+        aprs.append(apr)
+        recons.append(np.asarray(apr.reconstruct(mode=mode)))
+        levels.append(np.asarray(apr.reconstruct(mode="level")))
+    recon = np.stack(recons).reshape(lead + recons[0].shape) if n_lead else recons[0]
+    level_map = np.stack(levels).reshape(lead + levels[0].shape) if n_lead else levels[0]
+    level_map = level_map.astype(np.uint8, copy=False)  # the labels layer's dtype, converted here
+    yield Progress(n, n + 1, "measuring the reconstruction error...")
     mean_err, max_err, psnr = error_stats(image, recon)
-    yield Progress(3, 3, "done")
-    return ConvertResult(apr, recon, level_map, mean_err, max_err, psnr, mode)
+    legend = legend_html(aprs)  # particle counts per level: here, not on the main thread
+    yield Progress(n + 1, n + 1, "done")
+    return ConvertResult(aprs[0], recon, level_map, mean_err, max_err, psnr, mode, legend, aprs)
 
 
 def update_or_add(viewer: napari.Viewer, data: np.ndarray, kwargs: dict, layer_type: str):
@@ -79,7 +103,7 @@ def update_or_add(viewer: napari.Viewer, data: np.ndarray, kwargs: dict, layer_t
         if layer._type_string == layer_type and layer.data.ndim == np.ndim(data) and \
                 getattr(layer, "rgb", False) == kwargs.get("rgb", False):
             layer.data = data
-            for key in ("metadata", "colormap", "scale", "translate", "axis_labels"):
+            for key in ("metadata", "colormap", "scale", "translate", "axis_labels", "opacity"):
                 if key in kwargs:
                     setattr(layer, key, kwargs[key])
             return layer
@@ -87,16 +111,34 @@ def update_or_add(viewer: napari.Viewer, data: np.ndarray, kwargs: dict, layer_t
     return getattr(viewer, f"add_{layer_type}")(data, **kwargs)
 
 
-def legend_html(apr, level_map: np.ndarray | None = None) -> str:
-    """HTML legend: one coloured square per level with its cell size and particle count."""
-    counts = np.bincount(np.asarray(apr.levels, dtype=np.int64), minlength=apr.level_max + 1)
+def _level_counts(aprs) -> tuple[np.ndarray, int, int]:
+    aprs = aprs if isinstance(aprs, (list, tuple)) else [aprs]
+    level_max = max(int(a.level_max) for a in aprs)
+    counts = np.zeros(level_max + 1, dtype=np.int64)
+    for a in aprs:  # same image size: same pixel level
+        c = np.bincount(np.asarray(a.levels, dtype=np.int64), minlength=level_max + 1)
+        counts[: len(c)] += c
+    return counts, min(int(a.level_min) for a in aprs), level_max
+
+
+def legend_html(aprs, level_map: np.ndarray | None = None) -> str:
+    """HTML legend: one coloured square per cell size present, with its particle count (one APR or a list)."""
+    counts, level_min, level_max = _level_counts(aprs)
     lines = []
-    for level, color, side in level_legend(apr.level_min, apr.level_max):
-        n = int(counts[level]) if level < len(counts) else 0
-        if n:
-            lines.append(f'<span style="color:{color}; font-size:14pt">&#9632;</span> '
-                         f"level {level}: {side}-pixel cells, {n:,} particles")
-    return "<b>level map legend</b><br>" + "<br>".join(lines)
+    for level, color, side in level_legend(level_min, level_max, np.flatnonzero(counts)):
+        lines.append(f'<span style="color:{color}; font-size:14pt">&#9632;</span> '
+                     f"{side}x{side}-pixel cells (level {level}): {int(counts[level]):,} particles")
+    return "<b>level map: colour = cell size</b><br>" + "<br>".join(lines)
+
+
+def levels_present(aprs) -> str:
+    """"levels a-b" of the levels that hold particles (not the structure's range)."""
+    counts, _, level_max = _level_counts(aprs)
+    present = np.flatnonzero(counts)
+    if len(present) == 0:
+        return "no particles"
+    lo, hi = int(present.min()), int(present.max())
+    return f"levels {lo}-{hi} (cells {1 << (level_max - hi)}-{1 << (level_max - lo)} px)"
 
 
 class ConvertWidget(Container):
@@ -113,10 +155,17 @@ class ConvertWidget(Container):
         self.viewer = unwrap_viewer(napari_viewer)
         self.image = ComboBox(label="image", choices=input_image_choices(self.viewer), nullable=True,
                               tooltip="2D or 3D image layer (RGB allowed) to convert")
+        self.spatial = ComboBox(label="spatial axes", choices=list(SPATIAL), value=next(iter(SPATIAL)),
+                                tooltip="which trailing axes form one image: 2D planes or 3D volumes; images "
+                                        "along the other axes (time, channel, class...) are converted one by "
+                                        "one and stacked along the same axes. Preset from the layer")
         self.params = ParamsForm()
         self.mode = ComboBox(label="reconstruction", choices=["constant", "smooth"], value="constant",
                              tooltip="constant: every pixel takes its particle's value; "
                                      "smooth: values blended across cell borders")
+        self.level_display = ComboBox(label="level map", choices=list(LEVEL_DISPLAYS), value=LEVEL_DISPLAYS[0],
+                                      tooltip="beside: the level map (opaque) right of the reconstruction, both "
+                                              "readable; over: laid over the reconstruction at half opacity")
         self.show_cells = CheckBox(text=f"particle cells as points (<= {MAX_CELL_POINTS:,} particles)",
                                    value=False, tooltip="draw each particle cell as a square")
         self.auto_update = CheckBox(text="re-convert when E changes (small images)", value=True,
@@ -129,7 +178,8 @@ class ConvertWidget(Container):
         self.legend = text("")
         self.save_path = FileEdit(label="save as", mode="w", filter="*.apr", value="converted.apr")
         self.save_button = PushButton(text="Save APR")
-        self.extend([form(self.image, *self.params.widgets, self.mode), self.show_cells, self.auto_update,
+        self.extend([form(self.image, self.spatial, *self.params.widgets, self.mode, self.level_display),
+                     self.show_cells, self.auto_update,
                      row(self.convert_button, self.cancel_button), self.progress, self.status,
                      self.results, self.legend, form(self.save_path), self.save_button])
         self.result: ConvertResult | None = None
@@ -144,8 +194,17 @@ class ConvertWidget(Container):
         for w in self.params.fields.values():
             w.changed.connect(self._param_changed)
         self.mode.changed.connect(self._param_changed)
+        self.level_display.changed.connect(lambda *_: self.result is not None and self._show(self.result))
+        self.image.changed.connect(self._image_changed)
         refresh_choices_on_layer_change(self.viewer, self.image)
+        self._image_changed()
         register_widget(napari_viewer, "Convert to APR", self)
+
+    def _image_changed(self, *_: Any) -> None:
+        layer = self.image.value
+        if layer is not None:
+            want = default_spatial(layer)
+            self.spatial.value = next(k for k, v in SPATIAL.items() if v == want)
 
     # ------------------------------------------------------------ choices
 
@@ -162,8 +221,8 @@ class ConvertWidget(Container):
         """Convert ``layer`` (default: the selected one) in the background; return the worker or None."""
         layer = self.image.value if layer is None else layer
         try:
-            image, channel_axis = image_from_layer(layer)
-            spatial = layer.ndim
+            spatial = SPATIAL[self.spatial.value] if layer is self.image.value else default_spatial(layer)
+            image, channel_axis = image_from_layer(layer, spatial)
             params = self.params.parameters(spacing=tuple(layer.scale[-spatial:]))
         except (ValueError, TypeError) as exc:
             self.status.value = str(exc)
@@ -175,7 +234,7 @@ class ConvertWidget(Container):
             return None
         self.source_name = layer.name
         self._source = layer
-        return self.task.start(convert_job, image, params, channel_axis, self.mode.value,
+        return self.task.start(convert_job, image, params, channel_axis, self.mode.value, spatial,
                                on_return=self._show, on_finish=self._finished)
 
     def _finished(self) -> None:
@@ -197,14 +256,20 @@ class ConvertWidget(Container):
             return
         self.result = result
         apr, layer = result.apr, self._source
-        spatial = layer.ndim
+        aprs = result.aprs or [apr]
+        spatial = layer.ndim  # all axes: a stack keeps its leading axes (and their names)
+        n_particles = sum(int(a.n_particles) for a in aprs)
+        pixels = sum(int(np.prod(a.structure.shape)) for a in aprs)
         extra = {"mean_error": result.mean_error, "max_error": result.max_error, "psnr": result.psnr,
-                 "source_layer": layer.name}
+                 "source_layer": layer.name, "n_particles": n_particles,
+                 "computational_ratio": pixels / max(n_particles, 1), "n_images": len(aprs)}
         for data, kwargs, kind in apr_layer_data(apr, layer.name, mode=result.mode,
                                                  reconstruction=result.reconstruction,
                                                  level_map=result.level_map, extra=extra,
+                                                 level_map_beside=self.level_display.value == LEVEL_DISPLAYS[0],
                                                  scale=tuple(layer.scale[-spatial:]),
-                                                 translate=tuple(layer.translate[-spatial:])):
+                                                 translate=tuple(layer.translate[-spatial:]),
+                                                 axis_labels=tuple(layer.axis_labels)):
             if kind == "image":
                 kwargs["colormap"] = layer.colormap.name if not layer.rgb else None
                 kwargs["contrast_limits"] = layer.contrast_limits
@@ -212,9 +277,9 @@ class ConvertWidget(Container):
                     del kwargs["colormap"]
             update_or_add(self.viewer, data, kwargs, kind)
         cells_name = f"{layer.name} particle cells"
-        if self.show_cells.value and apr.n_particles <= MAX_CELL_POINTS:
+        if self.show_cells.value and len(aprs) == 1 and apr.n_particles <= MAX_CELL_POINTS:
             centres, sides, levels = particle_cells(apr)
-            colors = [level_color(lv) for lv in levels]
+            colors = [level_color(lv, apr.level_max) for lv in levels]
             if cells_name in self.viewer.layers:
                 self.viewer.layers.remove(cells_name)
             self.viewer.add_points(centres, size=sides, symbol="square", face_color="transparent",
@@ -225,17 +290,22 @@ class ConvertWidget(Container):
         elif self.show_cells.value:
             notify(f"{apr.n_particles:,} particles are too many to draw as points "
                    f"(limit {MAX_CELL_POINTS:,}); use the level map", "info")
-        self.results.value = (f"particles: {apr.n_particles:,}   CR: {apr.computational_ratio:.2f}\n"
-                              f"levels {apr.level_min}-{apr.level_max}   "
+        each = f" in {len(aprs)} images converted one by one" if len(aprs) > 1 else ""
+        self.results.value = (f"particles: {n_particles:,}{each}   CR: {extra['computational_ratio']:.2f}\n"
+                              f"{levels_present(aprs)}   "
                               f"mean |error|: {result.mean_error:.4g}   max |error|: {result.max_error:.4g}"
                               f"   PSNR: {result.psnr:.1f} dB")
         self.status.value = f"converted {layer.name!r} with E = {apr.parameters.rel_error:g}"
-        self.legend.value = legend_html(apr)
+        self.legend.value = result.legend or legend_html(aprs)
 
     def save(self, path: str | Path | None = None):
         """Save the last APR to ``path`` (default: the "save as" field) in the background."""
         if self.result is None:
             notify("nothing to save yet: convert an image first")
+            return None
+        if len(self.result.aprs) > 1:
+            notify(f"the last conversion is a stack of {len(self.result.aprs)} APRs; an .apr file holds one: "
+                   "convert a single image (spatial axes = all of its axes) to save it")
             return None
         path = Path(self.save_path.value if path is None else path)
         if path.suffix.lower() != ".apr":

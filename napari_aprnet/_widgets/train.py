@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from magicgui.widgets import ComboBox, Container, FileEdit, FloatSpinBox, PushButton, SpinBox
 from qtpy.QtCore import QEvent, QObject
-from qtpy.QtWidgets import QApplication, QMessageBox
+from qtpy.QtWidgets import QMessageBox
 
 from napari_aprnet._widgets._common import (
     BackgroundTask,
@@ -30,6 +30,22 @@ if TYPE_CHECKING:
 __all__ = ["TrainWidget", "model_choices", "train_job"]
 
 DATASETS = ("synthetic shapes", "folder")
+#: Widget defaults: learn visibly within minutes on 2 cores (see benchmarks/RESULTS.md, "GUI defaults").
+DEFAULTS = {"network": "APR_B", "size": 128, "batch": 36, "steps": 600}
+#: Seconds per step measured on 2 cores, for the expected-time line (none measured yet: the time left
+#: is shown from the run's own pace once it runs).
+SECONDS_PER_STEP: dict[tuple[str, int, int], float] = {}
+LEARNING_NOTE = ("Chance is 83 % error (six classes); the error shown should fall well below it as the run "
+                 "goes (APR_B at 256 px reaches ~4 % after 1000-1500 steps). Below 128 px the ripples of "
+                 "the fuzzy shapes vanish and fuzzy vs regular cannot be told apart.")
+
+
+def eta_text(elapsed: float, done: int, left: int) -> str:
+    """``", about N min left"`` from the time of the steps done so far ('' before any)."""
+    if done <= 0 or left <= 0 or elapsed <= 0:
+        return ""
+    sec = elapsed / done * left
+    return f", about {sec / 60:.0f} min left" if sec >= 90 else f", about {sec:.0f} s left"
 
 
 def model_choices() -> list[str]:
@@ -43,32 +59,54 @@ def model_choices() -> list[str]:
     return out
 
 
-def train_job(config, out: Path, *, cancel):
-    """Generator run in a worker: the events of :func:`napari_aprnet.train.train`."""
+def train_job(config, out: Path, resume: bool = False, ended=None, *, cancel):
+    """Generator run in a worker: the events of :func:`napari_aprnet.train.train` (``ended`` set at the end)."""
     from napari_aprnet.training import train
 
-    yield Progress(0, 0, "preparing data and network...")
-    last = None
-    for event in train(config, out, stop=cancel):
-        last = event
-        yield event
-    return last
+    try:
+        yield Progress(0, 0, "resuming the stopped run..." if resume else "preparing data and network...")
+        last = None
+        for event in train(config, out, resume=resume, stop=cancel):
+            last = event
+            yield event
+        return last
+    finally:
+        if ended is not None:
+            ended.set()
 
 
 class _CloseGuard(QObject):
-    """Event filter on the main window: asks before closing while training runs."""
+    """Event filter on the main window: what closing does while training runs.
+
+    A close by the user (the window's close button: a spontaneous event)
+    asks first. A close from code (``viewer.close()``, a script, a test)
+    never shows a dialog: it stops the run, which saves a checkpoint. In
+    both cases the close waits for the worker without processing Qt events.
+    """
 
     def __init__(self, widget: TrainWidget):
         super().__init__()
         self.widget = widget
 
     def eventFilter(self, obj, event) -> bool:  # noqa: N802 (Qt name)
-        if event.type() == QEvent.Close and self.widget.task.running:
-            if not self.widget.confirm_close():
+        try:
+            running = event.type() == QEvent.Close and self.widget.task.running
+        except RuntimeError:  # the widget is already gone
+            return False
+        if running:
+            if event.spontaneous() and not self.widget.confirm_close():
                 event.ignore()
                 return True
             self.widget.stop(wait=True)
         return False
+
+
+def _set_quietly(widget, attr: str, value) -> None:
+    """Set a magicgui widget's attribute unless Qt already deleted it (napari tears docks down first)."""
+    try:
+        setattr(widget, attr, value)
+    except RuntimeError:
+        pass
 
 
 class TrainWidget(Container):
@@ -76,8 +114,9 @@ class TrainWidget(Container):
 
     The run folder receives ``checkpoint.pt`` (and ``best.pt`` for fixed
     datasets) and ``log.csv``. Pause halts between steps; Stop saves a
-    checkpoint and ends the run. Closing napari during training asks first
-    and then stops cleanly.
+    checkpoint and ends the run (Resume continues it). Closing the napari
+    window during training asks first and then stops cleanly; closing it from
+    code (``viewer.close()``) stops the run without asking.
     """
 
     def __init__(self, napari_viewer: napari.Viewer):
@@ -87,15 +126,17 @@ class TrainWidget(Container):
                                 tooltip="synthetic shapes (6 classes, generated on the fly) or a folder "
                                         "with one sub-folder per class (e.g. an Annotate export)")
         self.folder = FileEdit(label="dataset folder", mode="d", visible=False)
-        self.network = ComboBox(label="network", choices=model_choices(), value="APR_A",
+        self.network = ComboBox(label="network", choices=model_choices(), value=DEFAULTS["network"],
                                 tooltip="thesis networks: APR_* run on particles, Pix_* on pixels")
-        self.steps = SpinBox(label="steps", value=200, min=1, max=10_000_000,
+        self.steps = SpinBox(label="steps", value=DEFAULTS["steps"], min=1, max=10_000_000,
                              tooltip="synthetic shapes: number of batches (fresh images every batch)")
         self.epochs = SpinBox(label="epochs", value=5, min=1, max=100_000, visible=False,
                               tooltip="folder datasets: passes over the training images")
-        self.size = SpinBox(label="image size", value=64, min=16, max=1024, step=16,
-                            tooltip="network input side; images are resized to it")
-        self.batch = SpinBox(label="batch size", value=16, min=1, max=1024)
+        self.size = SpinBox(label="image size", value=DEFAULTS["size"], min=16, max=1024, step=16,
+                            tooltip="network input side; images are resized to it (shapes below 128 px "
+                                    "lose the ripples that tell fuzzy from regular shapes)")
+        self.batch = SpinBox(label="batch size", value=DEFAULTS["batch"], min=1, max=1024)
+        self.expected = text("")
         self.lr = FloatSpinBox(label="learning rate", value=5e-4, min=1e-6, max=1.0, step=1e-4,
                                tooltip="Adam learning rate (thesis: 5e-4)")
         self.lr.native.setDecimals(6)
@@ -105,24 +146,36 @@ class TrainWidget(Container):
                                 tooltip="new or empty folder for checkpoints and log (default: a new folder "
                                         "under ~/aprnet-runs)")
         self.start_button, self.pause_button = PushButton(text="Start"), PushButton(text="Pause")
+        self.resume_button = PushButton(text="Resume stopped run", visible=False,
+                                        tooltip="continue the stopped run in its folder from its checkpoint")
         self.pause_button.enabled = False
         self.progress, self.status, self.stop_button = task_widgets("training")
         self.stop_button.text = "Stop"
         self.task = BackgroundTask("Training", self.progress, self.status, self.stop_button, quit_on_cancel=False)
+        self.task.cancel_text = ("stopping... (the current step ends, batch norm is recalibrated and a "
+                                 "checkpoint is saved)")
+        self._ended = None  # threading.Event set when the worker's generator ends
         self.plot = LinePlot(title="training loss and accuracy", xlabel="step")
         self.result = text("")
         self.classify_button = PushButton(text="Open checkpoint in Classify")
         self.classify_button.enabled = False
         self.extend([form(self.dataset, self.folder, self.network, self.steps, self.epochs, self.size, self.batch,
-                          self.lr, self.rel_error, self.out_dir),
-                     row(self.start_button, self.pause_button, self.stop_button), self.progress, self.status,
+                          self.lr, self.rel_error, self.out_dir), self.expected,
+                     row(self.start_button, self.pause_button, self.stop_button), self.resume_button,
+                     self.progress, self.status,
                      self.result, self.classify_button])
         self.native.layout().insertWidget(self.native.layout().count() - 2, self.plot)
         self.history: dict[str, list[float]] = {"step": [], "loss": [], "accuracy": []}
         self.checkpoint: Path | None = None
         self.run_dir: Path | None = None
+        self.stopped = False
+        self._first = None
         self.dataset.changed.connect(self._dataset_changed)
         self.start_button.changed.connect(lambda *_: self.start())
+        self.resume_button.changed.connect(lambda *_: self.resume())
+        for w in (self.dataset, self.steps, self.epochs, self.size, self.batch, self.network):
+            w.changed.connect(self._show_expected)
+        self._show_expected()
         self.pause_button.changed.connect(lambda *_: self.toggle_pause())
         self.classify_button.changed.connect(lambda *_: self.open_in_classify())
         self._guard = _CloseGuard(self)
@@ -137,6 +190,16 @@ class TrainWidget(Container):
         folder = self.dataset.value == "folder"
         self.folder.visible, self.epochs.visible, self.steps.visible = folder, folder, not folder
 
+    def _show_expected(self, *_: Any) -> None:
+        if self.dataset.value == "folder":
+            self.expected.value = (f"{self.epochs.value} epoch(s) over the folder's images, "
+                                   f"batches of {self.batch.value}")
+            return
+        steps = int(self.steps.value)
+        per = SECONDS_PER_STEP.get((self.network.value, int(self.size.value), int(self.batch.value)))
+        eta = f", about {steps * per / 60:.0f} min on 2 cores" if per else ""
+        self.expected.value = (f"{steps} steps of {self.batch.value} fresh images{eta}. {LEARNING_NOTE}")
+
     def offer_folder(self, folder: str | Path) -> None:
         """Select ``folder`` as the dataset (used by Annotate's export)."""
         self.dataset.value = "folder"
@@ -148,6 +211,9 @@ class TrainWidget(Container):
 
         if self.dataset.value == "folder":
             folder = Path(self.folder.value)
+            if str(self.folder.value).strip() in ("", "."):
+                raise ValueError("dataset \"folder\" needs a dataset folder: pick a folder with one sub-folder "
+                                 "of images per class (e.g. an Annotate export), or choose synthetic shapes")
             if not folder.is_dir():
                 raise ValueError(f"dataset folder {str(folder)!r} does not exist; pick a folder with one "
                                  "sub-folder of images per class")
@@ -184,10 +250,33 @@ class TrainWidget(Container):
         self.history = {"step": [], "loss": [], "accuracy": []}
         self.plot.clear()
         self.result.value = f"run folder: {out}"
+        return self._launch(config, out, resume=False)
+
+    def resume(self):
+        """Continue the stopped run in its folder (up to the steps/epochs in the form); return the worker or None."""
+        if self.task.running or self.run_dir is None or not (self.run_dir / "checkpoint.pt").is_file():
+            notify("nothing to resume: start a run and stop it first")
+            return None
+        try:
+            config = self.config()
+        except (ValueError, TypeError) as exc:
+            notify(str(exc))
+            return None
+        self.result.value = f"resuming the run in {self.run_dir}"
+        return self._launch(config, self.run_dir, resume=True)
+
+    def _launch(self, config, out: Path, resume: bool):
+        import threading
+
         self.classify_button.enabled = False
         self.start_button.enabled = False
+        self.resume_button.visible = False
+        self.stopped = False
         self.pause_button.enabled, self.pause_button.text = True, "Pause"
-        return self.task.start(train_job, config, out, on_yield=self._event, on_finish=self._finished)
+        self._ended = threading.Event()
+        self._first = None  # (step, time) of this launch's first step, for the time left
+        return self.task.start(train_job, config, out, resume, self._ended, on_yield=self._event,
+                               on_finish=self._finished)
 
     def toggle_pause(self) -> None:
         """Pause (between steps) or resume the run."""
@@ -208,12 +297,15 @@ class TrainWidget(Container):
         worker = self.task.worker
         if worker is None:
             return
-        self.task.cancel()
-        if wait:
-            deadline = time.monotonic() + timeout
-            while self.task.worker is not None and time.monotonic() < deadline:
-                QApplication.processEvents()
-                time.sleep(0.01)
+        self.task.cancel_event.set()  # first: the widgets below may already be deleted when napari closes
+        try:
+            self.task.cancel()
+        except RuntimeError:
+            if getattr(worker, "is_paused", False):
+                worker.resume()
+        _set_quietly(self.pause_button, "enabled", False)
+        if wait and self._ended is not None:  # no Qt event processing here (may run inside a close event)
+            self._ended.wait(timeout)
 
     def _stop_silently(self, *_: Any) -> None:
         if self.task.worker is not None:
@@ -229,27 +321,55 @@ class TrainWidget(Container):
     # ------------------------------------------------------------ events
     def _event(self, ev) -> None:
         if ev.phase == "train" and ev.loss is not None:
-            self.history["step"].append(ev.step)
-            self.history["loss"].append(ev.loss)
-            self.history["accuracy"].append(ev.accuracy if ev.accuracy is not None else float("nan"))
-            self.plot.set_series("loss", self.history["step"], self.history["loss"], "#ff8a65", "left")
-            self.plot.set_series("accuracy", self.history["step"], self.history["accuracy"], "#81c784", "right")
-            self.progress.max = max(int(ev.total_steps), 1)
-            self.progress.value = min(int(ev.step), int(ev.total_steps))
-            self.status.value = (f"step {ev.step}/{ev.total_steps}  loss {ev.loss:.3f}  "
-                                 f"accuracy {ev.accuracy:.2f}  {ev.elapsed:.0f} s")
+            self._train_point(ev)
         elif ev.phase in ("val", "test", "test_modified"):
             self.result.value = f"{ev.phase}: loss {ev.loss:.3f}, accuracy {ev.accuracy:.3f}"
+            if ev.phase == "val":
+                self.history.setdefault("val_step", []).append(ev.step)
+                self.history.setdefault("val_accuracy", []).append(ev.accuracy)
+                self._plot_history()
         elif ev.phase in ("done", "stopped"):
+            self.stopped = ev.phase == "stopped"
             self.checkpoint = Path(ev.checkpoint) if ev.checkpoint else None
             metrics = ", ".join(f"{k} {v:.3g}" for k, v in ev.metrics.items()
                                 if isinstance(v, (int, float)))
             self.result.value = (f"{'finished' if ev.phase == 'done' else 'stopped'} at step {ev.step}; "
                                  f"checkpoint: {self.checkpoint}" + (f"\n{metrics}" if metrics else ""))
 
+    def _train_point(self, ev) -> None:
+        if self._first is None:
+            self._first = (ev.step, time.monotonic())
+        self.history["step"].append(ev.step)
+        self.history["loss"].append(ev.loss)
+        self.history["accuracy"].append(ev.accuracy if ev.accuracy is not None else float("nan"))
+        self._plot_history()
+        self.progress.max = max(int(ev.total_steps), 1)
+        self.progress.value = min(int(ev.step), int(ev.total_steps))
+        if self.task.cancel_event.is_set():
+            return  # keep "stopping..." on screen
+        left = eta_text(time.monotonic() - self._first[1], ev.step - self._first[0], ev.total_steps - ev.step)
+        self.status.value = (f"step {ev.step}/{ev.total_steps}  loss {ev.loss:.3f}  "
+                             f"accuracy {ev.accuracy:.2f}  {ev.elapsed:.0f} s{left}")
+
+    def _plot_history(self) -> None:
+        from napari_aprnet._widgets._plot import running_mean
+
+        h, steps = self.history, self.history["step"]
+        window = max(5, min(50, len(steps) // 10))
+        self.plot.set_series("loss", steps, h["loss"], "#ff8a65", "left", alpha=0.3, label="_loss per batch")
+        self.plot.set_series("loss (mean)", steps, running_mean(h["loss"], window), "#ff8a65", "left",
+                             label=f"loss (mean of {window})")
+        self.plot.set_series("accuracy (mean)", steps, running_mean(h["accuracy"], window), "#81c784", "right",
+                             label=f"accuracy (mean of {window})")
+        if h.get("val_step"):
+            self.plot.set_series("validation", h["val_step"], h["val_accuracy"], "#fff176", "right", style="o",
+                                 label="validation accuracy")
+
     def _finished(self) -> None:
         self.start_button.enabled = True
         self.pause_button.enabled, self.pause_button.text = False, "Pause"
+        self.resume_button.visible = bool(self.stopped and self.run_dir is not None
+                                          and (self.run_dir / "checkpoint.pt").is_file())
         if self.checkpoint is not None and self.checkpoint.exists():
             self.classify_button.enabled = True
             classify = find_widget(self.viewer, "Classify")

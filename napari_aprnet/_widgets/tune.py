@@ -35,18 +35,33 @@ __all__ = ["TuneWidget", "sweep_job"]
 def sweep_job(image: np.ndarray, rel_errors: list[float], params, channel_axis: int | None, mode: str, *,
               cancel):
     """Generator run in a worker: yields progress and one SweepPoint per E."""
-    from napari_aprnet.sweep import sweep_rel_error
+    from napari_aprnet.sweep import stack_points, sweep_rel_error
 
     n = len(rel_errors)
     yield Progress(0, n, "reading the image...")
     image = np.asarray(image)
     yield Progress(0, n, f"converting at E = {rel_errors[0]:g} (1/{n})...")
+    points = []
     for i, point in enumerate(sweep_rel_error(image, rel_errors, params=params, channel_axis=channel_axis,
                                               mode=mode, cancel=cancel.is_set)):
+        points.append(point)
         yield point
         if i + 1 < n:
             yield Progress(i + 1, n, f"converting at E = {rel_errors[i + 1]:g} ({i + 2}/{n})...")
+    if not points:
+        return None
+    yield Progress(n, n, "stacking the results...")
+    recon, levels = stack_points(points)  # here, not on the main thread
+    levels = levels.astype(np.uint8)
+    for p in points:  # the stacks hold the images now: one copy, not two
+        for name in ("reconstruction", "level_map"):
+            if hasattr(p, name):
+                try:
+                    setattr(p, name, None)
+                except (AttributeError, TypeError):
+                    pass
     yield Progress(n, n, "sweep done")
+    return recon, levels
 
 
 class TuneWidget(Container):
@@ -82,6 +97,7 @@ class TuneWidget(Container):
         self.native.layout().addWidget(self.plot)
         self.points: list = []
         self._source = None
+        self._stack = None
         self.run_button.changed.connect(lambda *_: self.run())
         self.use_button.changed.connect(lambda *_: self.use_current())
         napari_viewer.dims.events.current_step.connect(self._dims_changed)
@@ -111,8 +127,12 @@ class TuneWidget(Container):
         self._source = layer
         self.plot.clear()
         self.use_button.enabled = False
+        self._stack = None
         return self.task.start(sweep_job, image, rel_errors, params, channel_axis, self.mode.value,
-                               on_yield=self._add_point, on_finish=self._finished)
+                               on_yield=self._add_point, on_return=self._stacked, on_finish=self._finished)
+
+    def _stacked(self, stack) -> None:
+        self._stack = stack
 
     def _add_point(self, point) -> None:
         self.points.append(point)
@@ -121,14 +141,12 @@ class TuneWidget(Container):
         self.plot.set_series("mean |error|", es, [p.mean_error for p in self.points], "#ff8a65", "right")
 
     def _finished(self) -> None:
-        if self.points:
+        if self.points and self._stack is not None:
             self._show_layers()
 
     def _show_layers(self) -> None:
-        from napari_aprnet.sweep import stack_points
-
         layer, pts = self._source, self.points
-        recon, levels = stack_points(pts)
+        recon, levels = self._stack
         spatial = layer.ndim
         own = tuple(str(a) for a in layer.axis_labels[-spatial:])
         if all(a.lstrip("-").isdigit() for a in own):  # napari's default labels ("-2", "-1")
@@ -148,7 +166,7 @@ class TuneWidget(Container):
         update_or_add(self.viewer, recon, kwargs, "image")
         lmin = min(int(p.apr.level_min) for p in pts)
         lmax = max(int(p.apr.level_max) for p in pts)
-        update_or_add(self.viewer, levels.astype(np.uint8),
+        update_or_add(self.viewer, levels,
                       {"name": f"{layer.name} E sweep levels", "opacity": 0.5,
                        "colormap": level_color_dict(lmin, lmax), **common}, "labels")
         self._label_dims(labels)

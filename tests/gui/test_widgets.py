@@ -40,6 +40,8 @@ def notes(monkeypatch):
 
 def open_widget(viewer, name):
     _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, name)
+    if hasattr(widget, "params"):  # these tests compare with the library's defaults (GUI default: auto on)
+        widget.params.fields["auto_parameters"].value = False
     return widget
 
 
@@ -78,7 +80,7 @@ def test_convert_adds_layers_matching_direct_apr(make_napari_viewer, qtbot, note
     cells = viewer.layers["blobs particle cells"]
     assert len(cells.data) == direct.n_particles
     for level in np.unique(direct.levels):  # legend lists every level present
-        assert f"level {level}:" in w.legend.value
+        assert f"(level {level})" in w.legend.value
     # changing E re-converts small images automatically and updates the layers in place
     n_layers = len(viewer.layers)
     w.params.rel_error.value = 0.05
@@ -132,20 +134,20 @@ def test_convert_rgb_and_3d(make_napari_viewer, qtbot, notes):
     assert not notes
 
 
-@pytest.mark.parametrize("case", ["no layer", "labels", "4d", "points"])
+@pytest.mark.parametrize("case", ["no layer", "labels", "tiny", "points"])
 def test_convert_bad_input_notifies_and_changes_nothing(make_napari_viewer, notes, case):
     viewer = make_napari_viewer()
     w = open_widget(viewer, "Convert to APR")
     layer = {"no layer": lambda: None,
              "labels": lambda: viewer.add_labels(np.zeros((20, 20), dtype=np.uint8), name="lab"),
-             "4d": lambda: viewer.add_image(np.zeros((2, 3, 20, 20), dtype=np.float32), name="t"),
+             "tiny": lambda: viewer.add_image(np.zeros((3, 20, 1), dtype=np.float32), name="t"),
              "points": lambda: viewer.add_points(np.zeros((3, 2)), name="pts")}[case]()
     before = [ly.name for ly in viewer.layers]
     assert w.convert(layer) is None
     assert [ly.name for ly in viewer.layers] == before
     assert len(notes) == 1 and notes[0][1] == "error"
     expected = {"no layer": "no image layer selected", "labels": "is a Labels layer",
-                "4d": "has 4 dimensions", "points": "is a Points layer"}[case]
+                "tiny": "spatial side must be >= 2", "points": "is a Points layer"}[case]
     assert expected in notes[0][0]
     assert expected in w.status.value
 

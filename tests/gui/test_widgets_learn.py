@@ -102,12 +102,21 @@ def test_classify_probabilities_and_feature_maps(make_napari_viewer, qtbot, grey
     wait_idle(qtbot, w)
     structure, feats = ref.feature_maps(images[2], "conv2")
     expected = np.moveaxis(APR(structure, feats).reconstruct(), -1, 0)
+    np.testing.assert_allclose(w.feature_result.features, expected, rtol=1e-5, atol=1e-6)
+    # a labelled montage of the channels, each with its own contrast, beside the image at the maps' resolution
+    from napari_aprnet._layer_data import feature_montage
+
     fl = viewer.layers["one conv2 features"]
-    assert fl.data.shape == (feats.shape[1],) + structure.shape
-    np.testing.assert_allclose(fl.data, expected, rtol=1e-5, atol=1e-6)
-    # the maps overlay the 64-pixel image: extent = scale * shape
-    np.testing.assert_allclose(np.asarray(fl.scale[1:]) * structure.shape, (64, 64))
+    montage, corners = feature_montage(expected)
+    np.testing.assert_allclose(fl.data, montage, atol=1e-5)
+    y, x = corners[1]
+    tile = fl.data[y:y + structure.shape[0], x:x + structure.shape[1]]
+    assert tile.min() >= 0 and tile.max() <= 1
+    np.testing.assert_allclose(np.asarray(fl.scale) * structure.shape, (64, 64))  # one tile = the image's extent
+    assert fl.translate[-1] >= 64  # beside the image, not over it
+    assert len(viewer.layers["one conv2 features channels"].data) == feats.shape[1]
     levels = viewer.layers["one network input levels"]
+    assert levels.translate[-2] >= 64 and levels.opacity == 1.0  # below the image
     spec = ref.spec
     np.testing.assert_array_equal(levels.data, spec.to_apr(spec.prepare(images[2])).reconstruct(mode="level"))
     assert levels.data.shape == (32, 32)
@@ -169,6 +178,7 @@ def test_train_runs_offers_checkpoint_and_stops_cleanly(make_napari_viewer, qtbo
     viewer = make_napari_viewer()
     classify = open_widget(viewer, "Classify")
     w = open_widget(viewer, "Train")
+    w.network.value = "APR_A"
     w.steps.value, w.size.value, w.batch.value = 3, 32, 4
     w.out_dir.value = tmp_path / "run1"
     assert w.start() is not None
@@ -189,13 +199,19 @@ def test_train_runs_offers_checkpoint_and_stops_cleanly(make_napari_viewer, qtbo
     n = len(w.history["step"])
     qtbot.wait(300)
     assert len(w.history["step"]) <= n + 1  # at most the step in flight lands
-    # closing napari asks first: "No" keeps training, "Yes" stops it cleanly (here: while paused)
+    # closing the window by hand asks first: "No" keeps training, "Yes" stops it cleanly (here: while paused)
+    class UserClose(QCloseEvent):
+        def spontaneous(self):
+            return True
+
     w.confirm_close = lambda: False
-    assert w._guard.eventFilter(viewer.window._qt_window, QCloseEvent()) is True
+    assert w._guard.eventFilter(viewer.window._qt_window, UserClose()) is True
     assert w.task.running
     w.confirm_close = lambda: True
-    assert w._guard.eventFilter(viewer.window._qt_window, QCloseEvent()) is False
-    assert not w.task.running and not worker.is_running
+    assert w._guard.eventFilter(viewer.window._qt_window, UserClose()) is False
+    assert w._ended.is_set()  # the worker's generator ended before the window closes
+    wait_idle(qtbot, w)
+    assert not worker.is_running
     assert "stopped at step" in w.result.value
     assert (tmp_path / "run2" / "checkpoint.pt").exists()
     qtbot.waitUntil(lambda: QThreadPool.globalInstance().activeThreadCount() == 0, timeout=WAIT)

@@ -1,0 +1,110 @@
+"""Main-thread stalls of the napari widgets while results arrive (issue 13, "freezes").
+
+A 10 ms QTimer records the gap between its ticks while a widget works; a
+gap over 10 ms is a stall of the main thread (the GUI cannot repaint or react).
+Cases: Convert adds the result layers of a 2048x2048 image and of a
+64x1024x1024 stack; Tune E sweeps a 3D stack. Reports the largest stall and
+the stalls over 200 ms (the goal) per case.
+
+    xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python benchmarks/bench_gui_freeze.py [--small] [--out F]
+
+Run it on an otherwise idle machine: on a loaded one the timer's gaps also
+count the time the scheduler gives to other processes.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+PLUGIN = "napari-aprnet"
+
+
+class StallMeter:
+    """Gaps between the ticks of a 10 ms QTimer, in ms, while running."""
+
+    def __init__(self, interval_ms: int = 10):
+        from qtpy.QtCore import QTimer
+
+        self.interval = interval_ms
+        self.gaps: list[float] = []
+        self._last = None
+        self.timer = QTimer()
+        self.timer.setInterval(interval_ms)
+        self.timer.timeout.connect(self._tick)
+
+    def _tick(self) -> None:
+        now = time.perf_counter()
+        if self._last is not None:
+            self.gaps.append((now - self._last) * 1000)
+        self._last = now
+
+    def start(self) -> None:
+        self.gaps, self._last = [], None
+        self.timer.start()
+
+    def stop(self) -> dict:
+        self.timer.stop()
+        stalls = [g - self.interval for g in self.gaps]
+        return {"max_stall_ms": round(max(stalls, default=0.0), 1),
+                "stalls_over_200ms": [round(s, 1) for s in stalls if s > 200],
+                "ticks": len(self.gaps)}
+
+
+def _run(viewer, widget, start, meter: StallMeter, timeout: float = 1800) -> dict:
+    from qtpy.QtWidgets import QApplication
+
+    meter.start()
+    t0 = time.perf_counter()
+    start()
+    while (widget.task.running or time.perf_counter() - t0 < 0.2) and time.perf_counter() - t0 < timeout:
+        QApplication.processEvents()
+        time.sleep(0.001)
+    for _ in range(50):  # layers drawn after the job's last signal
+        QApplication.processEvents()
+        time.sleep(0.002)
+    out = meter.stop()
+    out["wall_s"] = round(time.perf_counter() - t0, 1)
+    return out
+
+
+def main(argv=None) -> int:
+    import napari
+
+    from napari_aprnet.samples import fluorescence_blobs
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--small", action="store_true", help="4x smaller sides (a quick check)")
+    parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
+    args = parser.parse_args(argv)
+    k = 4 if args.small else 1
+    cases = {
+        f"convert {2048 // k}x{2048 // k}": ("Convert to APR", fluorescence_blobs((2048 // k, 2048 // k), 60, seed=1)),
+        f"convert {64 // k}x{1024 // k}x{1024 // k}":
+            ("Convert to APR", fluorescence_blobs((64 // k, 1024 // k, 1024 // k), 80, seed=2)),
+        f"tune E {64 // k}x{256 // k}x{256 // k}, 4 E":
+            ("Tune E", fluorescence_blobs((64 // k, 256 // k, 256 // k), 20, seed=3)),
+    }
+    meter = StallMeter()
+    results = {}
+    for name, (widget_name, image) in cases.items():
+        viewer = napari.Viewer(show=True)
+        layer = viewer.add_image(image, name="image")
+        _, w = viewer.window.add_plugin_dock_widget(PLUGIN, widget_name)
+        w.image.value = layer
+        if widget_name == "Tune E":
+            res = _run(viewer, w, lambda w=w, layer=layer: w.run(layer, "0.05:0.4:4"), meter)
+        else:
+            w.auto_update.value = False
+            res = _run(viewer, w, lambda w=w, layer=layer: w.convert(layer), meter)
+        results[name] = res
+        print(f"{name}: {res}", flush=True)
+        viewer.close()
+    if args.out is not None:
+        args.out.write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

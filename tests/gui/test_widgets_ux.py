@@ -1,0 +1,255 @@
+"""What a microscopist meets in the plugin (issue 13): errors once, closing, stop/resume, defaults,
+preselection, docking, level colours, small refusals. Run under Xvfb with pytest-qt."""
+from __future__ import annotations
+
+import os
+import sys
+
+import numpy as np
+import pytest
+
+pytest.importorskip("napari")
+pytestmark = pytest.mark.gui
+if sys.platform.startswith("linux") and not os.environ.get("DISPLAY"):
+    pytest.skip("napari widgets need a display: install Xvfb (apt-get install xvfb) for pytest-xvfb",
+                allow_module_level=True)
+
+from napari_aprnet.samples import fluorescence_blobs  # noqa: E402
+
+PLUGIN = "napari-aprnet"
+WAIT = 120_000
+
+
+@pytest.fixture
+def notes(monkeypatch):
+    from napari_aprnet._widgets import _common
+
+    shown: list[tuple[str, str]] = []
+    monkeypatch.setattr(_common, "notify", lambda message, level="error": shown.append((message, level)))
+    for mod in ("convert", "tune", "annotate", "train", "classify"):
+        module = __import__(f"napari_aprnet._widgets.{mod}", fromlist=["notify"])
+        monkeypatch.setattr(module, "notify", _common.notify)
+    return shown
+
+
+def open_widget(viewer, name):
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, name)
+    return widget
+
+
+def test_background_error_shown_once_and_not_reraised(make_napari_viewer, qtbot, notes):
+    from magicgui.widgets import Label, ProgressBar
+
+    from napari_aprnet._widgets._common import BackgroundTask
+
+    make_napari_viewer()
+    task = BackgroundTask("Job", ProgressBar(), Label())
+
+    def job(*, cancel):
+        yield 1
+        raise ValueError("the input is bad")
+
+    worker = task.start(job)
+    assert worker._ignore_errors if hasattr(worker, "_ignore_errors") else True
+    qtbot.waitUntil(lambda: not task.running, timeout=WAIT)  # pytest-qt fails on a re-raise in a slot
+    assert notes == [("Job failed: the input is bad", "error")]
+    assert task.status.value == "Job failed: the input is bad"
+
+
+def test_auto_thresholds_on_by_default_and_run_script_agrees(make_napari_viewer):
+    import importlib.util
+    from pathlib import Path
+
+    viewer = make_napari_viewer()
+    for name in ("Convert to APR", "Tune E"):
+        w = open_widget(viewer, name)
+        box = w.params.fields["auto_parameters"]
+        assert box.value is True and "Li" in box.tooltip
+    spec = importlib.util.spec_from_file_location("run_napari", Path(__file__).parents[2] / "scripts" / "run_napari.py")
+    run = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(run)
+    assert run.parse_args([]).manual_thresholds is False  # the run command converts with auto thresholds too
+
+
+def test_pickers_preselect_the_active_and_new_image_layers(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer()
+    first = viewer.add_image(np.zeros((32, 32)), name="first")
+    convert, tune, classify = (open_widget(viewer, n) for n in ("Convert to APR", "Tune E", "Classify"))
+    assert convert.image.value is first and tune.image.value is first
+    assert list(classify.layers.value) == [first]
+    second = viewer.add_image(np.ones((32, 32)), name="second")
+    assert convert.image.value is second and tune.image.value is second
+    assert list(classify.layers.value) == [second]
+
+
+def test_widgets_are_tabbed_in_scroll_areas(make_napari_viewer, qtbot):
+    from qtpy.QtWidgets import QScrollArea
+
+    from napari_aprnet._widgets._common import _dock_of
+
+    viewer = make_napari_viewer()
+    a, b = open_widget(viewer, "Convert to APR"), open_widget(viewer, "Train")
+    qtbot.wait(50)
+    dock_a, dock_b = _dock_of(a.native), _dock_of(b.native)
+    assert isinstance(dock_a.widget(), QScrollArea) and isinstance(dock_b.widget(), QScrollArea)
+    assert dock_b in viewer.window._qt_window.tabifiedDockWidgets(dock_a)
+
+
+def test_level_colours_follow_cell_size_and_map_sits_beside(make_napari_viewer, qtbot, notes):
+    from napari_aprnet._layer_data import LEVEL_COLORS, level_color
+
+    assert level_color(9, 9) == level_color(11, 11) == LEVEL_COLORS[0]  # 1-pixel cells, any image size
+    assert level_color(7, 9) == level_color(9, 11) == LEVEL_COLORS[2]  # 4-pixel cells
+    viewer = make_napari_viewer()
+    layer = viewer.add_image(fluorescence_blobs((60, 70), 8, seed=4), name="blobs")
+    w = open_widget(viewer, "Convert to APR")
+    w.auto_update.value = False
+    w.convert()
+    qtbot.waitUntil(lambda: not w.task.running, timeout=WAIT)
+    levels = viewer.layers["blobs level map"]
+    assert levels.translate[-1] > 70 and levels.opacity == 1.0  # beside, not over
+    present = np.unique(levels.data)
+    assert w.legend.value.count("pixel cells") == len(present)  # only the levels present
+    assert "1x1-pixel cells" in w.legend.value
+    w.level_display.value = "over the image"
+    assert viewer.layers["blobs level map"].translate[-1] == 0 and layer.translate[-1] == 0
+
+
+def test_train_defaults_and_expected_steps_and_folder_refusal(make_napari_viewer, notes):
+    viewer = make_napari_viewer()
+    w = open_widget(viewer, "Train")
+    assert (w.network.value, w.size.value, w.batch.value) == ("APR_B", 128, 36)
+    assert f"{w.steps.value} steps" in w.expected.value
+    w.dataset.value = "folder"
+    assert w.start() is None
+    assert "needs a dataset folder" in notes[-1][0] and not w.task.running
+
+
+def test_programmatic_close_stops_training_without_dialog(make_napari_viewer, qtbot, tmp_path, monkeypatch):
+    from qtpy.QtWidgets import QMessageBox
+
+    def no_dialog(*a, **k):
+        raise AssertionError("a dialog was shown")
+
+    monkeypatch.setattr(QMessageBox, "question", no_dialog)
+    viewer = make_napari_viewer()
+    w = open_widget(viewer, "Train")
+    w.network.value = "APR_A"
+    w.steps.value, w.size.value, w.batch.value = 100_000, 32, 4
+    w.out_dir.value = tmp_path / "run"
+    w.start()
+    qtbot.waitUntil(lambda: len(w.history["step"]) >= 1, timeout=WAIT)
+    ended = w._ended
+    viewer.close()  # waits (up to 60 s) for the step in flight, the batch-norm recalibration and the save
+    assert ended.wait(WAIT / 1000)
+    assert (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+def test_stop_shows_stopping_then_resume_continues(make_napari_viewer, qtbot, tmp_path, notes):
+    viewer = make_napari_viewer()
+    w = open_widget(viewer, "Train")
+    w.network.value = "APR_A"
+    w.steps.value, w.size.value, w.batch.value = 100_000, 32, 4
+    w.out_dir.value = tmp_path / "run"
+    w.start()
+    qtbot.waitUntil(lambda: len(w.history["step"]) >= 2, timeout=WAIT)
+    w.stop_button.changed.emit(True)
+    assert w.status.value.startswith("stopping")
+    qtbot.wait(200)
+    assert w.status.value.startswith("stopping") or not w.task.running
+    qtbot.waitUntil(lambda: not w.task.running, timeout=WAIT)
+    assert not w.resume_button.native.isHidden() and "stopped at step" in w.result.value
+    stopped_at = w.history["step"][-1]
+    w.steps.value = stopped_at + 2
+    assert w.resume() is not None
+    qtbot.waitUntil(lambda: not w.task.running, timeout=WAIT)
+    assert w.history["step"][-1] == stopped_at + 2 and "finished" in w.result.value
+    assert not notes
+
+
+def test_classify_refuses_tiny_image(make_napari_viewer, qtbot, notes):
+    from napari_aprnet._widgets.classify import images_for_classifier
+
+    viewer = make_napari_viewer()
+    layer = viewer.add_image(np.ones((1, 1)), name="dot")
+
+    class Fake:
+        channels, input_size = 1, 64
+
+    with pytest.raises(ValueError, match="too small to classify"):
+        images_for_classifier(layer, Fake())
+
+
+def test_libapr_file_says_why_it_cannot_be_opened(tmp_path):
+    import h5py
+
+    from napari_aprnet._reader import read_apr
+
+    path = tmp_path / "pyapr.apr"
+    with h5py.File(path, "w") as f:
+        f.create_group("ParticleRepr/t")
+    with pytest.warns(UserWarning, match="LibAPR/pyapr"), pytest.raises(ValueError, match="LibAPR/pyapr"):
+        read_apr(str(path))
+
+
+def test_annotate_number_key_on_selected_layer_warns_and_restores(make_napari_viewer, tmp_path, notes):
+    import imageio.v3 as iio
+
+    for i in range(2):
+        iio.imwrite(tmp_path / f"im{i}.png", (np.random.default_rng(i).random((16, 16)) * 255).astype(np.uint8))
+    viewer = make_napari_viewer()
+    w = open_widget(viewer, "Annotate")
+    w.classes.value = "a, b"
+    assert w.open(tmp_path)
+    layer = [lyr for lyr in viewer.layers if lyr.name == "annotation image"] or list(viewer.layers)
+    layer = layer[0]
+    viewer.layers.selection.active = layer
+    layer.mode = "transform"  # what napari's key "2" does to a selected image layer
+    assert str(layer.mode) in ("pan_zoom", "Mode.PAN_ZOOM") and viewer.layers.selection.active is None
+    assert "number key" in notes[-1][0]
+
+
+def test_plots_use_matplotlib_round_ticks_and_non_negative_error_axis(qtbot):
+    from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+
+    from napari_aprnet._widgets._plot import BarPlot, LinePlot, running_mean
+
+    plot = LinePlot(title="t", xlabel="E", log_x=True)
+    qtbot.addWidget(plot)
+    assert isinstance(plot, FigureCanvasQTAgg)
+    plot.set_series("mean |error|", [0.02, 0.1, 0.5], [0.001, 0.004, 0.02], axis="right")
+    plot.set_series("CR", [0.02, 0.1, 0.5], [1.1, 2.3, 4.55])
+    plot.redraw()
+    left, right = plot.figure.axes[:2]
+    assert left.get_ylim()[0] == 0 and right.get_ylim()[0] == 0  # never negative
+    ticks = [t for t in left.get_yticks() if 0 <= t <= left.get_ylim()[1]]
+    assert all(abs(t * 2 - round(t * 2)) < 1e-9 for t in ticks)  # 0, 0.5, 1, ... or 0, 1, 2, ...
+    np.testing.assert_allclose(running_mean([1, 3, 5, 7], 2), [1, 2, 4, 6])
+    bars = BarPlot("p")
+    qtbot.addWidget(bars)
+    bars.set_bars(["a", "b"], [0.2, 0.8])
+    bars.redraw()
+
+
+def test_stack_of_2d_images_is_converted_image_by_image(make_napari_viewer, qtbot, notes):
+    from napari_aprnet.apr import APR
+    from napari_aprnet.params import APRParameters
+
+    viewer = make_napari_viewer()
+    stack = np.stack([fluorescence_blobs((40, 48), 5, seed=s) for s in range(3)])
+    layer = viewer.add_image(stack, name="stack", axis_labels=("class", "y", "x"))
+    w = open_widget(viewer, "Convert to APR")
+    assert w.image.value is layer and w.spatial.value.startswith("2D")  # preset from the "class" axis
+    w.auto_update.value = False
+    w.params.rel_error.value = 0.2
+    w.convert()
+    qtbot.waitUntil(lambda: not w.task.running, timeout=WAIT)
+    assert not notes
+    recon = viewer.layers["stack reconstruction"]
+    assert recon.data.shape == stack.shape and tuple(recon.axis_labels) == ("class", "y", "x")
+    params = w.params.parameters(spacing=(1.0, 1.0))
+    for i in range(3):  # each plane equals its own 2D conversion
+        direct = APR.from_image(stack[i], 0.2, params=params)
+        np.testing.assert_array_equal(recon.data[i], direct.reconstruct())
+    assert "3 images converted one by one" in w.results.value
+    assert isinstance(params, APRParameters)
