@@ -180,16 +180,16 @@ def test_classify_refuses_tiny_image(make_napari_viewer, qtbot, notes):
         images_for_classifier(layer, Fake())
 
 
-def test_libapr_file_says_why_it_cannot_be_opened(tmp_path):
-    import h5py
+def test_pyapr_file_opens_in_napari(make_napari_viewer):
+    """File -> Open of a pyapr-written .apr: one layer per particle set plus the level map."""
+    from pathlib import Path
 
-    from napari_aprnet._reader import read_apr
-
-    path = tmp_path / "pyapr.apr"
-    with h5py.File(path, "w") as f:
-        f.create_group("ParticleRepr/t")
-    with pytest.warns(UserWarning, match="LibAPR/pyapr"), pytest.raises(ValueError, match="LibAPR/pyapr"):
-        read_apr(str(path))
+    path = Path(__file__).parent.parent / "fixtures" / "libapr" / "blobs3d_tree_two_sets.apr"
+    viewer = make_napari_viewer()
+    layers = viewer.open(str(path), plugin=PLUGIN)
+    assert len(layers) >= 3  # two particle sets and a level map
+    meta = [lyr.metadata.get("aprnet", {}) for lyr in layers]
+    assert {m.get("source_format") for m in meta} == {"libapr"}
 
 
 def test_annotate_number_key_on_selected_layer_warns_and_restores(make_napari_viewer, tmp_path, notes):
