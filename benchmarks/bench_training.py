@@ -324,11 +324,9 @@ def main(argv=None) -> int:
         sp.add_argument("--n-test", type=int, default=200, help="test images per class")
         sp.add_argument("--run-threads", default="torch threads 2 (one run at a time)",
                         help="report: how the runs were scheduled (stated beside the step times)")
+        sp.add_argument("--steps", type=int, default=600, help="finite: step cap of each training set")
         if sp.prog.endswith("finite"):
-            sp.add_argument("--steps", type=int, default=600)
             sp.add_argument("--eval-every", type=int, default=50)
-        else:
-            sp.set_defaults(steps=600)
     for sp in (t, c, sub.choices["finite"]):
         sp.add_argument("--only", nargs="*", default=None, help="run names (table, curves) or models (finite)")
     args = p.parse_args(argv)
