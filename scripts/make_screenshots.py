@@ -136,8 +136,7 @@ def shot_classify(out: Path, checkpoint: Path | None) -> None:
     viewer.dims.set_current_step(0, 2)
     w.show_features(stack, w.classifier.layer_names()[0])
     wait(w)
-    viewer.grid.enabled = True
-    viewer.grid.shape = (1, 3)
+    viewer.reset_view()  # the montage sits beside the image: show both
     save(viewer, out, "classify.png")
     viewer.close()
 
