@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every benchmark in turn (2 threads) and rewrites benchmarks/results/*.md.
 # Installs the benchmark-only peers (pyapr 1.0.7, matplotlib) into .venv first.
-# Takes about 30 minutes on a 2-core machine; run it on a quiet machine.
+# The speed benchmarks take about 30 minutes on a 2-core machine, the learning runs
+# several hours; run it on a quiet machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -x .venv/bin/python ] || scripts/setup_env.sh
@@ -13,4 +14,9 @@ $PY benchmarks/bench_reconstruct.py
 $PY benchmarks/bench_layers.py
 $PY benchmarks/bench_train_step.py --steps 9
 $PY benchmarks/bench_train_step.py --steps 9 --tune-malloc
-$PY benchmarks/bench_training.py --size 256 --batch 36 --steps 200 --curve-steps 200 --window 50
+# learning runs are long (hours on 2 cores) and resumable: see benchmarks/results/training.md
+$PY benchmarks/bench_learning_diagnosis.py --steps 800
+$PY benchmarks/bench_training.py table --steps 3000 --other-steps 1500 --pix256-steps 600
+$PY benchmarks/bench_training.py curves --steps 1000 --pix256-steps 600
+$PY benchmarks/bench_training.py finite --size 128 --steps 600
+$PY benchmarks/bench_training.py report
