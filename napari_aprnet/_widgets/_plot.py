@@ -64,6 +64,14 @@ class _Canvas(FigureCanvasQTAgg):
     def redraw(self) -> None:  # pragma: no cover - overridden
         raise NotImplementedError
 
+    def _fresh_axes(self):
+        """Clear the figure and return one styled, titled axes."""
+        self.figure.clear()
+        ax = self.figure.add_subplot(111)
+        self._style(ax)
+        ax.set_title(self.title, color=_FG, fontsize=9)
+        return ax
+
     def _style(self, ax) -> None:
         ax.set_facecolor(_BG)
         ax.tick_params(colors=_FG, labelsize=8)
@@ -115,11 +123,7 @@ class LinePlot(_Canvas):
         self.request_redraw()
 
     def redraw(self) -> None:
-        fig = self.figure
-        fig.clear()
-        ax = fig.add_subplot(111)
-        self._style(ax)
-        ax.set_title(self.title, color=_FG, fontsize=9)
+        ax = self._fresh_axes()
         ax.set_xlabel(self.xlabel, fontsize=8)
         if self.log_x:
             ax.set_xscale("log")
@@ -174,11 +178,7 @@ class BarPlot(_Canvas):
         self.request_redraw()
 
     def redraw(self) -> None:
-        fig = self.figure
-        fig.clear()
-        ax = fig.add_subplot(111)
-        self._style(ax)
-        ax.set_title(self.title, color=_FG, fontsize=9)
+        ax = self._fresh_axes()
         if not len(self.values):
             ax.text(0.5, 0.5, "no prediction yet", color=_FG, ha="center", va="center", transform=ax.transAxes)
             ax.set_xticks([])

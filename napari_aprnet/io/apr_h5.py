@@ -233,6 +233,16 @@ def read_apr(path: str | os.PathLike):
         If the file is not an .apr file, is damaged or truncated, or holds
         inconsistent arrays.
     """
+    return read_hdf5(path, _load_contents)
+
+
+def read_hdf5(path: str | os.PathLike, read):
+    """Open the HDF5 file ``path`` read-only and return ``read(h5, path)``.
+
+    Shared by the ``.apr`` readers: a missing file is FileNotFoundError; a
+    folder, a file that is not HDF5 and any error while reading become
+    :class:`APRFileError` naming the file.
+    """
     import h5py
 
     path = os.fspath(path)
@@ -246,7 +256,7 @@ def read_apr(path: str | os.PathLike):
         raise APRFileError(f"{path} is not a readable .apr file (not HDF5, damaged or truncated): {exc}") from None
     try:
         with h5:
-            return _load_contents(h5, path)
+            return read(h5, path)
     except APRFileError:
         raise
     except (OSError, KeyError, RuntimeError, TypeError, ValueError) as exc:

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from napari_aprnet.io._atomic import atomic_write_bytes
-from napari_aprnet.io.apr_h5 import APRFileError, _dataset_obj
+from napari_aprnet.io.apr_h5 import APRFileError, _dataset_obj, read_hdf5
 from napari_aprnet.params import APRParameters
 from napari_aprnet.structure import APRStructure, level_max_for_shape, level_shape, validate_structure
 
@@ -234,24 +234,14 @@ def read_libapr(path: str | os.PathLike, channel: str | None = None) -> LibAPRCo
     import h5py
     import hdf5plugin  # noqa: F401  (registers the Blosc filter LibAPR compresses with)
 
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"no such .apr file: {path}")
-    try:
-        h5 = h5py.File(path, "r")
-    except OSError as exc:
-        raise APRFileError(f"{path} is not a readable HDF5 file: {exc}") from None
-    try:
-        with h5:
-            root = h5.get("ParticleRepr")
-            if not isinstance(root, h5py.Group):
-                raise APRFileError(f"{path} has no /ParticleRepr group: not a LibAPR file")
-            name, group = _pick_channel(root, channel, path)
-            return _read_group(group, path, name)
-    except APRFileError:
-        raise
-    except (OSError, KeyError, RuntimeError, TypeError, ValueError) as exc:
-        raise APRFileError(f"{path} is damaged or truncated: {type(exc).__name__}: {exc}") from None
+    def read(h5, path: str) -> LibAPRContents:
+        root = h5.get("ParticleRepr")
+        if not isinstance(root, h5py.Group):
+            raise APRFileError(f"{path} has no /ParticleRepr group: not a LibAPR file")
+        name, group = _pick_channel(root, channel, path)
+        return _read_group(group, path, name)
+
+    return read_hdf5(path, read)
 
 
 # ----- writing -----------------------------------------------------------------
