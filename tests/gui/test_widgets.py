@@ -6,20 +6,13 @@ compared with the APR computed directly, or with the CLI's output.
 """
 from __future__ import annotations
 
-import os
 import sys
 
 import numpy as np
 import pytest
 
-pytest.importorskip("napari")
-pytestmark = pytest.mark.gui
-if sys.platform.startswith("linux") and not os.environ.get("DISPLAY"):  # pytest-xvfb sets it when Xvfb exists
-    pytest.skip("napari widgets need a display: install Xvfb (apt-get install xvfb) for pytest-xvfb",
-                allow_module_level=True)
-
-from napari_aprnet.apr import APR  # noqa: E402
-from napari_aprnet.samples import fluorescence_blobs  # noqa: E402
+from napari_aprnet.apr import APR
+from napari_aprnet.samples import fluorescence_blobs
 
 PLUGIN = "napari-aprnet"
 WAIT = 60_000  # ms; generous for a loaded 2-core machine (no timing assertions)

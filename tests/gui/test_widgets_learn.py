@@ -5,19 +5,10 @@ input) so that every test has a real checkpoint to load.
 """
 from __future__ import annotations
 
-import os
-import sys
-
 import numpy as np
 import pytest
 
-pytest.importorskip("napari")
-pytestmark = pytest.mark.gui
-if sys.platform.startswith("linux") and not os.environ.get("DISPLAY"):  # pytest-xvfb sets it when Xvfb exists
-    pytest.skip("napari widgets need a display: install Xvfb (apt-get install xvfb) for pytest-xvfb",
-                allow_module_level=True)
-
-from napari_aprnet.samples import shapes_gallery  # noqa: E402
+from napari_aprnet.samples import shapes_gallery
 
 PLUGIN = "napari-aprnet"
 WAIT = 120_000

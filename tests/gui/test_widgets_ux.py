@@ -2,19 +2,10 @@
 preselection, docking, level colours, small refusals. Run under Xvfb with pytest-qt."""
 from __future__ import annotations
 
-import os
-import sys
-
 import numpy as np
 import pytest
 
-pytest.importorskip("napari")
-pytestmark = pytest.mark.gui
-if sys.platform.startswith("linux") and not os.environ.get("DISPLAY"):
-    pytest.skip("napari widgets need a display: install Xvfb (apt-get install xvfb) for pytest-xvfb",
-                allow_module_level=True)
-
-from napari_aprnet.samples import fluorescence_blobs  # noqa: E402
+from napari_aprnet.samples import fluorescence_blobs
 
 PLUGIN = "napari-aprnet"
 WAIT = 120_000
@@ -125,6 +116,17 @@ def test_train_defaults_and_expected_steps_and_folder_refusal(make_napari_viewer
     assert "needs a dataset folder" in notes[-1][0] and not w.task.running
 
 
+def _start_endless_run(viewer, qtbot, run_dir, steps_done: int):
+    """Start a small, practically endless APR_A run in the Train widget; return it after ``steps_done`` steps."""
+    w = open_widget(viewer, "Train")
+    w.network.value = "APR_A"
+    w.steps.value, w.size.value, w.batch.value = 100_000, 32, 4
+    w.out_dir.value = run_dir
+    w.start()
+    qtbot.waitUntil(lambda: len(w.history["step"]) >= steps_done, timeout=WAIT)
+    return w
+
+
 def test_programmatic_close_stops_training_without_dialog(make_napari_viewer, qtbot, tmp_path, monkeypatch):
     from qtpy.QtWidgets import QMessageBox
 
@@ -133,12 +135,7 @@ def test_programmatic_close_stops_training_without_dialog(make_napari_viewer, qt
 
     monkeypatch.setattr(QMessageBox, "question", no_dialog)
     viewer = make_napari_viewer()
-    w = open_widget(viewer, "Train")
-    w.network.value = "APR_A"
-    w.steps.value, w.size.value, w.batch.value = 100_000, 32, 4
-    w.out_dir.value = tmp_path / "run"
-    w.start()
-    qtbot.waitUntil(lambda: len(w.history["step"]) >= 1, timeout=WAIT)
+    w = _start_endless_run(viewer, qtbot, tmp_path / "run", steps_done=1)
     ended = w._ended
     viewer.close()  # waits (up to 60 s) for the step in flight, the batch-norm recalibration and the save
     assert ended.wait(WAIT / 1000)
@@ -147,12 +144,7 @@ def test_programmatic_close_stops_training_without_dialog(make_napari_viewer, qt
 
 def test_stop_shows_stopping_then_resume_continues(make_napari_viewer, qtbot, tmp_path, notes):
     viewer = make_napari_viewer()
-    w = open_widget(viewer, "Train")
-    w.network.value = "APR_A"
-    w.steps.value, w.size.value, w.batch.value = 100_000, 32, 4
-    w.out_dir.value = tmp_path / "run"
-    w.start()
-    qtbot.waitUntil(lambda: len(w.history["step"]) >= 2, timeout=WAIT)
+    w = _start_endless_run(viewer, qtbot, tmp_path / "run", steps_done=2)
     w.stop_button.changed.emit(True)
     assert w.status.value.startswith("stopping")
     qtbot.wait(200)
