@@ -7,13 +7,37 @@ fixtures wrapping them:
   / octree) of an image grid, with no other APR rule (no level balance).
 - :func:`cell_means` -- numpy mean of the pixels in each particle cell.
 - :func:`random_values` -- reproducible random particle values.
+
+The GUI tests (``tests/gui/``, napari widgets under Xvfb with pytest-qt) are
+all marked ``gui`` here; without napari that folder is not collected, and
+without a display (pytest-xvfb sets ``DISPLAY`` when Xvfb is installed)
+its tests are skipped with the reason.
 """
 from __future__ import annotations
+
+import importlib.util
+import os
+import sys
 
 import numpy as np
 import pytest
 
 from napari_aprnet.structure import APRStructure, level_max_for_shape, level_shape
+
+_GUI_DIR = os.path.join(os.path.dirname(__file__), "gui")
+collect_ignore_glob = [] if importlib.util.find_spec("napari") else ["gui/*"]
+
+
+def pytest_collection_modifyitems(config, items):
+    # DISPLAY is read now, not at import: pytest-xvfb sets it when it starts Xvfb
+    no_display = sys.platform.startswith("linux") and not os.environ.get("DISPLAY")
+    skip = pytest.mark.skip(reason="napari widgets need a display: install Xvfb (apt-get install xvfb) "
+                                   "for pytest-xvfb")
+    for item in items:
+        if str(item.fspath).startswith(_GUI_DIR):
+            item.add_marker(pytest.mark.gui)
+            if no_display:
+                item.add_marker(skip)
 
 
 def random_structure(shape, seed: int = 0, *, p_split: float = 0.55,
