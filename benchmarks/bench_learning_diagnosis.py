@@ -44,6 +44,8 @@ VARIANTS = {
                                  "per-image standardisation, amplitude 2-6.4 px (0.8-2.5 % of the image side), frequency 5-16"),
     "new_amplitude+dataset_norm": ("APR_B", {"normalisation": "dataset", "shape_params": NEW},
                                    "one mean/std for all images, amplitude 2-6.4 px"),
+    "new+frequency_8-16": ("APR_B", {"normalisation": "image", "shape_params": {**NEW, "frequency": [8, 16]}},
+                           "as image_norm+new_amplitude, ripples of 8-16 periods (no 5-7)"),
     "new+filled": ("APR_B", {"normalisation": "image", "shape_params": {**NEW, "filled": True}},
                    "as image_norm+new_amplitude, filled objects"),
     "pix64_legacy": ("Pix_B", {"normalisation": "dataset", "shape_params": LEGACY, "size": 64},

@@ -32,9 +32,9 @@ IMAGE_LAYER = "annotation image"
 class AnnotateWidget(Container):
     """Assign one class per image of a folder; labels are saved at once in ``aprnet_labels.csv``.
 
-    Number keys 1-9 (canvas focused, no layer selected: the widget clears the
-    selection when it shows an image) or the class buttons assign a class and
-    move to the next unlabelled image. With a classifier
+    Number keys 1-9 (canvas focused; bound on the viewer and on the annotation
+    image layer, so they win over that layer's mode keys) or the class buttons
+    assign a class and move to the next unlabelled image. With a classifier
     checkpoint loaded, its prediction is shown beside the label.
     """
 
@@ -86,22 +86,26 @@ class AnnotateWidget(Container):
         register_widget(napari_viewer, "Annotate", self)
 
     # ---------------------------------------------------------------- keys
-    def _bind_keys(self) -> None:
-        """Bind 1-9 on the viewer (they reach it while no layer with its own digit keys is active)."""
+    def _digit_handlers(self) -> dict[str, object]:
+        """Key name -> handler assigning that class number (holds the widget weakly)."""
         import weakref
 
         ref = weakref.ref(self)
-        viewer = self.viewer
 
         def make(k):
-            def handler(_viewer):
+            def handler(_target):
                 widget = ref()
                 if widget is not None:
                     widget.assign_number(k)
             return handler
 
-        for k in range(1, 10):
-            viewer.bind_key(str(k), make(k), overwrite=True)
+        return {str(k): make(k) for k in range(1, 10)}
+
+    def _bind_keys(self) -> None:
+        """Bind 1-9 on the viewer (they reach it while no layer with its own digit keys is active)."""
+        viewer = self.viewer
+        for key, handler in self._digit_handlers().items():
+            viewer.bind_key(key, handler, overwrite=True)
 
         def unbind(*_):
             for k in range(1, 10):
@@ -112,22 +116,11 @@ class AnnotateWidget(Container):
 
         self.native.destroyed.connect(unbind)
 
-    def _watch_mode(self, layer) -> None:
-        """napari's own keys 1/2 switch a selected image layer's mode: undo that and say how to label."""
-        import weakref
-
-        ref = weakref.ref(self)
-
-        def changed(event) -> None:
-            widget = ref()
-            if widget is None or str(layer.mode) in ("pan_zoom", "Mode.PAN_ZOOM"):
-                return
-            layer.mode = "pan_zoom"
-            widget.viewer.layers.selection.clear()
-            notify("the image layer was selected, so napari took the number key (layer mode); it is "
-                   "deselected now: press the number again, or use the class buttons", "warning")
-
-        layer.events.mode.connect(changed)
+    def _bind_layer_keys(self, layer) -> None:
+        """Bind 1-9 on the annotation image layer too: a layer's own bindings win over its mode keys,
+        so a selected image layer labels instead of switching to transform mode."""
+        for key, handler in self._digit_handlers().items():
+            layer.bind_key(key, handler, overwrite=True)
 
     def assign_number(self, k: int) -> None:
         """Assign class number ``k`` (1-based), as the number keys do."""
@@ -197,10 +190,8 @@ class AnnotateWidget(Container):
             else:
                 if IMAGE_LAYER in self.viewer.layers:
                     self.viewer.layers.remove(IMAGE_LAYER)
-                self._watch_mode(self.viewer.add_image(image, name=IMAGE_LAYER, rgb=rgb))
+                self._bind_layer_keys(self.viewer.add_image(image, name=IMAGE_LAYER, rgb=rgb))
             self.viewer.reset_view()
-            # image layers use 1 and 2 for their modes; with no active layer the digits label
-            self.viewer.layers.selection.clear()
         self._update_info()
         self._predict()
 
