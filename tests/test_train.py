@@ -142,6 +142,20 @@ def test_stop_event_and_generator_close_save_checkpoint(tmp_path):
     assert load_checkpoint(tmp_path / "b" / "checkpoint.pt")["train"]["step"] == 3
 
 
+def test_stop_saves_at_once_without_extra_batches(tmp_path, monkeypatch):
+    from napari_aprnet.training import loop
+
+    def no_recalibration(self):
+        raise AssertionError("Stop must not run batch norm re-estimation batches")
+
+    monkeypatch.setattr(loop._Run, "recalibrate", no_recalibration)
+    ev = threading.Event()
+    ev.set()
+    events = list(train(_config(steps=50, bn_batches=20), tmp_path / "a", stop=ev))
+    assert events[-1].phase == "stopped" and events[-1].step == 1
+    assert load_checkpoint(events[-1].checkpoint)["train"]["step"] == 1
+
+
 def test_resume_without_checkpoint(tmp_path):
     with pytest.raises(FileNotFoundError, match="nothing to resume"):
         next(train(_config(steps=2), tmp_path / "none", resume=True))

@@ -152,8 +152,7 @@ class TrainWidget(Container):
         self.progress, self.status, self.stop_button = task_widgets("training")
         self.stop_button.text = "Stop"
         self.task = BackgroundTask("Training", self.progress, self.status, self.stop_button, quit_on_cancel=False)
-        self.task.cancel_text = ("stopping... (the current step ends, batch norm is recalibrated and a "
-                                 "checkpoint is saved)")
+        self.task.cancel_text = "stopping... (the current step ends and a checkpoint is saved)"
         self._ended = None  # threading.Event set when the worker's generator ends
         self.plot = LinePlot(title="training loss and accuracy", xlabel="step")
         self.result = text("")

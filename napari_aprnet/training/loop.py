@@ -249,8 +249,7 @@ class _Run:
                 if self.out is not None and self.step < self.total and c.checkpoint_every and \
                         self.step % c.checkpoint_every == 0:
                     self.save(self.ckpt_path)
-                if should_stop():
-                    self.recalibrate()
+                if should_stop():  # at once: no batch norm re-estimation, the checkpoint is for resuming
                     path = self.save(self.ckpt_path)
                     self.stopped = True
                     yield self.event("stopped", None, None, checkpoint=path)
