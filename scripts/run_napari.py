@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 PLUGIN = "napari-aprnet"
-WIDGETS = ("Convert to APR", "Tune E", "Classify", "Train", "Annotate")
+WIDGETS = ("Convert to APR", "Tune E", "Classify", "Segment", "Train", "Annotate")
 SAMPLE_LAYERS = {"blobs_3d": "blobs 3D", "photo": "camera", "shapes": "shapes"}
 
 
