@@ -37,7 +37,7 @@ def _assert_same_weights(a: dict, b: dict) -> None:
 
 
 def _small(model: str, **kw) -> TrainConfig:
-    return TrainConfig(model=model, steps=5, size=64, width=0.25, bn_batches=2, **kw)
+    return TrainConfig(**{"model": model, "steps": 5, "size": 64, "width": 0.25, "bn_batches": 2, **kw})
 
 
 def test_split_bounds_cover_the_batch_in_order():

@@ -9,6 +9,7 @@ stop request and the flow control that pauses the ranks while the consumer
 """
 from __future__ import annotations
 
+import multiprocessing as mp
 import os
 import pickle
 import queue as queue_module
@@ -21,7 +22,6 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 import torch
-import torch.multiprocessing as mp
 
 from napari_aprnet import _native
 from napari_aprnet.training.distributed import Group
@@ -51,7 +51,7 @@ class _Channel:
     def send(self, payload) -> None:
         with self.sent.get_lock():
             self.sent.value += 1
-        self.queue.put(("event", 0, payload))
+        self.queue.put(("event", 0, _pack(payload)))
 
     def ahead(self) -> bool:
         return self.sent.value - self.consumed.value > _MAX_AHEAD
@@ -62,6 +62,11 @@ class _Channel:
     def wait_for_consumer(self) -> None:
         while self.ahead() and not self.stop_requested():
             time.sleep(0.02)
+
+
+def _pack(obj) -> bytes:
+    """Plain pickle bytes: tensors travel as copies (torch's shared-memory handles die with their process)."""
+    return pickle.dumps(obj)
 
 
 def _limit_threads(nproc: int) -> None:
@@ -76,8 +81,7 @@ def _error_message(exc: BaseException) -> tuple[str, Any]:
     """(text, picklable exception or None) describing a failure of a rank."""
     text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     try:
-        pickle.dumps(exc)
-        return text, exc
+        return text, _pack(exc)
     except Exception:
         return text, None
 
@@ -102,8 +106,14 @@ def _child(rank: int, nproc: int, store: str, body, args: tuple, device, channel
 
 def _failure(rank: int, nproc: int, detail: tuple[str, Any] | None, exitcode: int | None) -> BaseException:
     """The exception the launcher raises for a failed rank (a rank's own user error keeps its type)."""
-    if detail is not None and isinstance(detail[1], _USER_ERRORS):
-        return detail[1]
+    exc = None
+    if detail is not None and detail[1] is not None:
+        try:
+            exc = pickle.loads(detail[1])
+        except Exception:  # an exception class that does not unpickle: its text below still tells
+            exc = None
+    if isinstance(exc, _USER_ERRORS):
+        return exc
     how = detail[0].rstrip() if detail is not None else (
         f"it died (killed by signal {-exitcode})" if exitcode is not None and exitcode < 0
         else f"it exited with code {exitcode} without reporting an error (killed, out of memory, or the "
@@ -143,7 +153,7 @@ def _relay(procs, channel: _Channel, should_stop: Callable[[], bool]) -> Iterato
             channel.stop.set()
             continue
         if kind == "event":
-            yield payload
+            yield pickle.loads(payload)
             with channel.consumed.get_lock():
                 channel.consumed.value += 1
         elif kind == "exit":
