@@ -1,8 +1,11 @@
 """Benchmark: APR layers vs torch pixel layers on the same images (not a test).
 
-Run:  .venv/bin/python benchmarks/bench_layers.py [--quick] [--threads 2]
+Run:  .venv/bin/python benchmarks/bench_layers.py [--quick] [--threads 2] [--device cuda]
 
-Prints tables and writes benchmarks/results/layers.md. Every ratio compares
+Prints tables and writes benchmarks/results/layers.md (layers_cuda.md with
+``--device cuda``: APR layers with torch ops on the GPU vs cuDNN's
+Conv2d/Conv3d and torch's pooling, every call timed with the GPU
+synchronised; plan building stays on the host and is timed apart). Every ratio compares
 timings taken in the same run. Structures come from ``APR.from_image`` when
 the formation code is available, otherwise from a simple stand-in (cells
 refined towards image edges, see ``_fallback_structure``); the table says which.
@@ -25,8 +28,13 @@ def _parse():
     ap.add_argument("--no-3d", action="store_true")
     ap.add_argument("--no-malloc-tuning", action="store_true",
                     help="keep glibc's default mmap threshold (large buffers page-faulted on every call)")
-    ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "layers.md"))
-    return ap.parse_args()
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
+    ap.add_argument("--out", default=None, help="default benchmarks/results/layers.md (layers_cuda.md on cuda)")
+    args = ap.parse_args()
+    if args.out is None:
+        args.out = os.path.join(os.path.dirname(__file__), "results",
+                                "layers_cuda.md" if args.device == "cuda" else "layers.md")
+    return args
 
 
 ARGS = _parse()
@@ -59,6 +67,15 @@ from napari_aprnet.structure import APRStructure, level_max_for_shape, level_sha
 
 torch.set_num_threads(ARGS.threads)
 _native.set_num_threads(ARGS.threads)
+DEVICE = torch.device(ARGS.device)
+if DEVICE.type == "cuda" and not torch.cuda.is_available():
+    raise SystemExit("--device cuda: torch sees no CUDA device")
+
+
+def _sync() -> None:
+    """Wait for the GPU's queued work, so that host timers measure it."""
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
 
 
 # ----- images and structures ------------------------------------------------------------------
@@ -135,12 +152,14 @@ def make_structures(images, params: dict, spread: float):
 def interleaved(fns: dict, repeat: int) -> dict:
     """Best time of each callable, running them round-robin so that they share the machine's load."""
     for fn in fns.values():
-        fn()  # warm-up (plans, allocator)
+        fn()  # warm-up (plans, allocator, cuDNN algorithm choice)
     best = {k: float("inf") for k in fns}
     for _ in range(repeat):
         for k, fn in fns.items():
+            _sync()
             t = time.perf_counter()
             fn()
+            _sync()
             best[k] = min(best[k], time.perf_counter() - t)
     return best
 
@@ -199,11 +218,12 @@ def apr_conv_case(structures, c_in, c_out, k, n_lk, ndim=2):
     """Structure/plan build times and the callables of APRConv on the batch of structures."""
     torch.manual_seed(0)
     n = sum(s.n_particles for s in structures)
-    x = torch.randn(n, c_in)
-    conv = APRConv(c_in, c_out, k, n_level_kernels=n_lk, ndim=ndim)
+    x = torch.randn(n, c_in).to(DEVICE)
+    conv = APRConv(c_in, c_out, k, n_level_kernels=n_lk, ndim=ndim).to(DEVICE)
     batch = APRBatch(x, structures)
     t0 = time.perf_counter()
     conv_plan(batch, k, n_lk)
+    _sync()
     t_plan = time.perf_counter() - t0
     fwd, fwdbwd, mem_fn = _fwd_and_fwdbwd(conv, x, batch.with_features)
     return dict(n=n, t_plan=t_plan, mem=saved_bytes(mem_fn)), fwd, fwdbwd
@@ -211,24 +231,25 @@ def apr_conv_case(structures, c_in, c_out, k, n_lk, ndim=2):
 
 def pixel_conv_case(shape, batch, c_in, c_out, k):
     torch.manual_seed(0)
-    layer = (nn.Conv2d if len(shape) == 2 else nn.Conv3d)(c_in, c_out, k, padding=k // 2)
-    x = torch.randn(batch, c_in, *shape)
+    layer = (nn.Conv2d if len(shape) == 2 else nn.Conv3d)(c_in, c_out, k, padding=k // 2).to(DEVICE)
+    x = torch.randn(batch, c_in, *shape).to(DEVICE)
     fwd, fwdbwd, mem_fn = _fwd_and_fwdbwd(layer, x, lambda t: t)
     return dict(mem=saved_bytes(mem_fn)), fwd, fwdbwd
 
 
 def apr_pool_case(structures, c):
-    x = torch.randn(sum(s.n_particles for s in structures), c)
+    x = torch.randn(sum(s.n_particles for s in structures), c).to(DEVICE)
     batch = APRBatch(x, structures)
     t0 = time.perf_counter()
     pool_plan(batch)
+    _sync()
     t_plan = time.perf_counter() - t0
     fwd, fwdbwd, _ = _fwd_and_fwdbwd(APRMaxPool(), x, batch.with_features)
     return dict(t_plan=t_plan), fwd, fwdbwd
 
 
 def pixel_pool_case(shape, batch, c):
-    x = torch.randn(batch, c, *shape)
+    x = torch.randn(batch, c, *shape).to(DEVICE)
     fwd, fwdbwd, _ = _fwd_and_fwdbwd(nn.MaxPool2d(2) if len(shape) == 2 else nn.MaxPool3d(2), x, lambda t: t)
     return {}, fwd, fwdbwd
 
@@ -261,7 +282,13 @@ def main():
         print(s, flush=True)
         lines.append(s)
 
-    out("# APR layers vs pixel layers")
+    if DEVICE.type == "cuda":
+        out(f"# APR layers (torch ops on the GPU) vs cuDNN layers on {torch.cuda.get_device_name(DEVICE)}")
+        out()
+        out(f"CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}; every call timed with the GPU "
+            "synchronised. The plans (C, host, copied to the GPU) are timed apart in the plan column.")
+    else:
+        out("# APR layers vs pixel layers")
     out()
     out(f"Machine: {platform.machine()}, {os.cpu_count()} cores; threads: torch {torch.get_num_threads()}, "
         f"OpenMP {_native.max_threads()}; torch {torch.__version__}; batch {batch}, {size}x{size}, float32; "
@@ -344,6 +371,9 @@ def main():
             f"{ms(r['t_plan'])} | {mib(r['mem'])} / {mib(r['pixel_mem'])} |")
         out()
 
+    if DEVICE.type == "cuda":  # process CPU time says nothing about GPU work
+        _write(lines)
+        return
     out("## Load-independent check: 1 thread, process CPU time (2D convolution)")
     out()
     out("The machine these numbers come from is shared; wall-clock ratios above move with the load. With one "
@@ -366,7 +396,10 @@ def main():
     torch.set_num_threads(ARGS.threads)
     _native.set_num_threads(ARGS.threads)
     out()
+    _write(lines)
 
+
+def _write(lines) -> None:
     os.makedirs(os.path.dirname(ARGS.out), exist_ok=True)
     tmp = ARGS.out + ".tmp"
     with open(tmp, "w") as fh:

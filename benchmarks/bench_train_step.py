@@ -1,6 +1,7 @@
 """Benchmark: one training step of APR_B vs Pix_B on fresh synthetic shapes (not a test).
 
 Run:  .venv/bin/python benchmarks/bench_train_step.py [--steps 9] [--threads 2] [--size 256] [--batch 36]
+      [--device cuda]
 
 Every step draws a NEW batch of synthetic shapes (thesis 4.1.3.2, streaming
 mode), so the APR net converts every image and rebuilds every index plan
@@ -10,6 +11,12 @@ step = generate + (convert) + forward + backward + optimizer step, as in
 warm-up step per net) are printed with their breakdown and written to
 benchmarks/results/train_step.md. "plans" is the time spent inside the layers'
 plan builders (part of the forward pass; "forward" excludes it).
+
+With ``--device cuda`` the networks run on the GPU (the pixel net with
+cuDNN's Conv2d) and every part is timed with the GPU synchronised; image
+generation, APR conversion and the plans (built in C on the host, then
+copied to the GPU) stay on the CPU, so the table says whether they or the
+GPU's compute bound the APR step (written to train_step_cuda.md).
 """
 from __future__ import annotations
 
@@ -28,6 +35,7 @@ def _parse():
     ap.add_argument("--batch", type=int, default=36)
     ap.add_argument("--rel-error", type=float, default=0.1)
     ap.add_argument("--nets", default="APR_B,Pix_B")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
     ap.add_argument("--tune-malloc", action="store_true",
                     help="raise glibc's mmap/trim thresholds so freed large blocks are reused instead of "
                          "page-faulted afresh on every step (speeds up Pix_B a lot); default: glibc defaults")
@@ -36,6 +44,7 @@ def _parse():
     args = ap.parse_args()
     if args.out is None:
         name = "train_step_malloc_tuned.md" if args.tune_malloc else "train_step.md"
+        name = name.replace(".md", "_cuda.md") if args.device == "cuda" else name
         args.out = os.path.join(os.path.dirname(__file__), "results", name)
     return args
 
@@ -66,6 +75,15 @@ from napari_aprnet.nn import functional as aprf  # noqa: E402
 
 torch.set_num_threads(ARGS.threads)
 _native.set_num_threads(ARGS.threads)
+DEVICE = torch.device(ARGS.device)
+if DEVICE.type == "cuda" and not torch.cuda.is_available():
+    raise SystemExit("--device cuda: torch sees no CUDA device")
+
+
+def _sync() -> None:
+    """Wait for the GPU's queued work, so that host timers measure it."""
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
 
 PARTS = ("generate", "convert", "plans", "forward", "backward", "optimizer")
 _plan_time = [0.0]
@@ -87,7 +105,7 @@ aprf.pool_plan = _timed(aprf.pool_plan)
 
 def run(name: str, steps: int) -> tuple[list[dict], dict]:
     torch.manual_seed(0)
-    model = build_model(name, n_classes=6)
+    model = build_model(name, n_classes=6).to(DEVICE)
     model.train()
     opt = torch.optim.Adam(model.parameters(), lr=5e-4)
     stream = ShapeStream(seed=1, size=ARGS.size, batch=ARGS.batch)
@@ -97,28 +115,32 @@ def run(name: str, steps: int) -> tuple[list[dict], dict]:
         r = dict.fromkeys(PARTS, 0.0)
         t0 = time.perf_counter()
         images, labels = stream.batch(i)
-        labels = torch.as_tensor(labels)
+        labels = torch.as_tensor(labels).to(DEVICE)
         t1 = time.perf_counter()
         r["generate"] = t1 - t0
         if apr:
             aprs = [APR.from_image(im, rel_error=ARGS.rel_error) for im in images]
-            x = APRBatch.from_aprs(aprs)
+            x = APRBatch.from_aprs(aprs, device=DEVICE)
             info["particles"].append(int(x.offsets[-1]))
         else:
-            x = torch.from_numpy(images[:, None])
+            x = torch.from_numpy(images[:, None]).to(DEVICE)
+        _sync()
         t2 = time.perf_counter()
         r["convert"] = t2 - t1
         _plan_time[0] = 0.0
         logits = model(x)
         loss = F.cross_entropy(logits, labels)
+        _sync()
         t3 = time.perf_counter()
         r["plans"] = _plan_time[0]
         r["forward"] = t3 - t2 - r["plans"]
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        _sync()
         t4 = time.perf_counter()
         r["backward"] = t4 - t3
         opt.step()
+        _sync()
         t5 = time.perf_counter()
         r["optimizer"] = t5 - t4
         r["total"] = t5 - t0
@@ -147,7 +169,8 @@ def main():
             res[name]["particles"] = statistics.median(info["particles"])
         print(f"{name}: " + "  ".join(f"{k} {res[name][k] * 1e3:.1f} ms" for k in PARTS + ("total",)), flush=True)
     machine = f"{platform.machine()}, {os.cpu_count()} logical CPUs, {platform.processor() or platform.system()}"
-    lines = ["# Training step: APR_B vs Pix_B (fresh shapes every step)", "",
+    where = "CPU" if DEVICE.type == "cpu" else f"GPU {torch.cuda.get_device_name(DEVICE)} (cuDNN {torch.backends.cudnn.version()})"
+    lines = [f"# Training step: APR_B vs Pix_B (fresh shapes every step) on the {where}", "",
              f"Machine: {machine}; torch {torch.__version__}; threads: torch {torch.get_num_threads()}, "
              f"C library {_native.max_threads()}; thread pools: {pools}; glibc malloc: "
              f"{'mmap/trim thresholds raised (--tune-malloc)' if MALLOC_TUNED else 'defaults'}.", "",
@@ -155,7 +178,7 @@ def main():
              f"{ARGS.steps} steps after one warm-up step, each step on a new batch (generation, conversion and "
              "all APR layer plans included). Command: `.venv/bin/python benchmarks/bench_train_step.py "
              f"--steps {ARGS.steps} --threads {ARGS.threads} --size {ARGS.size} --batch {ARGS.batch}"
-             f"{' --tune-malloc' if MALLOC_TUNED else ''}`.", "",
+             f"{' --tune-malloc' if MALLOC_TUNED else ''}{' --device cuda' if DEVICE.type == 'cuda' else ''}`.", "",
              "| part (median ms) | " + " | ".join(nets) + " |", "|---|" + "---:|" * len(nets)]
     for k in PARTS + ("total",):
         lines.append(f"| {k} | " + " | ".join(f"{res[n][k] * 1e3:.1f}" for n in nets) + " |")
@@ -166,6 +189,15 @@ def main():
                       f"(median {res['APR_B'].get('particles', 0):.0f} particles per batch vs "
                       f"{ARGS.batch * ARGS.size ** 2} pixels)."]
         print(f"ratio Pix_B / APR_B = {ratio:.2f}")
+    for name in (n for n in nets if "particles" in res[n]):
+        r = res[name]
+        compute = r["forward"] + r["backward"] + r["optimizer"]
+        host = max(("plans", "convert", "generate"), key=lambda k: r[k])
+        verdict = (f"the {host} step on the host ({r[host] * 1e3:.1f} ms) bounds it" if r[host] > compute
+                   else "the network's compute bounds it")
+        lines += ["", f"{name} on the {DEVICE.type.upper()}: plan building (C, host) {r['plans'] * 1e3:.1f} ms, APR "
+                      f"conversion {r['convert'] * 1e3:.1f} ms, forward + backward + optimizer {compute * 1e3:.1f} ms "
+                      f"per step: {verdict}."]
     text = "\n".join(lines) + "\n"
     os.makedirs(os.path.dirname(ARGS.out), exist_ok=True)
     tmp = ARGS.out + ".tmp"

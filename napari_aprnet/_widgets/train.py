@@ -1,6 +1,7 @@
 """Dock widget "Train": train an APRNet in the background with a live loss/accuracy plot."""
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -59,14 +60,18 @@ def model_choices() -> list[str]:
     return out
 
 
-def train_job(config, out: Path, resume: bool = False, ended=None, *, cancel):
-    """Generator run in a worker: the events of :func:`napari_aprnet.train.train` (``ended`` set at the end)."""
+def train_job(config, out: Path, resume: bool = False, ended=None, nproc: int = 1, *, cancel):
+    """Generator run in a worker: the events of :func:`napari_aprnet.train.train` (``ended`` set at the end).
+
+    With ``nproc`` > 1 the run uses that many local processes (the events are rank 0's).
+    """
     from napari_aprnet.training import train
 
     try:
-        yield Progress(0, 0, "resuming the stopped run..." if resume else "preparing data and network...")
+        what = "resuming the stopped run" if resume else "preparing data and network"
+        yield Progress(0, 0, what + (f" in {nproc} processes..." if nproc > 1 else "..."))
         last = None
-        for event in train(config, out, resume=resume, stop=cancel):
+        for event in train(config, out, resume=resume, stop=cancel, nproc=nproc):
             last = event
             yield event
         return last
@@ -113,7 +118,9 @@ class TrainWidget(Container):
     """Train a classifier (synthetic shapes, a folder dataset or an annotation export).
 
     The run folder receives ``checkpoint.pt`` (and ``best.pt`` for fixed
-    datasets) and ``log.csv``. Pause halts between steps; Stop saves a
+    datasets) and ``log.csv``. Several processes share each batch (data
+    parallel, same result as one; the plot shows rank 0's events, with the
+    loss of the whole batch). Pause halts between steps; Stop saves a
     checkpoint and ends the run (Resume continues it). Closing the napari
     window during training asks first and then stops cleanly; closing it from
     code (``viewer.close()``) stops the run without asking.
@@ -136,6 +143,9 @@ class TrainWidget(Container):
                             tooltip="network input side; images are resized to it (shapes below 128 px "
                                     "lose the ripples that tell fuzzy from regular shapes)")
         self.batch = SpinBox(label="batch size", value=DEFAULTS["batch"], min=1, max=1024)
+        self.processes = SpinBox(label="processes", value=1, min=1, max=max(1, os.cpu_count() or 1),
+                                 tooltip="training processes on this machine (data parallel): each converts "
+                                         "and trains on its share of the batch; same result as one process")
         self.expected = text("")
         self.lr = FloatSpinBox(label="learning rate", value=5e-4, min=1e-6, max=1.0, step=1e-4,
                                tooltip="Adam learning rate (thesis: 5e-4)")
@@ -159,7 +169,7 @@ class TrainWidget(Container):
         self.classify_button = PushButton(text="Open checkpoint in Classify")
         self.classify_button.enabled = False
         self.extend([form(self.dataset, self.folder, self.network, self.steps, self.epochs, self.size, self.batch,
-                          self.lr, self.rel_error, self.out_dir), self.expected,
+                          self.processes, self.lr, self.rel_error, self.out_dir), self.expected,
                      row(self.start_button, self.pause_button, self.stop_button), self.resume_button,
                      self.progress, self.status,
                      self.result, self.classify_button])
@@ -274,8 +284,8 @@ class TrainWidget(Container):
         self.pause_button.enabled, self.pause_button.text = True, "Pause"
         self._ended = threading.Event()
         self._first = None  # (step, time) of this launch's first step, for the time left
-        return self.task.start(train_job, config, out, resume, self._ended, on_yield=self._event,
-                               on_finish=self._finished)
+        return self.task.start(train_job, config, out, resume, self._ended, int(self.processes.value),
+                               on_yield=self._event, on_finish=self._finished)
 
     def toggle_pause(self) -> None:
         """Pause (between steps) or resume the run."""

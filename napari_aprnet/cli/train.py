@@ -40,7 +40,12 @@ def register(subparsers) -> None:
     p.add_argument("--classes", default=None, help="shapes: comma-separated subset of the six classes")
     p.add_argument("--augment", action="store_true", help="thesis 4.2.4 augmentation of training images")
     p.add_argument("--width", type=float, default=1.0, help="channel multiplier (1 = thesis network)")
-    p.add_argument("--workers", type=int, default=0, help="data-loading worker processes")
+    p.add_argument("--workers", type=int, default=0, help="data-loading worker processes (per training process)")
+    p.add_argument("--nproc", type=int, default=1,
+                   help="training processes on this machine (data parallel: --batch-size is shared by all); "
+                        "for several machines start `python -m napari_aprnet.cli train ...` with torchrun")
+    p.add_argument("--device", choices=("cpu", "cuda", "auto"), default="cpu",
+                   help="where each process trains: cpu, cuda (one GPU per process) or auto")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--eval-every", type=int, default=0, help="validate every N steps (0 = each epoch)")
     p.add_argument("--cache-dir", default=None, help="keep converted APRs of fixed datasets on disk here")
@@ -92,17 +97,20 @@ def _train(args) -> int:
                          augment=args.augment, seed=args.seed, workers=args.workers, eval_every=args.eval_every,
                          width=args.width)
     tty = sys.stderr.isatty()
-    gen = train(config, args.out, resume=args.resume, cache_dir=args.cache_dir)
-    last = None
+    gen = train(config, args.out, resume=args.resume, cache_dir=args.cache_dir, nproc=args.nproc,
+                device=args.device)
+    last, interrupted = None, False
     try:
         for last in gen:
             _progress(last, tty)
     except KeyboardInterrupt:
         gen.close()  # saves checkpoint.pt
-        print(f"\ninterrupted; continue with: aprnet train --out {args.out} --resume", file=sys.stderr)
-        return 130
+        interrupted = True
     if tty:
         print(file=sys.stderr)
+    if interrupted or (last is not None and last.phase == "stopped"):  # several processes: all stop together
+        print(f"interrupted; continue with: aprnet train --out {args.out} --resume", file=sys.stderr)
+        return 130
     if last is not None and last.phase == "done":
         print(f"done: {last.step} steps, checkpoint {last.checkpoint}")
         for key, value in last.metrics.items():

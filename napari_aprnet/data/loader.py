@@ -101,10 +101,10 @@ def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, skip: int = 0,
 
 
 class _Loader:
-    """Iterable over :class:`Batch` objects that feeds new APRs back into the cache."""
+    """Iterable over :class:`Batch` objects that feeds new APRs back into the cache (and moves them to ``device``)."""
 
-    def __init__(self, loader, cache: APRCache | None):
-        self.loader, self.cache = loader, cache
+    def __init__(self, loader, cache: APRCache | None, device=None):
+        self.loader, self.cache, self.device = loader, cache, device
 
     def __len__(self):
         return len(self.loader)
@@ -115,12 +115,14 @@ class _Loader:
                 for key, apr in batch.new:
                     self.cache.put(key, apr)
             batch.new = []
+            if self.device is not None:
+                batch.inputs, batch.targets = batch.inputs.to(self.device), batch.targets.to(self.device)
             yield batch
 
 
 def make_loader(source, spec: InputSpec, batches: Sequence[Sequence[int]], *, workers: int = 0,
                 augment_seed: int | None = None, epoch: int = 0, cache: APRCache | None = None,
-                targets: Callable[[Sequence], torch.Tensor] = class_targets) -> _Loader:
+                targets: Callable[[Sequence], torch.Tensor] = class_targets, device=None) -> _Loader:
     """Loader over the given index ``batches`` of ``source``.
 
     Parameters
@@ -142,6 +144,8 @@ def make_loader(source, spec: InputSpec, batches: Sequence[Sequence[int]], *, wo
         Cache of converted APRs (used only without augmentation).
     targets : callable
         The batch's targets from its items' labels (the task's; default: class indices).
+    device : torch.device, optional
+        Move each batch's inputs and targets there (default: leave them on the CPU).
     """
     ds = _ItemDataset(source, spec, augment_seed, cache)
     ds.epoch = epoch
@@ -150,7 +154,7 @@ def make_loader(source, spec: InputSpec, batches: Sequence[Sequence[int]], *, wo
         kwargs = {"worker_init_fn": _worker_init, "prefetch_factor": 2}
     loader = torch.utils.data.DataLoader(ds, batch_sampler=[list(b) for b in batches], num_workers=workers,
                                          collate_fn=_collate(spec, targets), **kwargs)
-    return _Loader(loader, cache)
+    return _Loader(loader, cache, device)
 
 
 def estimate_normalisation(source, channels: int, size: int, n: int = 200, seed: int = 0) -> tuple[list, list]:

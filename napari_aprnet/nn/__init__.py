@@ -16,6 +16,8 @@ from napari_aprnet.nn.modules import (
                                       APRReLU,
                                       APRSpatialDropout,
 )
+from napari_aprnet.nn.syncbn import SyncPixelBatchNorm, convert_sync_batchnorm
 
 __all__ = ["APRBatch", "APRConv", "APRMaxPool", "APRBatchNorm", "APRDropout", "APRSpatialDropout", "APRReLU",
-           "APRGlobalAvgPool", "clear_structure_caches", "functional"]
+           "APRGlobalAvgPool", "clear_structure_caches", "functional",
+           "SyncPixelBatchNorm", "convert_sync_batchnorm"]

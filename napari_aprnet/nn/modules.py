@@ -8,6 +8,7 @@ from torch import nn
 
 from napari_aprnet.nn.batch import APRBatch
 from napari_aprnet.nn.functional import apr_conv, apr_max_pool
+from napari_aprnet.nn.syncbn import sync_batch_norm, sync_group
 
 __all__ = ["APRConv", "APRMaxPool", "APRBatchNorm", "APRDropout", "APRSpatialDropout", "APRReLU",
            "APRGlobalAvgPool"]
@@ -91,11 +92,23 @@ class APRMaxPool(nn.Module):
 
 
 class APRBatchNorm(nn.BatchNorm1d):
-    """BatchNorm1d over all particles of the batch (statistics per channel)."""
+    """BatchNorm1d over all particles of the batch (statistics per channel).
+
+    While training inside an initialised ``torch.distributed`` process group
+    of several processes, the statistics are those of the particles of all
+    processes' batches (:func:`~napari_aprnet.nn.syncbn.sync_batch_norm`; the
+    group is ``process_group``, default the whole world); otherwise it is
+    ``torch.nn.BatchNorm1d`` on the particle features.
+    """
+
+    process_group = None
 
     def forward(self, x: APRBatch) -> APRBatch:  # type: ignore[override]
         x = _check_batch(x)
-        return x.with_features(super().forward(x.features))
+        group = sync_group(self)
+        if group is None:
+            return x.with_features(super().forward(x.features))
+        return x.with_features(sync_batch_norm(self, x.features, group))
 
 
 class APRReLU(nn.Module):

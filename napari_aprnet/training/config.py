@@ -156,7 +156,8 @@ class TrainEvent:
 
     ``phase`` is ``"train"`` (one step), ``"val"``, ``"test"``,
     ``"test_modified"`` (evaluations), ``"stopped"`` or ``"done"`` (last event,
-    with ``checkpoint`` and ``metrics``).
+    with ``checkpoint`` and ``metrics``). In a run of several processes the
+    events are rank 0's, with the loss and score of the whole global batch.
     """
 
     phase: str
@@ -171,6 +172,7 @@ class TrainEvent:
     n_converted: int = 0
     checkpoint: str | None = None
     metrics: dict = field(default_factory=dict)
+    comm_time: float = 0.0  # seconds of the step spent in all-reduces (several processes)
 
 
 @dataclass

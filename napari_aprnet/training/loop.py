@@ -22,6 +22,11 @@ Two modes (thesis 4.1.3):
 Files in the run folder ``out``: ``checkpoint.pt`` (latest, with optimizer
 state, for resuming), ``best.pt`` (fixed mode), ``log.csv`` (one row per
 step and evaluation, flushed row by row).
+
+Several processes (``nproc``, or a ``torchrun`` launch) train data parallel:
+``_Run`` calls the hooks of its context (:class:`~.distributed.Local` for one
+process, :class:`~.distributed.Group` for a rank of several) to shard the
+batches, weight the loss, sum the gradients and agree on stopping.
 """
 from __future__ import annotations
 
@@ -43,7 +48,9 @@ from napari_aprnet.models import build_model
 from napari_aprnet.training.checkpoint import load_checkpoint, save_checkpoint
 from napari_aprnet.training.config import CSV_FIELDS, EvalResult, TrainConfig, TrainEvent
 from napari_aprnet.training.data_setup import _setup_data
-from napari_aprnet.training.evaluate import _forward, evaluate, recalibrate_batchnorm
+from napari_aprnet.training.distributed import Group, Local, torchrun_world
+from napari_aprnet.training.evaluate import _forward, recalibrate_batchnorm
+from napari_aprnet.training.launcher import launch
 from napari_aprnet.training.tasks import ClassificationTask
 
 __all__ = ["train", "run_training"]
@@ -104,8 +111,10 @@ class _CSVLog:
 class _Run:
     """The state of one training run; :meth:`events` is the step loop, in small methods."""
 
-    def __init__(self, config: TrainConfig, out: Path | None, stored: dict | None, cache_dir):
+    def __init__(self, config: TrainConfig, out: Path | None, stored: dict | None, cache_dir,
+                 dist: Local | None = None):
         self.config, self.out, self.stored = config, out, stored
+        self.dist = dist if dist is not None else Local()
         self.ckpt_path = out / "checkpoint.pt" if out is not None else None
         self.data = _setup_data(config)
         self.spec, self.n_classes = self.data.spec, len(self.data.class_names)
@@ -114,6 +123,7 @@ class _Run:
         self.model = build_model(config.model_spec, n_classes=self.n_classes, in_channels=self.spec.network_channels,
                                  width=config.width, dropout=config.dropout,
                                  spatial_dropout=config.spatial_dropout)
+        self.model = self.dist.setup_model(self.model)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         if config.streaming:
             self.steps_per_epoch = config.steps + 1  # one never-ending "epoch"
@@ -126,6 +136,7 @@ class _Run:
         self.step, self.elapsed, self.best_val, self.history = 0, 0.0, math.inf, []
         if stored is not None:
             self._restore(stored)
+        self.dist.seed(config.seed, self.step)
         if out is not None:
             out.mkdir(parents=True, exist_ok=True)
         self.log = _CSVLog(out / "log.csv" if out is not None else None, self.step if stored is not None else None)
@@ -165,12 +176,16 @@ class _Run:
                         optimizer=self.optimizer.state_dict() if with_optimizer else None)
         return str(path)
 
-    def loader_for(self, source, batches, aug_seed=None, epoch=0):
-        return make_loader(source, self.spec, batches, workers=self.config.workers, augment_seed=aug_seed,
-                           epoch=epoch, cache=self.cache, targets=self.task.targets)
+    def loader_for(self, source, batches, aug_seed=None, epoch=0, eval_only=False):
+        """A loader over this process's shares of the index ``batches``."""
+        return make_loader(source, self.spec, self.dist.shard(batches, allow_empty=eval_only),
+                           workers=self.config.workers, augment_seed=aug_seed, epoch=epoch, cache=self.cache,
+                           targets=self.task.targets, device=self.dist.device)
 
-    def eval_loader(self, source):
-        return self.loader_for(source, epoch_batches(len(source), self.config.batch_size, 0, 0, shuffle=False))
+    def evaluate(self, source) -> EvalResult:
+        batches = epoch_batches(len(source), self.config.batch_size, 0, 0, shuffle=False)
+        return self.dist.evaluate(self.model, self.loader_for(source, batches, eval_only=True), self.n_classes,
+                                  self.task)
 
     def event(self, phase, loss, acc, step_time=0.0, n_conv=0, **kw) -> TrainEvent:
         ev = TrainEvent(phase, self.step, self.total, self.step // self.steps_per_epoch, loss, acc, self.lr,
@@ -191,7 +206,7 @@ class _Run:
 
     def validate_now(self) -> EvalResult:
         self.recalibrate()
-        res = evaluate(self.model, self.eval_loader(self.data.val), self.n_classes, task=self.task)
+        res = self.evaluate(self.data.val)
         if res.loss < self.best_val:
             self.best_val = res.loss
             if self.out is not None:
@@ -211,16 +226,18 @@ class _Run:
         return self.loader_for(self.data.train, batches, c.seed if c.augment else None, epoch)
 
     def _train_step(self, batch) -> tuple[float, float]:
+        n_global = self.dist.begin_step(len(batch))
         outputs = _forward(self.model, batch.inputs)
         loss = self.task.loss(outputs, batch.targets)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+        self.dist.scale(loss, len(batch), n_global).backward()
         acc = self.task.score(outputs, batch.targets)
+        loss_value, acc = self.dist.reduce(self.model, float(loss.detach()), acc, len(batch))
+        self.optimizer.step()
         self.step += 1
         self.history.append(1.0 - acc)
         del self.history[: -self.config.last_window]
-        return float(loss.detach()), acc
+        return loss_value, acc
 
     def _validation_due(self) -> bool:
         c, step = self.config, self.step
@@ -239,7 +256,7 @@ class _Run:
                 loss, acc = self._train_step(batch)
                 now = time.perf_counter()
                 self.elapsed = now - self.t_start
-                yield self.event("train", loss, acc, now - t0, batch.n_converted)
+                yield self.event("train", loss, acc, now - t0, batch.n_converted, comm_time=self.dist.comm_time)
                 t0 = time.perf_counter()
                 if self._validation_due():
                     res = self.validate_now()
@@ -272,15 +289,17 @@ class _Run:
             self.model.load_state_dict(self.best_state)
         elif out is not None and (out / "best.pt").is_file():  # resumed after the best was found
             self.model.load_state_dict(load_checkpoint(out / "best.pt")["state_dict"])
+        self.dist.broadcast_state(self.model)  # only rank 0 can read best.pt
         self.metrics = {"best_val_loss": self.best_val}
         for name, source in self.data.tests.items():
-            res = evaluate(self.model, self.eval_loader(source), self.n_classes, task=self.task)
+            res = self.evaluate(source)
             self.metrics[name] = res.to_dict()
             self.elapsed = time.perf_counter() - self.t_start
             yield self.event(name, res.loss, res.accuracy, metrics={name: res.to_dict()})
         self.final = self.save(out / "best.pt", with_optimizer=False) if out is not None else None
 
     def events(self, should_stop) -> Iterator[TrainEvent]:
+        should_stop = self.dist.stop_rule(should_stop)
         self.model.train()
         self.t_start = time.perf_counter() - self.elapsed
         self.stopped = False
@@ -301,37 +320,8 @@ class _Run:
             self.log.close()
 
 
-def train(config: TrainConfig, out: str | Path | None = None, *, resume: bool = False,
-          stop: Callable[[], bool] | threading.Event | None = None,
-          cache_dir: str | Path | None = None) -> Iterator[TrainEvent]:
-    """Train a network; a generator of :class:`TrainEvent`.
-
-    Parameters
-    ----------
-    config : TrainConfig
-        The run. With ``resume``, the stored config is used, except ``steps``,
-        ``epochs`` and ``workers`` (so a finished run can be extended).
-    out : str or Path, optional
-        Run folder for ``checkpoint.pt``, ``best.pt`` and ``log.csv``; None
-        keeps everything in memory (no files, no resume).
-    resume : bool
-        Continue the run saved in ``out``.
-    stop : callable or threading.Event, optional
-        Polled after every step; when true, a checkpoint is saved and a
-        ``"stopped"`` event ends the generator.
-    cache_dir : str or Path, optional
-        Keep converted APRs of fixed datasets on disk there (they are always
-        cached in memory for the run).
-
-    Raises
-    ------
-    FileExistsError
-        ``out`` already holds a run and ``resume`` is false.
-    FileNotFoundError
-        ``resume`` without a checkpoint in ``out``.
-    """
-    out = Path(out) if out is not None else None
-    should_stop = _as_stop(stop)
+def _prepare(config: TrainConfig, out: Path | None, resume: bool) -> tuple[TrainConfig, dict | None]:
+    """The run's config and, with ``resume``, the stored checkpoint (checks the output folder)."""
     ckpt_path = out / "checkpoint.pt" if out is not None else None
     stored = None
     if resume:
@@ -344,8 +334,85 @@ def train(config: TrainConfig, out: str | Path | None = None, *, resume: bool = 
                          workers=config.workers)
     elif ckpt_path is not None and ckpt_path.exists():
         raise FileExistsError(f"{out} already holds a training run; resume it or choose another output folder")
-    run = _Run(config.validate(), out, stored, cache_dir)
-    yield from run.events(should_stop)
+    return config, stored
+
+
+def _rank_events(group: Group, config: TrainConfig, out: Path | None, resume: bool, cache_dir,
+                 stop=None) -> Iterator[TrainEvent]:
+    """One process of a run of several: rank 0 reads the checkpoint and writes the files; all train."""
+    config, stored = group.from_main(lambda: _prepare(config, out, resume))
+    run = _Run(config.validate(), out if group.is_main else None, stored, cache_dir, group)
+    yield from run.events(_as_stop(stop))
+
+
+def _torchrun_events(world, config, out, resume, stop, cache_dir, device) -> Iterator[TrainEvent]:
+    """This process's part of a ``torchrun`` launch; only rank 0 yields events."""
+    group = Group(*world, device)
+    try:
+        for event in _rank_events(group, config, out, resume, cache_dir, stop):
+            if group.is_main:
+                yield event
+    finally:
+        group.close()
+
+
+def train(config: TrainConfig, out: str | Path | None = None, *, resume: bool = False,
+          stop: Callable[[], bool] | threading.Event | None = None,
+          cache_dir: str | Path | None = None, nproc: int = 1, device: str | None = None) -> Iterator[TrainEvent]:
+    """Train a network; a generator of :class:`TrainEvent`.
+
+    Parameters
+    ----------
+    config : TrainConfig
+        The run. With ``resume``, the stored config is used, except ``steps``,
+        ``epochs`` and ``workers`` (so a finished run can be extended).
+        ``batch_size`` is the global batch, shared by all processes.
+    out : str or Path, optional
+        Run folder for ``checkpoint.pt``, ``best.pt`` and ``log.csv``; None
+        keeps everything in memory (no files, no resume).
+    resume : bool
+        Continue the run saved in ``out``.
+    stop : callable or threading.Event, optional
+        Polled after every step; when true, a checkpoint is saved and a
+        ``"stopped"`` event ends the generator.
+    cache_dir : str or Path, optional
+        Keep converted APRs of fixed datasets on disk there (they are always
+        cached in memory for the run).
+    nproc : int
+        Train with this many local processes (data parallel, see
+        :mod:`napari_aprnet.training.distributed`); the events are rank 0's.
+        Started by ``torchrun`` (``RANK`` and ``WORLD_SIZE`` set), every
+        process calls this with ``nproc=1`` and joins the launch; only
+        rank 0 yields events and writes files.
+    device : {"cpu", "cuda", "auto"}, optional
+        Where each process trains (default the CPU; ``"cuda"``: one GPU per
+        process, NCCL between processes).
+
+    Raises
+    ------
+    FileExistsError
+        ``out`` already holds a run and ``resume`` is false.
+    FileNotFoundError
+        ``resume`` without a checkpoint in ``out``.
+    DistributedError
+        One of several processes failed or died (the others are stopped).
+    """
+    out = Path(out) if out is not None else None
+    world = torchrun_world()
+    if int(nproc) < 1 or (world is not None and int(nproc) > 1):
+        raise ValueError(f"nproc must be >= 1, and 1 under torchrun (which starts the processes), got {nproc}")
+    if world is not None:
+        yield from _torchrun_events(world, config, out, resume, stop, cache_dir, device)
+    elif nproc > 1:
+        if not resume and config.validate().batch_size < nproc:
+            raise ValueError(f"the global batch of {config.batch_size} images cannot be shared by {nproc} "
+                             "processes; use a batch size of at least the number of processes")
+        yield from launch(_rank_events, (config, out, resume, cache_dir), int(nproc), device=device,
+                          should_stop=_as_stop(stop))
+    else:
+        config, stored = _prepare(config, out, resume)
+        run = _Run(config.validate(), out, stored, cache_dir, Local(device))
+        yield from run.events(_as_stop(stop))
 
 
 def run_training(config: TrainConfig, out=None, **kwargs) -> TrainEvent:

@@ -58,7 +58,7 @@ class _ClassificationTally:
         pred = outputs.argmax(1)
         self.correct += int((pred == targets).sum())
         self.total += len(targets)
-        np.add.at(self.confusion, (targets.numpy(), pred.numpy()), 1)
+        np.add.at(self.confusion, (targets.cpu().numpy(), pred.cpu().numpy()), 1)
 
     def result(self) -> EvalResult:
         if self.total == 0:
