@@ -41,9 +41,10 @@ from typing import Sequence
 import numpy as np
 
 from napari_aprnet import _native
+from napari_aprnet.coarsen import level_apr
 from napari_aprnet.structure import APRStructure, level_shape
 
-__all__ = ["LazyReconstruction", "LazyStack", "TileCache", "apr_pyramid", "level_apr", "pyramid_depth"]
+__all__ = ["LazyReconstruction", "LazyStack", "TileCache", "apr_pyramid", "pyramid_depth", "stacked_pyramid"]
 
 MODES = ("constant", "smooth", "level")
 #: Selections up to this many values are returned as numpy arrays (larger ones as lazy views).
@@ -404,50 +405,33 @@ def apr_pyramid(apr, mode: str = "constant", values=None, *, n_levels: int | Non
     return [LazyReconstruction(s, vals, mode, k, cache) for k in range(n)]
 
 
-def level_apr(structure: APRStructure, values: np.ndarray, level: int) -> tuple[APRStructure, np.ndarray]:
-    """The APR of grid level ``level``: particles of levels ``<= level`` plus the tree nodes of that level.
+def stacked_pyramid(aprs, lead_shape: tuple[int, ...] = (), mode: str = "constant", *,
+                    n_levels: int | None = None, cache: TileCache | None = None) -> list:
+    """Pyramids of APRs of one image shape stacked along leading axes (a time series, an E sweep).
 
-    Tree nodes carry the tree mean of their particles (the mean of the
-    children inside the image, each counting once, recursively). The result
-    is a structure whose pixel grid is the level's grid (``level_max = level``).
+    Parameters
+    ----------
+    aprs : sequence of APR
+        Row-major over ``lead_shape``; one APR when ``lead_shape`` is ``()``.
+    lead_shape : tuple of int
+    mode, n_levels, cache
+        As for :func:`apr_pyramid` (one cache for all).
+
+    Returns
+    -------
+    list
+        Level ``k``: a :class:`LazyStack` of the APRs' level ``k`` (the APR's own level for ``()``).
     """
-    off = structure.level_offsets
-    values = np.asarray(values, dtype=np.float32)
-    if level >= structure.level_max:
-        return structure, values
-    flat = values.reshape(len(values), -1)
-    coords = structure.coords[off[structure.level_max]: off[structure.level_max + 1]].astype(np.int64)
-    vals = flat[off[structure.level_max]: off[structure.level_max + 1]].astype(np.float64)
-    for lv in range(structure.level_max - 1, level - 1, -1):  # nodes of level lv from the cells of lv + 1
-        grid = level_shape(structure.shape, structure.level_max, lv)
-        keys, inverse = np.unique(np.ravel_multi_index(tuple((coords >> 1).T), grid), return_inverse=True)
-        counts = np.bincount(inverse, minlength=len(keys)).astype(np.float64)
-        sums = np.stack([np.bincount(inverse, weights=vals[:, c], minlength=len(keys))
-                         for c in range(vals.shape[1])], axis=1)
-        node_coords = np.stack(np.unravel_index(keys, grid), axis=1)
-        node_vals = sums / counts[:, None]
-        if lv > level:
-            here = slice(off[lv], off[lv + 1])
-            coords = np.concatenate([node_coords, structure.coords[here].astype(np.int64)])
-            vals = np.concatenate([node_vals, flat[here].astype(np.float64)])
-    keep = slice(0, off[level + 1])
-    order = _sort_order(structure, node_coords, level)
-    derived = APRStructure(
-        level_shape(structure.shape, structure.level_max, level), level,
-        np.concatenate([structure.levels[keep], np.full(len(node_coords), level, np.uint8)])[order],
-        np.concatenate([structure.coords[keep], node_coords.astype(np.int32)])[order],
-        min(structure.level_min, level))
-    out = np.concatenate([flat[keep], node_vals.astype(np.float32)])[order]
-    return derived, out.reshape(-1) if values.ndim == 1 else out
-
-
-def _sort_order(structure: APRStructure, node_coords: np.ndarray, level: int) -> np.ndarray:
-    """Permutation putting [particles of levels <= level | nodes of level] in structure order."""
-    off = structure.level_offsets
-    n_coarse = int(off[level])
-    grid = level_shape(structure.shape, structure.level_max, level)
-    parts = structure.coords[off[level]: off[level + 1]].astype(np.int64)
-    keys = np.concatenate([np.ravel_multi_index(tuple(parts.T), grid),
-                           np.ravel_multi_index(tuple(node_coords.T), grid)])
-    tail = n_coarse + np.argsort(keys, kind="stable")
-    return np.concatenate([np.arange(n_coarse), tail])
+    aprs = list(aprs)
+    lead_shape = tuple(int(n) for n in lead_shape)
+    if len(aprs) != math.prod(lead_shape):
+        raise ValueError(f"{len(aprs)} APRs do not fill leading axes of shape {lead_shape}")
+    if len({(a.shape, a.n_channels) for a in aprs}) != 1:
+        raise ValueError("stacked APRs must have the same image shape and number of channels")
+    s = aprs[0].structure
+    n = pyramid_depth(s.shape, s.level_max) if n_levels is None else int(n_levels)
+    cache = cache or TileCache()
+    pyramids = [apr_pyramid(a, mode, n_levels=n, cache=cache) for a in aprs]
+    if not lead_shape:
+        return pyramids[0]
+    return [LazyStack([p[k] for p in pyramids], lead_shape) for k in range(n)]

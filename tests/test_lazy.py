@@ -8,7 +8,8 @@ import pytest
 
 from napari_aprnet import _native
 from napari_aprnet.apr import APR
-from napari_aprnet.lazy import LazyReconstruction, LazyStack, TileCache, apr_pyramid, level_apr, pyramid_depth
+from napari_aprnet.coarsen import level_apr
+from napari_aprnet.lazy import LazyReconstruction, LazyStack, TileCache, apr_pyramid, pyramid_depth
 from napari_aprnet.samples import fluorescence_blobs, lattice_blobs_apr
 from napari_aprnet.structure import APRStructure, validate_structure
 
