@@ -12,7 +12,7 @@ import numpy as np
 from napari_aprnet.lazy import stacked_pyramid
 
 __all__ = ["LAZY_PIXELS", "LEVEL_COLORS", "METADATA_KEY", "APR_KEY", "apr_layer_data", "apr_metadata",
-           "beside_translate", "lazy_layer_data", "use_lazy",
+           "beside_translate", "lazy_layer_data", "pyramid_data", "use_lazy",
            "feature_montage",
            "level_color", "level_color_dict", "level_legend", "particle_cells"]
 
@@ -151,8 +151,8 @@ def lazy_layer_data(aprs, name: str = "image", *, meta: dict, lead_shape: tuple[
     meta : dict
         The ``metadata["aprnet"]`` summary (see :func:`apr_metadata`).
     """
-    recon = _pyramid_data(stacked_pyramid(aprs, lead_shape, mode))
-    level_map = _pyramid_data(stacked_pyramid(aprs, lead_shape, "level"))
+    recon = pyramid_data(stacked_pyramid(aprs, lead_shape, mode))
+    level_map = pyramid_data(stacked_pyramid(aprs, lead_shape, "level"))
     kwargs = dict(layer_kwargs)
     values = np.concatenate([np.asarray(a.values).reshape(-1) for a in aprs])
     if "contrast_limits" not in kwargs and aprs[0].n_channels == 1 and len(values):
@@ -161,8 +161,8 @@ def lazy_layer_data(aprs, name: str = "image", *, meta: dict, lead_shape: tuple[
     return _layer_tuples(aprs[0], name, {**meta, "lazy": True}, recon, level_map, level_map_beside, kwargs)
 
 
-def _pyramid_data(levels: list):
-    """napari's multiscale data: the list of levels, or the one level itself."""
+def pyramid_data(levels: list):
+    """napari's multiscale data of pyramid levels: the list of levels, or the one level itself."""
     return levels if len(levels) > 1 else levels[0]
 
 

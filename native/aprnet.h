@@ -6,8 +6,9 @@
  *     x is the fastest axis. `shape` arguments are always int64_t[3] holding
  *     (nz, ny, nx) with nz = 1 for 2D images.
  *   - Every function returns an int status: APRNET_OK (0) or a negative error
- *     code below. Callers (napari_aprnet/_native/) check bounds and shapes
- *     before calling, the C code checks again cheaply and never aborts.
+ *     code below (APRNET_ERR_DATA: well-formed arrays that describe no APR).
+ *     Callers (napari_aprnet/_native/) check bounds and shapes before
+ *     calling, the C code checks again cheaply and never aborts.
  *   - Particle order: by level (coarse to fine), then row-major (z, y, x) at
  *     the particle's own level. Level l has ceil(n / 2^(level_max - l)) cells
  *     per axis. Interior tree nodes use the same order.
@@ -28,6 +29,7 @@
 #define APRNET_ERR_CANCELLED -3
 #define APRNET_ERR_INTERNAL -4
 #define APRNET_ERR_BOUNDS -5
+#define APRNET_ERR_DATA -6
 
 /* ===== common (common.c) ===== */
 const char *aprnet_version(void);
@@ -127,6 +129,13 @@ typedef struct aprnet_cell_table {
 int aprnet_reconstruct_constant(const aprnet_cell_table *parts, const float *values, int64_t nch, int level,
                                 int reduce, const int64_t *region, const int64_t *step, float *out,
                                 const int32_t *cancel);
+
+/* APRNET_OK when no cell of t lies inside a coarser cell of t; else
+ * APRNET_ERR_DATA with *first_nested the smallest index of such a cell
+ * (reconstruct/partition.c). With sorted cells inside their grids and a
+ * total cell volume equal to the image's, OK means the cells tile the image
+ * exactly once. */
+int aprnet_cells_nested(const aprnet_cell_table *t, int64_t *first_nested, const int32_t *cancel);
 
 /* Smooth image of the same region: per pixel, the tent-weighted mean of the
  * particles whose (clipped) cell centres are closer than the pixel's own cell

@@ -32,6 +32,7 @@ _MESSAGES = {
     lib.APRNET_ERR_CANCELLED: (CancelledError, "the computation was cancelled"),
     lib.APRNET_ERR_INTERNAL: (NativeError, "internal error in the C library (please report it)"),
     lib.APRNET_ERR_BOUNDS: (IndexError, "an index passed to the C library is out of bounds"),
+    lib.APRNET_ERR_DATA: (ValueError, "the data describe no valid APR"),
 }
 
 

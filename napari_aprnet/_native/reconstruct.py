@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from napari_aprnet._native.common import cancel_ptr, check, ffi, lib, ptr, shape3
-from napari_aprnet.structure import level_shape, validate_cells
+from napari_aprnet.structure import check_cell_volume, level_shape, validate_cells, validate_structure
 
 
 class CellTable:
@@ -77,6 +77,29 @@ def tree_table(structure) -> CellTable:
         table = cell_table(structure.shape, structure.level_max, t_levels, t_coords, "tree")
         structure._cache["_native_tree_table"] = table
     return table
+
+
+def validate_partition(structure, cancel_flag=None) -> None:
+    """:func:`validate_structure` in linear time: the overlap check in C, no interior tree built.
+
+    Checks cells in range and sorted, the cell volume, and that no cell lies
+    inside a coarser one (together: the cells tile the image exactly once).
+    The row table built on the way stays cached for reconstruction.
+
+    Raises
+    ------
+    ValueError
+        Describing the first problem found.
+    """
+    validate_structure(structure, partition=False)
+    check_cell_volume(structure)
+    first = ffi.new("int64_t *")
+    status = lib.aprnet_cells_nested(particle_table(structure).c, first, cancel_ptr(cancel_flag))
+    if status == lib.APRNET_ERR_DATA:
+        i = int(first[0])
+        raise ValueError(f"particle {i} (level {int(structure.levels[i])}, at {structure.coords[i].tolist()}) lies "
+                         "inside a coarser particle cell: the cells overlap")
+    check(status, "partition check")
 
 
 def _region3(shape, region) -> tuple[np.ndarray, tuple[int, ...]]:
