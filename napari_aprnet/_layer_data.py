@@ -9,7 +9,10 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["LEVEL_COLORS", "METADATA_KEY", "APR_KEY", "apr_layer_data", "apr_metadata", "beside_translate",
+from napari_aprnet.lazy import stacked_pyramid
+
+__all__ = ["LAZY_PIXELS", "LEVEL_COLORS", "METADATA_KEY", "APR_KEY", "apr_layer_data", "apr_metadata",
+           "beside_translate", "lazy_layer_data", "pyramid_data", "use_lazy",
            "feature_montage",
            "level_color", "level_color_dict", "level_legend", "particle_cells"]
 
@@ -18,6 +21,11 @@ __all__ = ["LEVEL_COLORS", "METADATA_KEY", "APR_KEY", "apr_layer_data", "apr_met
 #: Keyed to the cell size, not the level number, so a colour means the same on every image.
 LEVEL_COLORS = ("#fde725", "#b5de2b", "#6ece58", "#35b779", "#1f9e89", "#26828e",
                 "#31688e", "#3e4989", "#482878", "#440154")
+#: Images with more values than this (all planes, channels and images of a stack) are shown as lazy
+#: multiscale layers (64 Mi: a float32 reconstruction of 256 MiB plus a 64 MiB level map). Smaller
+#: ones are reconstructed whole, so napari can render them at full resolution in 3D (of a multiscale
+#: layer it renders only the coarsest level in 3D).
+LAZY_PIXELS = 1 << 26
 #: Layer metadata key holding a plain-dict summary of the APR.
 METADATA_KEY = "aprnet"
 #: Layer metadata key holding the APR object itself (for saving without re-conversion).
@@ -81,10 +89,15 @@ def particle_cells(apr) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return centres, step[:, 0], levels
 
 
+def use_lazy(apr, n_images: int = 1) -> bool:
+    """True when ``n_images`` reconstructions of ``apr`` (all channels) exceed :data:`LAZY_PIXELS` values."""
+    return int(apr.structure.n_pixels) * int(apr.n_channels) * int(n_images) > LAZY_PIXELS
+
+
 def apr_layer_data(apr, name: str = "image", *, mode: str = "constant", source: str | None = None,
                    reconstruction: np.ndarray | None = None, level_map: np.ndarray | None = None,
-                   extra: dict | None = None, level_map_beside: bool = True,
-                   **layer_kwargs: Any) -> list[tuple[np.ndarray, dict, str]]:
+                   extra: dict | None = None, level_map_beside: bool = True, lazy: bool | None = None,
+                   **layer_kwargs: Any) -> list[tuple[Any, dict, str]]:
     """Reconstruction (image) and level map (labels) layer data of an APR.
 
     Parameters
@@ -103,23 +116,71 @@ def apr_layer_data(apr, name: str = "image", *, mode: str = "constant", source: 
     level_map_beside : bool
         Place the level map (opaque) beside the reconstruction, to the right, so both can be read
         (default); False lays it over the reconstruction at 0.5 opacity.
+    lazy : bool, optional
+        Give lazy multiscale data (:func:`napari_aprnet.lazy.apr_pyramid`: the APR's own levels,
+        tiles reconstructed on demand) instead of whole arrays. By default when the image has more
+        than :data:`LAZY_PIXELS` values and no arrays are given.
     **layer_kwargs
         Passed to both layers (e.g. ``scale``, ``translate``).
     """
     meta = apr_metadata(apr, reconstruction_mode=mode, **({"source": source} if source else {}), **(extra or {}))
+    if lazy is None:
+        lazy = reconstruction is None and level_map is None and use_lazy(apr)
+    if lazy:
+        return lazy_layer_data([apr], name, meta=meta, mode=mode, level_map_beside=level_map_beside, **layer_kwargs)
     recon = np.asarray(apr.reconstruct(mode=mode) if reconstruction is None else reconstruction)
     if level_map is None:
         level_map = apr.reconstruct(mode="level")
     level_map = np.asarray(level_map).astype(np.uint8, copy=False)
-    common = dict(layer_kwargs)
-    rgb = recon.ndim == level_map.ndim + 1
+    return _layer_tuples(apr, name, meta, recon, level_map, level_map_beside, layer_kwargs)
+
+
+def lazy_layer_data(aprs, name: str = "image", *, meta: dict, lead_shape: tuple[int, ...] = (),
+                    mode: str = "constant", level_map_beside: bool = True,
+                    **layer_kwargs: Any) -> list[tuple[Any, dict, str]]:
+    """Layer data of APRs as lazy multiscale reconstructions and level maps, stacked along ``lead_shape``.
+
+    Each layer holds the pyramid of :func:`napari_aprnet.lazy.stacked_pyramid`
+    (one level when the image is small); nothing of pixel size is computed
+    here. The contrast limits are the range of the particle values.
+
+    Parameters
+    ----------
+    aprs : sequence of APR
+        Same shape and channels; row-major over ``lead_shape`` (one APR for ``()``).
+    meta : dict
+        The ``metadata["aprnet"]`` summary (see :func:`apr_metadata`).
+    """
+    recon = pyramid_data(stacked_pyramid(aprs, lead_shape, mode))
+    level_map = pyramid_data(stacked_pyramid(aprs, lead_shape, "level"))
+    kwargs = dict(layer_kwargs)
+    values = np.concatenate([np.asarray(a.values).reshape(-1) for a in aprs])
+    if "contrast_limits" not in kwargs and aprs[0].n_channels == 1 and len(values):
+        lo, hi = float(values.min()), float(values.max())
+        kwargs["contrast_limits"] = (lo, hi if hi > lo else lo + 1.0)
+    return _layer_tuples(aprs[0], name, {**meta, "lazy": True}, recon, level_map, level_map_beside, kwargs)
+
+
+def pyramid_data(levels: list):
+    """napari's multiscale data of pyramid levels: the list of levels, or the one level itself."""
+    return levels if len(levels) > 1 else levels[0]
+
+
+def _layer_tuples(apr, name: str, meta: dict, recon, level_map, level_map_beside: bool,
+                  layer_kwargs: dict) -> list[tuple[Any, dict, str]]:
+    first_recon = recon[0] if isinstance(recon, list) else recon
+    first_level = level_map[0] if isinstance(level_map, list) else level_map
+    common = {k: v for k, v in layer_kwargs.items() if k != "contrast_limits"}
+    multiscale = {"multiscale": True} if isinstance(recon, list) else {}
+    rgb = first_recon.ndim == first_level.ndim + 1
     recon_kwargs = {"name": f"{name} reconstruction", "rgb": rgb,
-                    "metadata": {METADATA_KEY: {**meta, "role": "reconstruction"}, APR_KEY: apr}, **common}
+                    "metadata": {METADATA_KEY: {**meta, "role": "reconstruction"}, APR_KEY: apr},
+                    **multiscale, **layer_kwargs}
     level_kwargs = {"name": f"{name} level map", "opacity": 1.0 if level_map_beside else 0.5,
                     "colormap": level_color_dict(apr.level_min, apr.level_max),
-                    "metadata": {METADATA_KEY: {**meta, "role": "level_map"}, APR_KEY: apr}, **common}
+                    "metadata": {METADATA_KEY: {**meta, "role": "level_map"}, APR_KEY: apr}, **multiscale, **common}
     if level_map_beside:
-        level_kwargs["translate"] = beside_translate(level_map.shape, common.get("scale"), common.get("translate"))
+        level_kwargs["translate"] = beside_translate(first_level.shape, common.get("scale"), common.get("translate"))
     return [(recon, recon_kwargs, "image"), (level_map, level_kwargs, "labels")]
 
 

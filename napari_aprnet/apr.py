@@ -308,8 +308,7 @@ class APR:
             raise ValueError(f"unknown reconstruction mode {mode!r}; choose one of {', '.join(_MODES)}")
         bounds = normalize_region(region, self.shape)
         if mode == "level":
-            out = _native.reconstruct(self._structure, self.levels.astype(np.float32), "constant", bounds)
-            return out.astype(np.uint8)
+            return _native.reconstruct(self._structure, None, "level", bounds).astype(np.uint8)
         vals = self._values if values is None else _as_values(values, self.n_particles)
         return _native.reconstruct(self._structure, vals, mode, bounds)
 

@@ -310,14 +310,8 @@ def validate_structure(structure: APRStructure, *, partition: bool = True) -> No
                          f"{int(structure.levels.min())}")
     if not partition:
         return
+    check_cell_volume(structure)
     lmax = structure.level_max
-    step = (np.int64(1) << (lmax - structure.levels.astype(np.int64)))[:, None]
-    lo = structure.coords.astype(np.int64) * step
-    hi = np.minimum(lo + step, np.asarray(structure.shape, dtype=np.int64))
-    volume = int(np.prod(hi - lo, axis=1).sum())
-    if volume != structure.n_pixels:
-        raise ValueError(f"the particle cells cover {volume} pixels, the image has {structure.n_pixels}: "
-                         "they are not a partition of the image")
     t_levels, t_coords, t_offsets = structure.tree
     for level in range(lmax + 1):
         p = structure.coords[offsets[level]:offsets[level + 1]]
@@ -329,3 +323,22 @@ def validate_structure(structure: APRStructure, *, partition: bool = True) -> No
             if np.intersect1d(pk, tk).size:
                 raise ValueError(f"a level-{level} particle cell contains other particle cells: "
                                  "the cells overlap")
+
+
+def check_cell_volume(structure: APRStructure) -> None:
+    """Check that the particle cells (clipped to the image) cover as many pixels as the image has.
+
+    With no cell inside another, this makes the cells a partition of the image.
+
+    Raises
+    ------
+    ValueError
+        If the volumes differ.
+    """
+    step = (np.int64(1) << (structure.level_max - structure.levels.astype(np.int64)))[:, None]
+    lo = structure.coords.astype(np.int64) * step
+    hi = np.minimum(lo + step, np.asarray(structure.shape, dtype=np.int64))
+    volume = int(np.prod(hi - lo, axis=1).sum())
+    if volume != structure.n_pixels:
+        raise ValueError(f"the particle cells cover {volume} pixels, the image has {structure.n_pixels}: "
+                         "they are not a partition of the image")

@@ -15,7 +15,7 @@ import numpy as np
 
 from napari_aprnet._native import CancelledError
 from napari_aprnet.apr import APR
-from napari_aprnet.metrics import error_stats
+from napari_aprnet.metrics import apr_error_stats, error_stats
 
 __all__ = ["SweepPoint", "parse_rel_errors", "stack_points", "sweep_rel_error"]
 
@@ -37,10 +37,11 @@ class SweepPoint:
         reconstruction (in image intensity units).
     psnr : float
         Peak signal-to-noise ratio of the reconstruction in dB (inf if exact).
-    reconstruction : ndarray
-        The reconstructed image (same shape as the input).
-    level_map : ndarray of uint8
-        The particle level of every pixel.
+    reconstruction : ndarray or None
+        The reconstructed image (same shape as the input); None when the
+        sweep ran with ``keep_images=False``.
+    level_map : ndarray of uint8 or None
+        The particle level of every pixel (None likewise).
     apr : APR
         The APR itself.
     """
@@ -51,8 +52,8 @@ class SweepPoint:
     mean_error: float
     max_error: float
     psnr: float
-    reconstruction: np.ndarray
-    level_map: np.ndarray
+    reconstruction: np.ndarray | None
+    level_map: np.ndarray | None
     apr: Any
 
 
@@ -94,7 +95,7 @@ def parse_rel_errors(text: str) -> list[float]:
 
 def sweep_rel_error(image: np.ndarray, rel_errors: Sequence[float], *, params=None,
                     channel_axis: int | None = None, mode: str = "constant",
-                    cancel: Callable[[], bool] | None = None) -> Iterator[SweepPoint]:
+                    cancel: Callable[[], bool] | None = None, keep_images: bool = True) -> Iterator[SweepPoint]:
     """Convert ``image`` once per E and yield one :class:`SweepPoint` each.
 
     Parameters
@@ -112,6 +113,11 @@ def sweep_rel_error(image: np.ndarray, rel_errors: Sequence[float], *, params=No
     cancel : callable returning bool, optional
         Polled between and during conversions; when true the sweep ends
         (the generator returns; no exception).
+    keep_images : bool
+        Keep each reconstruction and level map in its point (default). With
+        False the points hold only their APRs (reconstruct on demand, e.g.
+        with :func:`napari_aprnet.lazy.stacked_pyramid`) and the error is
+        measured block by block, so no full reconstruction stays in memory.
     """
     for e in rel_errors:
         if cancel is not None and cancel():
@@ -121,9 +127,13 @@ def sweep_rel_error(image: np.ndarray, rel_errors: Sequence[float], *, params=No
             apr = APR.from_image(image, float(e), params=p, channel_axis=channel_axis, cancel=cancel)
         except CancelledError:
             return
-        recon = np.asarray(apr.reconstruct(mode=mode))
-        level_map = np.asarray(apr.reconstruct(mode="level"))
-        mean_err, max_err, psnr = error_stats(image, recon)
+        if keep_images:
+            recon, level_map = np.asarray(apr.reconstruct(mode=mode)), np.asarray(apr.reconstruct(mode="level"))
+            mean_err, max_err, psnr = error_stats(image, recon)
+        else:
+            recon = level_map = None
+            channels_last = image if channel_axis is None else np.moveaxis(image, channel_axis, -1)
+            mean_err, max_err, psnr = apr_error_stats(apr, channels_last, mode)
         yield SweepPoint(float(e), int(apr.n_particles), float(apr.computational_ratio),
                          mean_err, max_err, psnr, recon, level_map, apr)
 
@@ -132,5 +142,8 @@ def stack_points(points: Sequence[SweepPoint]) -> tuple[np.ndarray, np.ndarray]:
     """Stack reconstructions and level maps along a new leading "E" axis."""
     if not points:
         raise ValueError("no sweep points to stack")
+    if any(p.reconstruction is None for p in points):
+        raise ValueError("these sweep points hold no images (keep_images=False); stack their APRs lazily "
+                         "with napari_aprnet.lazy.stacked_pyramid")
     return (np.stack([p.reconstruction for p in points]),
             np.stack([p.level_map for p in points]))

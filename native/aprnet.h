@@ -6,8 +6,9 @@
  *     x is the fastest axis. `shape` arguments are always int64_t[3] holding
  *     (nz, ny, nx) with nz = 1 for 2D images.
  *   - Every function returns an int status: APRNET_OK (0) or a negative error
- *     code below. Callers (napari_aprnet/_native/) check bounds and shapes
- *     before calling, the C code checks again cheaply and never aborts.
+ *     code below (APRNET_ERR_DATA: well-formed arrays that describe no APR).
+ *     Callers (napari_aprnet/_native/) check bounds and shapes before
+ *     calling, the C code checks again cheaply and never aborts.
  *   - Particle order: by level (coarse to fine), then row-major (z, y, x) at
  *     the particle's own level. Level l has ceil(n / 2^(level_max - l)) cells
  *     per axis. Interior tree nodes use the same order.
@@ -28,6 +29,7 @@
 #define APRNET_ERR_CANCELLED -3
 #define APRNET_ERR_INTERNAL -4
 #define APRNET_ERR_BOUNDS -5
+#define APRNET_ERR_DATA -6
 
 /* ===== common (common.c) ===== */
 const char *aprnet_version(void);
@@ -84,7 +86,7 @@ int aprnet_formation_sample(const void *image, int dtype, const int64_t shape[3]
 int aprnet_formation_histogram(const float *values, int64_t n, const double *edges, int64_t nbins,
                                int64_t *counts);
 
-/* ===== reconstruction and sampling (reconstruct*.c) ===== */
+/* ===== reconstruction (reconstruct/: constant.c, smooth.c) ===== */
 
 /* A set of cells (particles or interior tree nodes) with a row table for
  * O(1) access to the cells of one (level, z, y) row. Built and validated by
@@ -108,15 +110,36 @@ typedef struct aprnet_cell_table {
     const int64_t *row_start;
 } aprnet_cell_table;
 
-/* Piecewise constant image of region (z0, z1, y0, y1, x0, x1) (half-open,
- * in pixels at level_max): out[(z - z0), (y - y0), (x - x0), c] = values[p, c]
- * for the particle p covering the pixel. out has (z1-z0)*(y1-y0)*(x1-x0)*nch floats. */
-int aprnet_reconstruct_constant(const aprnet_cell_table *parts, const float *values, int64_t nch,
-                                const int64_t *region, float *out, const int32_t *cancel);
+/* How a cell holding finer particles (an interior tree node) gets its value
+ * in aprnet_reconstruct_constant below the pixel level. */
+#define APRNET_REDUCE_MEAN 0
+#define APRNET_REDUCE_MAX 1
+
+/* Piecewise constant image on the grid of `level` (level_max: pixels; level
+ * l has ceil(n / 2^(level_max - l)) cells per axis) over region (z0, z1, y0,
+ * y1, x0, x1) (half-open, in cells of that level), sampled every step (sz,
+ * sy, sx) cells (NULL: every cell): out[i, j, k, c] is cell (z0 + i sz,
+ * y0 + j sy, x0 + k sx) for i < ceil((z1 - z0) / sz) etc. A cell covered by
+ * a particle of this or a coarser level takes the particle's value; a cell
+ * holding finer particles takes the APR tree's value: APRNET_REDUCE_MEAN the
+ * mean of its children inside the image, each child counting once,
+ * recursively (LibAPR's tree mean); APRNET_REDUCE_MAX the largest particle
+ * value inside it. values NULL (nch 1) stands for each particle's level: the
+ * level map. out holds the counts' product times nch floats. */
+int aprnet_reconstruct_constant(const aprnet_cell_table *parts, const float *values, int64_t nch, int level,
+                                int reduce, const int64_t *region, const int64_t *step, float *out,
+                                const int32_t *cancel);
+
+/* APRNET_OK when no cell of t lies inside a coarser cell of t; else
+ * APRNET_ERR_DATA with *first_nested the smallest index of such a cell
+ * (reconstruct/partition.c). With sorted cells inside their grids and a
+ * total cell volume equal to the image's, OK means the cells tile the image
+ * exactly once. */
+int aprnet_cells_nested(const aprnet_cell_table *t, int64_t *first_nested, const int32_t *cancel);
 
 /* Smooth image of the same region: per pixel, the tent-weighted mean of the
  * particles whose (clipped) cell centres are closer than the pixel's own cell
- * side (see reconstruct.c). tree is the interior-tree table of the same APR. */
+ * side (see smooth.c). tree is the interior-tree table of the same APR. */
 int aprnet_reconstruct_smooth(const aprnet_cell_table *parts, const aprnet_cell_table *tree,
                               const float *values, int64_t nch, const int64_t *region, float *out,
                               const int32_t *cancel);

@@ -166,7 +166,12 @@ def _structure(shape, level_max, levels, coords):
     return APRStructure(shape, level_max, np.asarray(levels), np.asarray(coords))
 
 
-def test_validate_structure_catches_bad_structures():
+VALIDATORS = pytest.mark.parametrize("validate_structure", [validate_structure, _native.validate_partition],
+                                     ids=["numpy", "C"])
+
+
+@VALIDATORS
+def test_validate_structure_catches_bad_structures(validate_structure):
     good = random_structure((8, 8), seed=1)
     validate_structure(good)
     # gap: drop one particle
@@ -193,7 +198,8 @@ def test_validate_structure_catches_bad_structures():
         validate_structure(_structure((8, 8), 3, good.levels[order], good.coords[order]))
 
 
-def test_validate_structure_overlap_with_right_volume():
+@VALIDATORS
+def test_validate_structure_overlap_with_right_volume(validate_structure):
     # level-1 cell (0,0) covers pixels of the 4 level-2 cells below; drop another level-1 cell's
     # worth of pixels elsewhere so the volume still matches.
     s = _structure((4, 4), 2, [1, 1, 1, 2, 2, 2, 2],
@@ -201,6 +207,22 @@ def test_validate_structure_overlap_with_right_volume():
     assert s.n_pixels == 16
     with pytest.raises(ValueError, match="overlap"):
         validate_structure(s)
+    # 3D: the 8 level-1 cells, the last split into its 8 children, minus its last child plus a level-2
+    # cell inside the first level-1 cell: the volume matches, one cell lies inside another
+    cells = [(1, c) for c in np.ndindex(2, 2, 2)][:-1] + [(2, tuple(2 + np.array(c))) for c in np.ndindex(2, 2, 2)]
+    validate_structure(APRStructure.from_unsorted((4, 4, 4), 2, [lv for lv, _ in cells], [c for _, c in cells]))
+    nested = cells[:-1] + [(2, (0, 0, 1))]
+    with pytest.raises(ValueError, match="overlap"):
+        validate_structure(APRStructure.from_unsorted((4, 4, 4), 2, [lv for lv, _ in nested],
+                                                      [c for _, c in nested]))
+
+
+@pytest.mark.parametrize("shape", [(37, 50), (9, 21, 14)])
+def test_the_c_partition_check_passes_real_and_random_apr(shape):
+    validate_structure(random_structure(shape, seed=2))
+    _native.validate_partition(random_structure(shape, seed=2))
+    image = np.random.default_rng(0).poisson(100, shape).astype(np.uint16)
+    _native.validate_partition(APR.from_image(image, 0.2).structure)
 
 
 def test_native_rejects_invalid_cells_before_c():

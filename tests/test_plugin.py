@@ -103,3 +103,23 @@ def test_reader_writer_samples_do_not_import_the_gui():
             "print(sorted(m for m in ('napari', 'qtpy', 'magicgui', 'PyQt5') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_reader_gives_lazy_multiscale_layers_for_a_big_file(tmp_path):
+    from napari_aprnet._layer_data import LAZY_PIXELS
+    from napari_aprnet.lazy import LazyReconstruction
+    from napari_aprnet.samples import lattice_blobs_apr
+
+    apr = lattice_blobs_apr((256, 1024, 1024), period=256, radius=4.0, coarse_cell=32)
+    assert apr.structure.n_pixels > LAZY_PIXELS
+    path = str(tmp_path / "big.apr")
+    apr.save(path)
+    (recon, rk, rt), (levels, lk, lt) = _reader.read_apr(path)
+    assert (rt, lt) == ("image", "labels") and rk["multiscale"] and lk["multiscale"]
+    assert [r.shape for r in recon] == [(256, 1024, 1024), (128, 512, 512), (64, 256, 256)]
+    assert all(isinstance(r, LazyReconstruction) for r in recon + levels)
+    assert [lv.dtype for lv in levels] == [np.uint8] * 3 and rk["metadata"]["aprnet"]["lazy"]
+    assert rk["contrast_limits"] == (float(apr.values.min()), float(apr.values.max()))
+    np.testing.assert_array_equal(recon[0][100, 500:520], apr.reconstruct(region=((100, 101), (500, 520)))[0])
+    finest = apr.reconstruct(mode="level", region=((40, 44),)).reshape(4, 256, 4, 256, 4).max(axis=(0, 2, 4))
+    np.testing.assert_array_equal(levels[2][10], finest)  # pyramid level 2: 4x4x4-pixel cells

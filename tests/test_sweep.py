@@ -66,3 +66,18 @@ def test_sweep_cancel_stops_early():
         return len(calls) > 1
 
     assert len(list(sweep_rel_error(image, [0.1, 0.2, 0.3], cancel=cancel))) <= 1
+
+
+def test_sweep_without_images_measures_the_same_errors_block_by_block(monkeypatch):
+    from napari_aprnet import metrics
+
+    image = fluorescence_blobs((40, 44), 6, seed=5)
+    monkeypatch.setattr(metrics, "BLOCK_VALUES", 44 * 3)  # 3 rows per block: 14 blocks
+    kept = list(sweep_rel_error(image, [0.1, 0.4], mode="smooth"))
+    lean = list(sweep_rel_error(image, [0.1, 0.4], mode="smooth", keep_images=False))
+    for a, b in zip(kept, lean):
+        assert b.reconstruction is None and b.level_map is None
+        assert (b.mean_error, b.max_error, b.psnr) == pytest.approx((a.mean_error, a.max_error, a.psnr), rel=1e-9)
+        assert b.apr.equals(a.apr)
+    with pytest.raises(ValueError, match="hold no images"):
+        stack_points(lean)

@@ -9,6 +9,7 @@ so callers write ``from napari_aprnet import _native`` and ``_native.name``.
 from napari_aprnet._native.common import (
     CancelledError,
     NativeError,
+    cancel_ptr,
     check,
     ffi,
     lib,
@@ -19,7 +20,6 @@ from napari_aprnet._native.common import (
     version,
 )
 from napari_aprnet._native.formation import (
-    _cancel_ptr,
     formation_grad_sigma,
     formation_histogram,
     formation_levels,
@@ -35,12 +35,19 @@ from napari_aprnet._native.nn import (
     nn_tree_mean,
     nn_tree_spread,
 )
-from napari_aprnet._native.reconstruct import CellTable, cell_table, particle_table, reconstruct, tree_table
+from napari_aprnet._native.reconstruct import (
+    CellTable,
+    cell_table,
+    particle_table,
+    reconstruct,
+    tree_table,
+    validate_partition,
+)
 
 __all__ = [
-    "CancelledError", "NativeError", "check", "ffi", "lib", "max_threads", "ptr", "set_num_threads", "shape3",
-    "version", "_cancel_ptr", "formation_grad_sigma", "formation_histogram", "formation_levels",
+    "CancelledError", "NativeError", "cancel_ptr", "check", "ffi", "lib", "max_threads", "ptr", "set_num_threads",
+    "shape3", "version", "formation_grad_sigma", "formation_histogram", "formation_levels",
     "formation_sample", "pulling_scheme", "NNPlan", "nn_plan_build", "nn_pool_backward", "nn_pool_forward",
     "nn_scatter_add", "nn_tree_mean", "nn_tree_spread", "CellTable", "cell_table", "particle_table",
-    "reconstruct", "tree_table",
+    "reconstruct", "tree_table", "validate_partition",
 ]

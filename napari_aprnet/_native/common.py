@@ -32,6 +32,7 @@ _MESSAGES = {
     lib.APRNET_ERR_CANCELLED: (CancelledError, "the computation was cancelled"),
     lib.APRNET_ERR_INTERNAL: (NativeError, "internal error in the C library (please report it)"),
     lib.APRNET_ERR_BOUNDS: (IndexError, "an index passed to the C library is out of bounds"),
+    lib.APRNET_ERR_DATA: (ValueError, "the data describe no valid APR"),
 }
 
 
@@ -81,6 +82,15 @@ def ptr(arr: np.ndarray, dtype, name: str = "array", writable: bool = False):
     if arr.size == 0:
         return ffi.NULL
     return ffi.cast(_CTYPES[dt], arr.ctypes.data)
+
+
+def cancel_ptr(cancel_flag):
+    """C pointer to a cancel flag (an int32 array the C code polls), or NULL for None."""
+    if cancel_flag is None:
+        return ffi.NULL
+    if not (isinstance(cancel_flag, np.ndarray) and cancel_flag.dtype == np.int32 and cancel_flag.size >= 1):
+        raise TypeError("cancel flag must be an int32 numpy array with at least one element")
+    return ffi.cast("int32_t *", cancel_flag.ctypes.data)
 
 
 def shape3(shape) -> tuple[int, int, int]:

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from napari_aprnet._native.common import check, ffi, lib, ptr, shape3
-from napari_aprnet.structure import level_shape, validate_cells
+from napari_aprnet._native.common import cancel_ptr, check, ffi, lib, ptr, shape3
+from napari_aprnet.structure import check_cell_volume, level_shape, validate_cells, validate_structure
 
 
 class CellTable:
@@ -79,6 +79,29 @@ def tree_table(structure) -> CellTable:
     return table
 
 
+def validate_partition(structure, cancel_flag=None) -> None:
+    """:func:`validate_structure` in linear time: the overlap check in C, no interior tree built.
+
+    Checks cells in range and sorted, the cell volume, and that no cell lies
+    inside a coarser one (together: the cells tile the image exactly once).
+    The row table built on the way stays cached for reconstruction.
+
+    Raises
+    ------
+    ValueError
+        Describing the first problem found.
+    """
+    validate_structure(structure, partition=False)
+    check_cell_volume(structure)
+    first = ffi.new("int64_t *")
+    status = lib.aprnet_cells_nested(particle_table(structure).c, first, cancel_ptr(cancel_flag))
+    if status == lib.APRNET_ERR_DATA:
+        i = int(first[0])
+        raise ValueError(f"particle {i} (level {int(structure.levels[i])}, at {structure.coords[i].tolist()}) lies "
+                         "inside a coarser particle cell: the cells overlap")
+    check(status, "partition check")
+
+
 def _region3(shape, region) -> tuple[np.ndarray, tuple[int, ...]]:
     """Normalise ``region`` (per-axis (start, stop), or None) to int64[6] (z0,z1,y0,y1,x0,x1)."""
     shape = tuple(int(s) for s in shape)
@@ -94,6 +117,13 @@ def _region3(shape, region) -> tuple[np.ndarray, tuple[int, ...]]:
     return np.array([v for ab in full for v in ab], dtype=np.int64), tuple(b - a for a, b in region)
 
 
+def _step3(step, ndim: int) -> np.ndarray:
+    step = (1,) * ndim if step is None else tuple(int(s) for s in step)
+    if len(step) != ndim or min(step) < 1:
+        raise ValueError(f"step must be {ndim} positive integers, got {step}")
+    return np.array((1,) * (3 - ndim) + step, dtype=np.int64)
+
+
 def _values2d(values: np.ndarray, n: int) -> np.ndarray:
     values = np.asarray(values)
     if values.ndim not in (1, 2) or values.shape[0] != n:
@@ -103,40 +133,79 @@ def _values2d(values: np.ndarray, n: int) -> np.ndarray:
     return np.ascontiguousarray(values, dtype=np.float32).reshape(n, -1)
 
 
-def reconstruct(structure, values: np.ndarray, mode: str = "constant", region=None) -> np.ndarray:
-    """Pixel image of particle values over ``region`` (C, OpenMP).
+_REDUCE = {"constant": lib.APRNET_REDUCE_MEAN, "level": lib.APRNET_REDUCE_MAX}
+
+
+def reconstruct(structure, values: np.ndarray | None, mode: str = "constant", region=None, *,
+                level: int | None = None, step=None, cancel_flag=None) -> np.ndarray:
+    """Image of particle values over ``region`` of the grid of ``level`` (C, OpenMP).
 
     Parameters
     ----------
     structure : APRStructure
-    values : ndarray, shape (Np,) or (Np, C)
-        Per-particle values (converted to float32).
-    mode : {"constant", "smooth"}
+    values : ndarray, shape (Np,) or (Np, C), or None
+        Per-particle values (converted to float32); ignored (may be None) for ``mode="level"``.
+    mode : {"constant", "smooth", "level"}
+        ``"level"``: the level of the particle covering each cell (the level map).
     region : sequence of (start, stop) per axis, optional
-        Half-open pixel ranges; the whole image if None.
+        Half-open ranges in cells of ``level``; the whole grid if None.
+    level : int, optional
+        Grid level, ``level_max`` (pixels, the default) or coarser: a cell
+        holding finer particles takes their tree mean (``"constant"``) or
+        their finest level (``"level"``); see ``aprnet_reconstruct_constant``.
+        ``"smooth"`` works at ``level_max`` only.
+    step : sequence of int per axis, optional
+        Keep every ``step``-th cell of the region along each axis (like a numpy slice step).
+    cancel_flag : int32 ndarray, optional
+        The C code stops with ``CancelledError`` when ``cancel_flag[0] != 0``.
 
     Returns
     -------
     ndarray of float32
-        Region shape, plus a trailing channel axis when ``values`` is 2D.
+        ``ceil(extent / step)`` per axis, plus a trailing channel axis when ``values`` is 2D.
     """
-    if mode not in ("constant", "smooth"):
-        raise ValueError(f"unknown reconstruction mode {mode!r}; use 'constant' or 'smooth'")
-    vals = _values2d(values, structure.n_particles)
-    reg, out_shape = _region3(structure.shape, region)
-    nch = vals.shape[1]
-    out = np.zeros(out_shape + (nch,), dtype=np.float32)
-    parts = particle_table(structure)
+    if mode not in ("constant", "smooth", "level"):
+        raise ValueError(f"unknown reconstruction mode {mode!r}; use 'constant', 'smooth' or 'level'")
+    level = structure.level_max if level is None else int(level)
+    if not 0 <= level <= structure.level_max:
+        raise ValueError(f"level {level} is outside 0..{structure.level_max}")
+    if mode == "smooth" and level != structure.level_max:
+        raise ValueError("the smooth reconstruction is computed at the pixel level only")
+    vals = None if mode == "level" else _values2d(values, structure.n_particles)
+    reg, extent = _region3(level_shape(structure.shape, structure.level_max, level), region)
+    steps = _step3(step, structure.ndim)
+    nch = 1 if vals is None else vals.shape[1]
+    counts = tuple(-(-e // s) for e, s in zip(extent, steps[3 - structure.ndim:]))
+    out = np.zeros(counts + (nch,), dtype=np.float32)
+    if out.size:
+        if mode == "smooth":
+            _smooth_into(structure, vals, reg, steps, out, cancel_ptr(cancel_flag))
+        else:
+            check(lib.aprnet_reconstruct_constant(
+                particle_table(structure).c, ffi.NULL if vals is None else ptr(vals, np.float32, "values"), nch,
+                level, _REDUCE[mode], ffi.cast("int64_t *", reg.ctypes.data),
+                ffi.cast("int64_t *", steps.ctypes.data), ptr(out, np.float32, "out", writable=True),
+                cancel_ptr(cancel_flag)), f"{mode} reconstruction")
+    return out if vals is not None and np.ndim(values) == 2 else out[..., 0]
+
+
+def _smooth_into(structure, vals: np.ndarray, reg: np.ndarray, steps: np.ndarray, out: np.ndarray, cancel) -> None:
+    """Smooth image of region ``reg`` into ``out``; with steps, one plane (z) at a time, then subsampled."""
+    parts, tree = particle_table(structure), tree_table(structure)
     vptr = ptr(vals, np.float32, "values")
-    rptr = ffi.cast("int64_t *", reg.ctypes.data)
-    optr = ptr(out, np.float32, "out", writable=True)
-    if out.size == 0:
-        pass
-    elif mode == "constant":
-        check(lib.aprnet_reconstruct_constant(parts.c, vptr, nch, rptr, optr, ffi.NULL),
-              "constant reconstruction")
-    else:
-        tree = tree_table(structure)
-        check(lib.aprnet_reconstruct_smooth(parts.c, tree.c, vptr, nch, rptr, optr, ffi.NULL),
+    if not np.any(steps > 1):
+        check(lib.aprnet_reconstruct_smooth(parts.c, tree.c, vptr, vals.shape[1],
+                                            ffi.cast("int64_t *", reg.ctypes.data),
+                                            ptr(out, np.float32, "out", writable=True), cancel),
               "smooth reconstruction")
-    return out if np.ndim(values) == 2 else out[..., 0]
+        return
+    planes = out.reshape((-1,) + out.shape[-3:]) if structure.ndim == 3 else out[None]
+    for i, z in enumerate(range(int(reg[0]), int(reg[1]), int(steps[0]))):
+        one = reg.copy()
+        one[0:2] = (z, z + 1)
+        plane = np.zeros((int(one[3] - one[2]), int(one[5] - one[4]), vals.shape[1]), dtype=np.float32)
+        check(lib.aprnet_reconstruct_smooth(parts.c, tree.c, vptr, vals.shape[1],
+                                            ffi.cast("int64_t *", one.ctypes.data),
+                                            ptr(plane, np.float32, "plane", writable=True), cancel),
+              "smooth reconstruction")
+        planes[i] = plane[::int(steps[1]), ::int(steps[2])]

@@ -9,7 +9,15 @@ import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, PushButton
 from qtpy.QtCore import QTimer
 
-from napari_aprnet._layer_data import METADATA_KEY, apr_layer_data, level_color, level_legend, particle_cells
+from napari_aprnet._layer_data import (
+    METADATA_KEY,
+    apr_metadata,
+    beside_translate,
+    lazy_layer_data,
+    level_color,
+    level_legend,
+    particle_cells,
+)
 from napari_aprnet._widgets._common import (
     BackgroundTask,
     Progress,
@@ -47,33 +55,49 @@ class ConvertResult:
     """What a conversion produced (computed in the worker thread).
 
     For a stack (images along leading axes converted one by one) ``aprs``
-    holds one APR per image (``apr`` is the first) and the arrays are stacked
-    along the same leading axes.
+    holds one APR per image (``apr`` is the first) and ``lead_shape`` the
+    shape of those axes. ``layers`` are the layer data tuples to add: lazy
+    reconstructions and level maps (:func:`napari_aprnet._layer_data.lazy_layer_data`),
+    so no full reconstruction is held and the main thread only adds them.
     """
 
     apr: Any
-    reconstruction: np.ndarray
-    level_map: np.ndarray
+    layers: list
     mean_error: float
     max_error: float
     psnr: float
     mode: str
     legend: str = ""
     aprs: list = field(default_factory=list)
+    lead_shape: tuple = ()
+
+    @property
+    def reconstruction(self):
+        """The reconstruction layer's data (lazy; ``np.asarray`` reads it)."""
+        return self.layers[0][0]
+
+    @property
+    def level_map(self):
+        """The level map layer's data (lazy)."""
+        return self.layers[1][0]
 
 
 def convert_job(image: np.ndarray, params, channel_axis: int | None, mode: str, spatial: int | None = None, *,
-                cancel):
-    """Generator run in a worker: convert, reconstruct, measure the error (each image of a stack alone)."""
+                cancel, layer_info: dict | None = None):
+    """Generator run in a worker: convert (each image of a stack alone), measure the error, make the layer data.
+
+    ``layer_info`` holds ``name``, ``extra`` metadata and the layer keywords
+    (``scale``, ``translate``, ``axis_labels``...) of the result layers.
+    """
     from napari_aprnet.apr import APR
-    from napari_aprnet.metrics import error_stats
+    from napari_aprnet.metrics import ErrorTally, apr_error_stats
 
     yield Progress(0, 3, f"reading the {'x'.join(map(str, image.shape))} image...")
     image = np.asarray(image)
     n_lead = image.ndim - (1 if channel_axis is not None else 0) - (spatial or 0) if spatial else 0
     lead = image.shape[:n_lead]
     n = int(np.prod(lead)) if n_lead else 1
-    aprs, recons, levels = [], [], []
+    aprs, tally = [], ErrorTally()
     for i, index in enumerate(np.ndindex(*lead) if n_lead else [()]):
         part = image[index]
         yield Progress(i, n + 1, f"converting a {'x'.join(map(str, part.shape))} image to an APR"
@@ -83,25 +107,35 @@ def convert_job(image: np.ndarray, params, channel_axis: int | None, mode: str, 
         if cancel.is_set():
             return None
         aprs.append(apr)
-        recons.append(np.asarray(apr.reconstruct(mode=mode)))
-        levels.append(np.asarray(apr.reconstruct(mode="level")))
-    recon = np.stack(recons).reshape(lead + recons[0].shape) if n_lead else recons[0]
-    level_map = np.stack(levels).reshape(lead + levels[0].shape) if n_lead else levels[0]
-    level_map = level_map.astype(np.uint8, copy=False)  # the labels layer's dtype, converted here
-    yield Progress(n, n + 1, "measuring the reconstruction error...")
-    mean_err, max_err, psnr = error_stats(image, recon)
+        yield Progress(i + 0.5, n + 1, "measuring the reconstruction error...")
+        apr_error_stats(apr, part if channel_axis is None else np.moveaxis(part, channel_axis, -1), mode, tally)
+    mean_err, max_err, psnr = tally.result()
     legend = legend_html(aprs)  # particle counts per level: here, not on the main thread
+    info = dict(layer_info or {})
+    extra = {**info.pop("extra", {}), "mean_error": mean_err, "max_error": max_err, "psnr": psnr}
+    layers = _result_layers(aprs, tuple(lead), mode, info.pop("name", "image"), extra, info)
     yield Progress(n + 1, n + 1, "done")
-    return ConvertResult(aprs[0], recon, level_map, mean_err, max_err, psnr, mode, legend, aprs)
+    return ConvertResult(aprs[0], layers, mean_err, max_err, psnr, mode, legend, aprs, tuple(lead))
 
 
-def update_or_add(viewer: napari.Viewer, data: np.ndarray, kwargs: dict, layer_type: str):
-    """Replace the data of the layer named ``kwargs["name"]`` (same type and ndim), else add one."""
+def _result_layers(aprs: list, lead: tuple, mode: str, name: str, extra: dict, kwargs: dict) -> list:
+    """Lazy layer data of converted APRs, stacked along ``lead``, with the stack's summary in the metadata."""
+    n_particles = sum(int(a.n_particles) for a in aprs)
+    pixels = sum(int(np.prod(a.structure.shape)) for a in aprs)
+    meta = apr_metadata(aprs[0], reconstruction_mode=mode, n_particles=n_particles,
+                        computational_ratio=pixels / max(n_particles, 1), n_images=len(aprs), **extra)
+    return lazy_layer_data(aprs, name, meta=meta, lead_shape=lead, mode=mode, **kwargs)
+
+
+def update_or_add(viewer: napari.Viewer, data, kwargs: dict, layer_type: str):
+    """Replace the data of the layer named ``kwargs["name"]`` (same type, ndim and scales), else add one."""
     name = kwargs["name"]
+    multiscale = isinstance(data, list)
+    first = data[0] if multiscale else data
     if name in viewer.layers:
         layer = viewer.layers[name]
-        if layer._type_string == layer_type and layer.data.ndim == np.ndim(data) and \
-                getattr(layer, "rgb", False) == kwargs.get("rgb", False):
+        if layer._type_string == layer_type and layer.data.ndim == np.ndim(first) and \
+                getattr(layer, "rgb", False) == kwargs.get("rgb", False) and layer.multiscale == multiscale:
             layer.data = data
             for key in ("metadata", "colormap", "scale", "translate", "axis_labels", "opacity"):
                 if key in kwargs:
@@ -234,8 +268,10 @@ class ConvertWidget(Container):
             return None
         self.source_name = layer.name
         self._source = layer
+        info = {"name": layer.name, "extra": {"source_layer": layer.name}, "scale": tuple(layer.scale),
+                "translate": tuple(layer.translate), "axis_labels": tuple(layer.axis_labels)}
         return self.task.start(convert_job, image, params, channel_axis, self.mode.value, spatial,
-                               on_return=self._show, on_finish=self._finished)
+                               layer_info=info, on_return=self._show, on_finish=self._finished)
 
     def _finished(self) -> None:
         if self._pending:
@@ -257,24 +293,15 @@ class ConvertWidget(Container):
         self.result = result
         apr, layer = result.apr, self._source
         aprs = result.aprs or [apr]
-        spatial = layer.ndim  # all axes: a stack keeps its leading axes (and their names)
-        n_particles = sum(int(a.n_particles) for a in aprs)
-        pixels = sum(int(np.prod(a.structure.shape)) for a in aprs)
-        extra = {"mean_error": result.mean_error, "max_error": result.max_error, "psnr": result.psnr,
-                 "source_layer": layer.name, "n_particles": n_particles,
-                 "computational_ratio": pixels / max(n_particles, 1), "n_images": len(aprs)}
-        for data, kwargs, kind in apr_layer_data(apr, layer.name, mode=result.mode,
-                                                 reconstruction=result.reconstruction,
-                                                 level_map=result.level_map, extra=extra,
-                                                 level_map_beside=self.level_display.value == LEVEL_DISPLAYS[0],
-                                                 scale=tuple(layer.scale[-spatial:]),
-                                                 translate=tuple(layer.translate[-spatial:]),
-                                                 axis_labels=tuple(layer.axis_labels)):
-            if kind == "image":
-                kwargs["colormap"] = layer.colormap.name if not layer.rgb else None
-                kwargs["contrast_limits"] = layer.contrast_limits
-                if kwargs["colormap"] is None:
-                    del kwargs["colormap"]
+        beside = self.level_display.value == LEVEL_DISPLAYS[0]
+        for data, kwargs, kind in result.layers:
+            if kind == "image" and not layer.rgb:
+                kwargs = {**kwargs, "colormap": layer.colormap.name, "contrast_limits": layer.contrast_limits}
+            elif kind == "labels":  # the level map beside the image or over it, as chosen now
+                where = beside_translate(result.apr.shape, layer.scale, layer.translate) if beside else \
+                    tuple(layer.translate)
+                kwargs = {**kwargs, "opacity": 1.0 if beside else 0.5,
+                          "translate": tuple(layer.translate[:-1]) + where[-1:]}
             update_or_add(self.viewer, data, kwargs, kind)
         cells_name = f"{layer.name} particle cells"
         if self.show_cells.value and len(aprs) == 1 and apr.n_particles <= MAX_CELL_POINTS:
@@ -284,14 +311,15 @@ class ConvertWidget(Container):
                 self.viewer.layers.remove(cells_name)
             self.viewer.add_points(centres, size=sides, symbol="square", face_color="transparent",
                                    border_color=colors, border_width=0.08, border_width_is_relative=True,
-                                   name=cells_name, scale=tuple(layer.scale[-spatial:]),
-                                   translate=tuple(layer.translate[-spatial:]),
+                                   name=cells_name, scale=tuple(layer.scale[-apr.ndim:]),
+                                   translate=tuple(layer.translate[-apr.ndim:]),
                                    metadata={METADATA_KEY: {"role": "particle_cells"}})
         elif self.show_cells.value:
             notify(f"{apr.n_particles:,} particles are too many to draw as points "
                    f"(limit {MAX_CELL_POINTS:,}); use the level map", "info")
+        meta = result.layers[0][1]["metadata"][METADATA_KEY]
         each = f" in {len(aprs)} images converted one by one" if len(aprs) > 1 else ""
-        self.results.value = (f"particles: {n_particles:,}{each}   CR: {extra['computational_ratio']:.2f}\n"
+        self.results.value = (f"particles: {meta['n_particles']:,}{each}   CR: {meta['computational_ratio']:.2f}\n"
                               f"{levels_present(aprs)}   "
                               f"mean |error|: {result.mean_error:.4g}   max |error|: {result.max_error:.4g}"
                               f"   PSNR: {result.psnr:.1f} dB")

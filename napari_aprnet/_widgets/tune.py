@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from magicgui.widgets import ComboBox, Container, LineEdit, PushButton
 
-from napari_aprnet._layer_data import METADATA_KEY, level_color_dict
+from napari_aprnet._layer_data import METADATA_KEY, level_color_dict, pyramid_data
 from napari_aprnet._widgets._common import (
     BackgroundTask,
     Progress,
@@ -34,8 +34,14 @@ __all__ = ["TuneWidget", "sweep_job"]
 
 def sweep_job(image: np.ndarray, rel_errors: list[float], params, channel_axis: int | None, mode: str, *,
               cancel):
-    """Generator run in a worker: yields progress and one SweepPoint per E."""
-    from napari_aprnet.sweep import stack_points, sweep_rel_error
+    """Generator run in a worker: yields progress and one SweepPoint per E (holding its APR, no images).
+
+    Returns the lazy data of the two result layers, the reconstructions and
+    the level maps stacked along E (:func:`napari_aprnet.lazy.stacked_pyramid`):
+    no full reconstruction is held per E value.
+    """
+    from napari_aprnet.lazy import stacked_pyramid
+    from napari_aprnet.sweep import sweep_rel_error
 
     n = len(rel_errors)
     yield Progress(0, n, "reading the image...")
@@ -43,25 +49,16 @@ def sweep_job(image: np.ndarray, rel_errors: list[float], params, channel_axis: 
     yield Progress(0, n, f"converting at E = {rel_errors[0]:g} (1/{n})...")
     points = []
     for i, point in enumerate(sweep_rel_error(image, rel_errors, params=params, channel_axis=channel_axis,
-                                              mode=mode, cancel=cancel.is_set)):
+                                              mode=mode, cancel=cancel.is_set, keep_images=False)):
         points.append(point)
         yield point
         if i + 1 < n:
             yield Progress(i + 1, n, f"converting at E = {rel_errors[i + 1]:g} ({i + 2}/{n})...")
     if not points:
         return None
-    yield Progress(n, n, "stacking the results...")
-    recon, levels = stack_points(points)  # here, not on the main thread
-    levels = levels.astype(np.uint8)
-    for p in points:  # the stacks hold the images now: one copy, not two
-        for name in ("reconstruction", "level_map"):
-            if hasattr(p, name):
-                try:
-                    setattr(p, name, None)
-                except (AttributeError, TypeError):
-                    pass
+    aprs, lead = [p.apr for p in points], (len(points),)
     yield Progress(n, n, "sweep done")
-    return recon, levels
+    return pyramid_data(stacked_pyramid(aprs, lead, mode)), pyramid_data(stacked_pyramid(aprs, lead, "level"))
 
 
 class TuneWidget(Container):
@@ -152,7 +149,8 @@ class TuneWidget(Container):
         if all(a.lstrip("-").isdigit() for a in own):  # napari's default labels ("-2", "-1")
             own = ("z", "y", "x")[3 - spatial:]
         labels = ("E",) + own
-        rgb = recon.ndim == levels.ndim + 1
+        multiscale = isinstance(recon, list)
+        rgb = (recon[0] if multiscale else recon).ndim == (levels[0] if multiscale else levels).ndim + 1
         table = [{"rel_error": p.rel_error, "n_particles": p.n_particles,
                   "computational_ratio": p.computational_ratio, "mean_error": p.mean_error,
                   "max_error": p.max_error, "psnr": p.psnr} for p in pts]
@@ -160,6 +158,8 @@ class TuneWidget(Container):
         common = {"scale": (1.0,) + tuple(layer.scale[-spatial:]),
                   "translate": (0.0,) + tuple(layer.translate[-spatial:]), "axis_labels": labels,
                   "metadata": meta}
+        if multiscale:
+            common["multiscale"] = True
         kwargs = {"name": f"{layer.name} E sweep", "rgb": rgb, **common}
         if not rgb:
             kwargs["contrast_limits"] = layer.contrast_limits

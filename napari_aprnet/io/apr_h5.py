@@ -23,10 +23,11 @@ import os
 
 import numpy as np
 
+from napari_aprnet._native import validate_partition
 from napari_aprnet._version import __version__
 from napari_aprnet.io._atomic import atomic_write_bytes
 from napari_aprnet.params import APRParameters
-from napari_aprnet.structure import APRStructure, level_max_for_shape, validate_structure
+from napari_aprnet.structure import APRStructure, level_max_for_shape
 
 __all__ = ["APRFileError", "FORMAT_NAME", "FORMAT_VERSION", "save_apr", "read_apr"]
 
@@ -209,7 +210,7 @@ def _load_contents(h5, path: str):
         raise APRFileError(f"{path}: 'values' contains NaN or Inf; the file is damaged")
     try:
         structure = APRStructure(tuple(int(s) for s in shape), level_max, levels, coords, level_min)
-        validate_structure(structure)
+        validate_partition(structure)
     except (ValueError, TypeError, OverflowError) as exc:
         raise APRFileError(f"{path}: inconsistent particle structure: {exc}") from None
     params = _params_from_json(_attr(h5, "parameters", path), path)

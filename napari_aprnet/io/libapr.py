@@ -32,10 +32,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from napari_aprnet._native import validate_partition
 from napari_aprnet.io._atomic import atomic_write_bytes
 from napari_aprnet.io.apr_h5 import APRFileError, _dataset_obj, read_hdf5
 from napari_aprnet.params import APRParameters
-from napari_aprnet.structure import APRStructure, level_max_for_shape, level_shape, validate_structure
+from napari_aprnet.structure import APRStructure, level_max_for_shape, level_shape
 
 __all__ = ["LibAPRContents", "read_libapr", "save_libapr", "is_libapr_file"]
 
@@ -201,7 +202,7 @@ def _read_group(group, path: str, channel: str) -> LibAPRContents:
     particles, dtypes = _particle_sets(group, len(levels), path)
     try:
         structure = APRStructure(shape, level_max, levels, coords, level_min)
-        validate_structure(structure)
+        validate_partition(structure)
     except (ValueError, TypeError, OverflowError) as exc:
         raise APRFileError(f"{path}: inconsistent particle structure: {exc}") from None
     params, raw = _parameters(group)

@@ -1,0 +1,67 @@
+/*
+ * partition.c -- do the cells of a table nest inside each other?
+ *
+ * With cells sorted and inside their level grids (checked in Python) and a
+ * total cell volume equal to the image's, the cells tile the image exactly
+ * once unless a cell lies inside a coarser one. For each row of each level
+ * and each coarser level that has cells, the row's cells (sorted by x) are
+ * walked beside the cells of the ancestor row at that level (also sorted by
+ * x, so one cursor moves forward only): linear in the cells visited. Rows
+ * are independent; the result, the smallest index of a nested cell, does not
+ * depend on the number of threads.
+ */
+#include "rc_common.h"
+
+/* Smallest index in row (level lb; zl, yl) of a cell inside a cell of a coarser level, or -1. */
+static int64_t nested_in_row(const aprnet_cell_table *t, int lb, int64_t zl, int64_t yl) {
+    int64_t a, b;
+    rc_row_range(t, lb, zl, yl, &a, &b);
+    if (a == b) return -1;
+    int64_t found = -1;
+    for (int la = 0; la < lb; ++la) {
+        if (t->level_offsets[la] == t->level_offsets[la + 1]) continue;
+        const int s = lb - la;
+        int64_t ca, cb;
+        rc_row_range(t, la, zl >> s, yl >> s, &ca, &cb);
+        int64_t i = rc_lower_bound_x(t, ca, cb, rc_coord(t, a, 2) >> s);
+        for (int64_t j = a; j < b && i < cb && (found < 0 || j < found); ++j) {
+            const int64_t ax = rc_coord(t, j, 2) >> s;
+            while (i < cb && rc_coord(t, i, 2) < ax) ++i;
+            if (i < cb && rc_coord(t, i, 2) == ax) {
+                found = j;
+                break;
+            }
+        }
+    }
+    return found;
+}
+
+int aprnet_cells_nested(const aprnet_cell_table *t, int64_t *first_nested, const int32_t *cancel) {
+    if (!rc_table_ok(t) || !first_nested) return APRNET_ERR_ARG;
+    *first_nested = -1;
+    int64_t found = -1;
+    int stop = 0;
+    for (int lb = 1; lb <= t->level_max && !stop; ++lb) {
+        if (t->level_offsets[lb] == t->level_offsets[lb + 1]) continue;
+        const int sh = t->level_max - lb;
+        const int64_t ny = rc_cells_along(t->shape[1], sh), nrows = rc_cells_along(t->shape[0], sh) * ny;
+        #pragma omp parallel for schedule(dynamic, 256) if (nrows > 4096)
+        for (int64_t r = 0; r < nrows; ++r) {
+            if (stop) continue;
+            if (rc_cancelled(cancel)) {
+                #pragma omp atomic write
+                stop = 1;
+                continue;
+            }
+            const int64_t hit = nested_in_row(t, lb, r / ny, r % ny);
+            if (hit >= 0) {
+                #pragma omp critical(aprnet_cells_nested)
+                if (found < 0 || hit < found) found = hit;
+            }
+        }
+        if (found >= 0) break; /* levels are in index order: a later level only has larger indices */
+    }
+    if (stop) return APRNET_ERR_CANCELLED;
+    *first_nested = found;
+    return found >= 0 ? APRNET_ERR_DATA : APRNET_OK;
+}
