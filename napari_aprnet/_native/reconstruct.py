@@ -102,7 +102,7 @@ def validate_partition(structure, cancel_flag=None) -> None:
     check(status, "partition check")
 
 
-def _region3(shape, region) -> tuple[np.ndarray, tuple[int, ...]]:
+def region_bounds(shape, region) -> tuple[np.ndarray, tuple[int, ...]]:
     """Normalise ``region`` (per-axis (start, stop), or None) to int64[6] (z0,z1,y0,y1,x0,x1)."""
     shape = tuple(int(s) for s in shape)
     if region is None:
@@ -172,7 +172,7 @@ def reconstruct(structure, values: np.ndarray | None, mode: str = "constant", re
     if mode == "smooth" and level != structure.level_max:
         raise ValueError("the smooth reconstruction is computed at the pixel level only")
     vals = None if mode == "level" else _values2d(values, structure.n_particles)
-    reg, extent = _region3(level_shape(structure.shape, structure.level_max, level), region)
+    reg, extent = region_bounds(level_shape(structure.shape, structure.level_max, level), region)
     steps = _step3(step, structure.ndim)
     nch = 1 if vals is None else vals.shape[1]
     counts = tuple(-(-e // s) for e, s in zip(extent, steps[3 - structure.ndim:]))
