@@ -13,7 +13,7 @@ from napari_aprnet.samples import fluorescence_blobs
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE_MANIFEST = Path(napari_aprnet.__file__).parent / "napari.yaml"
-WIDGETS = {"Convert to APR", "Tune E", "Classify", "Train", "Annotate"}
+WIDGETS = {"Convert to APR", "Tune E", "Classify", "Segment", "Train", "Annotate"}
 
 
 def test_the_packaged_manifest_is_the_only_one():
