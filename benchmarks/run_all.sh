@@ -14,6 +14,7 @@ $PY benchmarks/bench_reconstruct.py
 $PY benchmarks/bench_layers.py
 $PY benchmarks/bench_train_step.py --steps 9
 $PY benchmarks/bench_train_step.py --steps 9 --tune-malloc
+$PY benchmarks/bench_distributed.py --threads 2 --nproc 2
 # learning runs are long (hours on 2 cores) and resumable: see benchmarks/results/training.md
 $PY benchmarks/bench_learning_diagnosis.py --steps 800
 $PY benchmarks/bench_training.py table --steps 3000 --other-steps 1500 --pix256-steps 600

@@ -76,7 +76,9 @@ def resolve_device(requested: str | None, local_rank: int = 0, local_world: int 
 
     ``requested`` is ``"cpu"`` (or None), ``"cuda"`` (one GPU per process on
     this machine, else an error) or ``"auto"`` (CUDA when every process on this
-    machine gets a GPU, else the CPU).
+    machine gets a GPU, else the CPU). All processes of a run must end up on
+    the same kind of device (one backend): on machines of which only some
+    have GPUs, give ``"cpu"`` or ``"cuda"`` rather than ``"auto"``.
     """
     if requested not in (None, "cpu", "cuda", "auto"):
         raise ValueError(f"device must be 'cpu', 'cuda' or 'auto', got {requested!r}")
