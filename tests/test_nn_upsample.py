@@ -1,4 +1,4 @@
-"""APRUpsample and APRConcat: pixel equivalence, a dict reference, gradients, errors."""
+"""APRUpsample, APRConvTranspose and APRConcat: pixel equivalence, dict references, gradients, errors."""
 from __future__ import annotations
 
 import numpy as np
@@ -8,7 +8,16 @@ import torch.nn.functional as F
 from conftest import random_structure
 from test_nn_conv import full_structure
 
-from napari_aprnet.nn import APRBatch, APRConcat, APRMaxPool, APRUpsample, apr_concat, apr_upsample
+from napari_aprnet.nn import (
+    APRBatch,
+    APRConcat,
+    APRConvTranspose,
+    APRMaxPool,
+    APRUpsample,
+    apr_concat,
+    apr_conv_transpose,
+    apr_upsample,
+)
 from napari_aprnet.nn.functional import apr_max_pool
 from napari_aprnet.structure import APRStructure
 
@@ -135,3 +144,66 @@ def test_concat_errors():
         apr_concat(a, a.to(torch.float64))
     with pytest.raises(TypeError, match="APRBatch"):
         apr_concat(a, a.features)
+
+
+# ----- transposed convolution -----------------------------------------------------------------
+
+@pytest.mark.parametrize("shape", [(16, 16), (7, 13), (5, 7, 3), (4, 6, 8)])
+def test_conv_transpose_on_all_pixel_apr_equals_conv_transpose(shape):
+    s = full_structure(shape)
+    nd = len(shape)
+    torch.manual_seed(0)
+    layer = APRConvTranspose(3, 2, ndim=nd).double()
+    pix = (torch.nn.ConvTranspose2d if nd == 2 else torch.nn.ConvTranspose3d)(3, 2, 2, stride=2).double()
+    pix.load_state_dict(layer.state_dict())
+    fine = APRBatch(torch.zeros(s.n_particles, 1, dtype=torch.float64), [s])
+    coarse = apr_max_pool(fine)
+    cshape = coarse.structures[0].shape
+    img = torch.randn(1, 3, *cshape, dtype=torch.float64)
+    out = layer(coarse.with_features(img[0].reshape(3, -1).t().contiguous()), fine)
+    want = pix(img)[(0, slice(None)) + tuple(slice(0, n) for n in shape)]
+    torch.testing.assert_close(out.features, want.reshape(2, -1).t(), rtol=0, atol=1e-12)
+
+
+def test_conv_transpose_reference_on_random_structures():
+    structures = [random_structure((19, 23), seed=3), random_structure((9, 6), seed=4)]
+    n = sum(s.n_particles for s in structures)
+    fine = APRBatch(torch.zeros(n, 1, dtype=torch.float64), structures)
+    coarse = apr_max_pool(fine)
+    x = torch.randn(coarse.features.shape[0], 3, dtype=torch.float64)
+    w, b = torch.randn(3, 4, 2, 2, dtype=torch.float64), torch.randn(4, dtype=torch.float64)
+    out = apr_conv_transpose(coarse.with_features(x), fine, w, b).features
+    want = []
+    for i, (fs, cs) in enumerate(zip(fine.structures, coarse.structures)):
+        parents = reference_parent_rows(fs, cs) + coarse.offsets[i]
+        for p, lv, co in zip(parents, fs.levels, fs.coords):
+            kernel = w[:, :, co[0] & 1, co[1] & 1] if lv == fs.level_max else w.mean((2, 3))
+            want.append(x[p] @ kernel + b)
+    torch.testing.assert_close(out, torch.stack(want), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("shape", [(11, 14), (5, 7, 6)])
+def test_conv_transpose_gradcheck(shape):
+    structures = [random_structure(shape, seed=1), random_structure(shape, seed=2)]
+    n = sum(s.n_particles for s in structures)
+    fine = APRBatch(torch.zeros(n, 1, dtype=torch.float64), structures)
+    coarse = apr_max_pool(fine)
+    x = torch.randn(coarse.features.shape[0], 2, dtype=torch.float64, requires_grad=True)
+    w = torch.randn((2, 3) + (2,) * len(shape), dtype=torch.float64, requires_grad=True)
+    b = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(
+        lambda v, w, b: apr_conv_transpose(coarse.with_features(v), fine, w, b).features, (x, w, b))
+
+
+def test_conv_transpose_errors():
+    s = random_structure((12, 10), seed=5)
+    fine = APRBatch(torch.randn(s.n_particles, 1), [s])
+    coarse = apr_max_pool(fine)
+    with pytest.raises(ValueError, match="max pooling of the fine"):
+        APRConvTranspose(1, 2)(fine, fine)
+    with pytest.raises(ValueError, match="weight must have shape"):
+        APRConvTranspose(2, 2)(coarse, fine)
+    with pytest.raises(ValueError, match="weight must have shape"):
+        APRConvTranspose(1, 2, ndim=3)(coarse, fine)
+    with pytest.raises(TypeError, match="float64"):
+        APRConvTranspose(1, 2).double()(coarse, fine)

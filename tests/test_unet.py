@@ -19,6 +19,10 @@ def test_names_defaults_and_config_round_trip():
                           "depth": 3, "width": 16}
     assert net.encoders[0][0].n_level_kernels == 2 and net.head.n_level_kernels == 1
     assert build_model("APR_UNet-same", ndim=3).encoders[0][0].n_level_kernels == 1
+    tconv = build_model("APR_UNet-tconv", depth=2, width=4)
+    assert [type(u).__name__ for u in tconv.ups] == ["APRConvTranspose"] * 2 and tconv.ups[0].in_channels == 16
+    assert tconv.decoders[0][0].in_channels == 16  # [skip (8) | up-convolved (8)]
+    assert build_model("Pix_UNet-tconv", ndim=3).ups[0].weight.shape == (128, 64, 2, 2, 2)
     pix = build_model("Pix_UNet", n_classes=3, ndim=3, depth=2, width=4)
     assert pix.mode == "pixels" and isinstance(pix.encoders[0][0], torch.nn.Conv3d)
     assert pix.encoders[2][0].out_channels == 16 and pix.head.out_channels == 3
@@ -33,7 +37,8 @@ def test_names_defaults_and_config_round_trip():
 
 
 @pytest.mark.parametrize("name, kwargs, match", [
-    ("Pix_UNet-same", {}, "variant"), ("APR_UNet-close", {}, "variant"), ("APR_UNet", {"ndim": 4}, "ndim"),
+    ("Pix_UNet-same", {}, "variant"), ("APR_UNet-close", {}, "variant"), ("APR_UNet-expanded", {}, "variant"),
+    ("APR_UNet", {"ndim": 4}, "ndim"),
     ("APR_UNet", {"depth": 0}, "depth"), ("APR_UNet", {"width": 2.5}, "width"),
     ("APR_UNet", {"dropout": 0.5}, "dropout"), ("APR_B", {"depth": 2}, "U-Nets only"),
     ("APR_B", {"ndim": 3}, "U-Nets only"), ("APR_Unet", {}, "unknown model")])
@@ -42,11 +47,12 @@ def test_bad_arguments(name, kwargs, match):
         build_model(name, **kwargs)
 
 
-def twin_nets(ndim: int, depth: int, width: int, in_channels: int = 1, n_classes: int = 3):
+def twin_nets(ndim: int, depth: int, width: int, in_channels: int = 1, n_classes: int = 3, variant=None):
     """APR_UNet and Pix_UNet with the same weights (every APR level kernel = the pixel kernel), float64."""
     torch.manual_seed(0)
-    apr = build_model("APR_UNet", n_classes, ndim=ndim, depth=depth, width=width, in_channels=in_channels).double()
-    pix = build_model("Pix_UNet", n_classes, ndim=ndim, depth=depth, width=width, in_channels=in_channels).double()
+    kw = {"ndim": ndim, "depth": depth, "width": width, "in_channels": in_channels, "variant": variant}
+    apr = build_model("APR_UNet", n_classes, **kw).double()
+    pix = build_model("Pix_UNet", n_classes, **kw).double()
     gen = torch.Generator().manual_seed(1)
     with torch.no_grad():  # non-trivial batch norm affine parameters and running statistics
         for m in pix.modules():
@@ -63,9 +69,10 @@ def twin_nets(ndim: int, depth: int, width: int, in_channels: int = 1, n_classes
 @pytest.mark.parametrize("shapes, depth", [([(13, 11), (13, 11)], 2), ([(16, 16)], 3), ([(6, 7, 5)], 2),
                                            ([(4, 8, 8), (4, 8, 8)], 1)])
 @pytest.mark.parametrize("train", [True, False])
-def test_apr_unet_equals_pix_unet_on_all_pixel_aprs(shapes, depth, train):
+@pytest.mark.parametrize("variant", [None, "tconv"])
+def test_apr_unet_equals_pix_unet_on_all_pixel_aprs(shapes, depth, train, variant):
     ndim = len(shapes[0])
-    apr, pix = twin_nets(ndim, depth, width=3)
+    apr, pix = twin_nets(ndim, depth, width=3, variant=variant)
     apr.train(train), pix.train(train)
     img = torch.randn(len(shapes), 1, *shapes[0], dtype=torch.float64, requires_grad=True)
     structures = [full_structure(s) for s in shapes]
@@ -85,12 +92,14 @@ def test_apr_unet_equals_pix_unet_on_all_pixel_aprs(shapes, depth, train):
     torch.testing.assert_close(g_apr[2][0], g_pix[2], rtol=0, atol=1e-9)
 
 
-@pytest.mark.parametrize("shapes", [[(37, 29), (20, 33)], [(11, 19, 13), (9, 9, 9)]])
-def test_finite_outputs_and_gradients_on_varied_levels(shapes):
+@pytest.mark.parametrize("shapes, variant", [([(37, 29), (20, 33)], None), ([(11, 19, 13), (9, 9, 9)], None),
+                                             ([(37, 29), (20, 33)], "tconv"), ([(11, 19, 13), (9, 9, 9)], "tconv")])
+def test_finite_outputs_and_gradients_on_varied_levels(shapes, variant):
     structures = [random_structure(s, seed=i + 1) for i, s in enumerate(shapes)]
     assert all(len(np.unique(s.levels)) >= 3 for s in structures)
     torch.manual_seed(0)
-    net = build_model("APR_UNet", n_classes=2, ndim=len(shapes[0]), depth=2, width=2, in_channels=2)
+    net = build_model("APR_UNet", n_classes=2, ndim=len(shapes[0]), depth=2, width=2, in_channels=2,
+                      variant=variant)
     values = [np.random.default_rng(i).random(s.n_particles).astype(np.float32) for i, s in enumerate(structures)]
     batch = APRBatch.from_aprs(structures, values=values, add_level_channel=True)
     out = net(batch)

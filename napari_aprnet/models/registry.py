@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from napari_aprnet.models.classifiers import ARCHITECTURES, ClassifierNet, build_classifier
-from napari_aprnet.models.unet import UNET_LEVEL_KERNELS, UNet, build_unet
+from napari_aprnet.models.unet import UNET_VARIANTS, UNet, build_unet
 
 __all__ = ["MODEL_NAMES", "UNET_NAMES", "ModelSpec", "build_model", "conv_weight_count", "model_from_config",
            "parse_model_name"]
@@ -24,7 +24,7 @@ UNET = "UNet"  # the architecture name of the U-Nets
 MODEL_NAMES = tuple(f"{kind}_{a}" for a in ARCHITECTURES for kind in ("APR", "Pix"))  # the classifiers
 UNET_NAMES = (f"APR_{UNET}", f"Pix_{UNET}")  # the segmentation networks
 _VARIANTS = {("APR", "classifier"): (None, "same", "close"), ("Pix", "classifier"): (None, "expanded"),
-             ("APR", "unet"): tuple(UNET_LEVEL_KERNELS), ("Pix", "unet"): (None,)}
+             ("APR", "unet"): UNET_VARIANTS["APR"], ("Pix", "unet"): UNET_VARIANTS["Pix"]}
 _UNET_DEFAULTS = {"n_classes": 2, "in_channels": 1, "depth": 3, "width": 16}
 
 
@@ -40,7 +40,8 @@ class ModelSpec:
         Architecture: a key of :data:`~napari_aprnet.models.classifiers.ARCHITECTURES`
         (classifiers) or ``"UNet"``.
     variant : str or None
-        ``"same"``, ``"close"`` (APR) or ``"expanded"`` (pixels); U-Nets: ``"same"`` (APR).
+        ``"same"``, ``"close"`` (APR) or ``"expanded"`` (pixels); U-Nets:
+        ``"same"`` (APR) and ``"tconv"`` (learned upsampling).
     """
 
     kind: str
@@ -94,7 +95,7 @@ def parse_model_name(name: str, variant: str | None = None) -> ModelSpec:
     kind, _, arch = base.partition("_")
     if kind not in ("APR", "Pix") or (arch not in ARCHITECTURES and arch != UNET):
         raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES + UNET_NAMES)} "
-                         f"(APR variants: -same, -close; pixel variant: -expanded; APR_UNet: -same)")
+                         f"(APR variants: -same, -close; pixel variant: -expanded; U-Nets: -tconv, APR_UNet-same)")
     spec = ModelSpec(kind, arch)
     allowed = _VARIANTS[(kind, spec.family)]
     if variant not in allowed:
@@ -118,7 +119,8 @@ def build_model(name: str | ModelSpec, n_classes: int | None = None, variant: st
         Output classes (default 6 for A/B, 2 for C and the U-Nets).
     variant : {None, "same", "close", "expanded"}
         See :mod:`napari_aprnet.models.classifiers`; ``APR_UNet-same`` has one
-        kernel per convolution instead of two level kernels.
+        kernel per convolution instead of two level kernels; ``-tconv`` U-Nets
+        upsample by a learned transposed convolution (see :mod:`napari_aprnet.models.unet`).
     in_channels : int, optional
         Network input channels (default 1 for A/B and the U-Nets; 3 for Pix_C, 4 for APR_C).
     width : float or int, optional

@@ -7,7 +7,11 @@ Encoder stage ``s = 0 .. depth`` has ``width * 2**s`` channels and two blocks
 precedes every stage but the first. Decoder stage ``s = depth - 1 .. 0``
 upsamples the deeper features to stage ``s``, concatenates
 ``[skip | upsampled]`` and applies two blocks with ``width * 2**s`` channels.
-A 1x1 convolution with bias gives the ``n_classes`` logits.
+A 1x1 convolution with bias gives the ``n_classes`` logits. Upsampling is
+nearest-neighbour (parameter-free; on the APR each particle takes its parent's
+value) or, in the ``-tconv`` variants, a learned transposed convolution with
+kernel 2 and stride 2 to ``width * 2**s`` channels (the original U-Net's
+"up-convolution").
 
 ``APR_UNet`` uses :class:`~napari_aprnet.nn.APRConv`, ``APRBatchNorm``,
 ``APRReLU``, ``APRMaxPool``, ``APRUpsample`` and ``APRConcat``. It takes an
@@ -22,7 +26,8 @@ the thesis' level-specific kernels (B networks) at twice the pixel twin's
 weights, rather than one kernel per level; the ``-same`` variant has one.
 
 ``Pix_UNet`` uses ``ConvNd`` with padding ``k // 2``, ``MaxPoolNd(2,
-ceil_mode=True)`` and nearest upsampling by 2 cropped to the skip's size, and
+ceil_mode=True)`` and nearest upsampling by 2 (or ``ConvTransposeNd(2,
+stride=2)``) cropped to the skip's size, and
 maps ``(B, C, *spatial)`` to ``(B, n_classes, *spatial)``. On an all-pixel APR
 with the same weights both nets compute the same function.
 """
@@ -34,17 +39,34 @@ from torch import nn
 
 from napari_aprnet import nn as aprnn
 
-__all__ = ["UNet", "build_unet", "UNET_LEVEL_KERNELS"]
+__all__ = ["UNet", "build_unet", "UNET_VARIANTS"]
 
-UNET_LEVEL_KERNELS = {None: 2, "same": 1}  # APR_UNet variant -> level kernels per convolution
+UNET_VARIANTS = {"APR": (None, "same", "tconv"), "Pix": (None, "tconv")}
+_LEVEL_KERNELS = {None: 2, "same": 1, "tconv": 2}  # APR_UNet variant -> level kernels per 3x3 convolution
+
+
+def _crop(x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+    return x[(slice(None), slice(None)) + tuple(slice(0, n) for n in skip.shape[2:])]
 
 
 class _PixelUpsample(nn.Module):
     """Nearest-neighbour upsampling by 2, cropped to the skip connection's size."""
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
-        up = F.interpolate(x, scale_factor=2, mode="nearest")
-        return up[(slice(None), slice(None)) + tuple(slice(0, n) for n in skip.shape[2:])]
+        return _crop(F.interpolate(x, scale_factor=2, mode="nearest"), skip)
+
+
+class _CropToSkip:
+    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        return _crop(super().forward(x), skip)
+
+
+class _PixelConvTranspose2d(_CropToSkip, nn.ConvTranspose2d):
+    """Transposed convolution (kernel 2, stride 2), cropped to the skip connection's size."""
+
+
+class _PixelConvTranspose3d(_CropToSkip, nn.ConvTranspose3d):
+    """Transposed convolution (kernel 2, stride 2), cropped to the skip connection's size."""
 
 
 class _PixelConcat(nn.Module):
@@ -52,18 +74,20 @@ class _PixelConcat(nn.Module):
         return torch.cat([a, b], dim=1)
 
 
-def _pixel_layers(ndim: int) -> dict:
-    conv, bn, pool = ((nn.Conv2d, nn.BatchNorm2d, nn.MaxPool2d) if ndim == 2 else
-                      (nn.Conv3d, nn.BatchNorm3d, nn.MaxPool3d))
+def _pixel_layers(ndim: int, learned_up: bool) -> dict:
+    conv, bn, pool, tconv = ((nn.Conv2d, nn.BatchNorm2d, nn.MaxPool2d, _PixelConvTranspose2d) if ndim == 2 else
+                             (nn.Conv3d, nn.BatchNorm3d, nn.MaxPool3d, _PixelConvTranspose3d))
     return {"conv": lambda i, o, k, bias: conv(i, o, k, padding=k // 2, bias=bias), "bn": bn, "relu": nn.ReLU,
-            "pool": lambda: pool(2, ceil_mode=True), "up": _PixelUpsample, "cat": _PixelConcat}
+            "pool": lambda: pool(2, ceil_mode=True), "cat": _PixelConcat,
+            "up": (lambda i, o: tconv(i, o, 2, stride=2)) if learned_up else (lambda i, o: _PixelUpsample())}
 
 
-def _apr_layers(ndim: int, n_level_kernels: int) -> dict:
+def _apr_layers(ndim: int, n_level_kernels: int, learned_up: bool) -> dict:
     return {"conv": lambda i, o, k, bias: aprnn.APRConv(i, o, k, n_level_kernels=n_level_kernels if k > 1 else 1,
                                                         bias=bias, ndim=ndim),
-            "bn": aprnn.APRBatchNorm, "relu": aprnn.APRReLU, "pool": aprnn.APRMaxPool, "up": aprnn.APRUpsample,
-            "cat": aprnn.APRConcat}
+            "bn": aprnn.APRBatchNorm, "relu": aprnn.APRReLU, "pool": aprnn.APRMaxPool, "cat": aprnn.APRConcat,
+            "up": ((lambda i, o: aprnn.APRConvTranspose(i, o, ndim=ndim)) if learned_up else
+                   (lambda i, o: aprnn.APRUpsample()))}
 
 
 def _stage(L: dict, c_in: int, c_out: int) -> nn.Sequential:
@@ -84,13 +108,17 @@ class UNet(nn.Module):
         Input type: :class:`~napari_aprnet.nn.APRBatch` or ``(B, C, *spatial)`` tensors.
     encoders, decoders : nn.ModuleList
         Stages from fine to coarse, and from coarse to fine.
+    ups : nn.ModuleList
+        The upsampling before each decoder stage.
     """
 
-    def __init__(self, encoders: list, decoders: list, layers: dict, head: nn.Module, mode: str, config: dict):
+    def __init__(self, encoders: list, ups: list, decoders: list, layers: dict, head: nn.Module, mode: str,
+                 config: dict):
         super().__init__()
         self.encoders = nn.ModuleList(encoders)
+        self.ups = nn.ModuleList(ups)
         self.decoders = nn.ModuleList(decoders)
-        self.pool, self.up, self.cat = layers["pool"](), layers["up"](), layers["cat"]()
+        self.pool, self.cat = layers["pool"](), layers["cat"]()
         self.head = head
         self.mode = mode
         self.config = dict(config)
@@ -122,9 +150,9 @@ class UNet(nn.Module):
             x = stage(x)
             skips.append(x)
         skips.pop()  # the bottleneck is no skip connection
-        for stage in self.decoders:
+        for up, stage in zip(self.ups, self.decoders):
             skip = skips.pop()
-            x = stage(self.cat(skip, self.up(x, skip)))
+            x = stage(self.cat(skip, up(x, skip)))
         out = self.head(x)
         return out.features if self.mode == "apr" else out
 
@@ -145,12 +173,17 @@ def build_unet(kind: str, variant: str | None, n_classes: int, in_channels: int,
     if depth > 10:
         raise ValueError(f"U-Net depth must be <= 10 (each stage pools 2x), got {depth}")
     n_classes, in_channels, depth, width = int(n_classes), int(in_channels), int(depth), int(width)
+    if variant not in UNET_VARIANTS[kind]:
+        raise ValueError(f"unknown variant {variant!r} for {kind}_UNet; variants: {UNET_VARIANTS[kind][1:]}")
     mode = "apr" if kind == "APR" else "pixels"
-    L = _apr_layers(ndim, UNET_LEVEL_KERNELS[variant]) if kind == "APR" else _pixel_layers(ndim)
+    learned = variant == "tconv"
+    L = _apr_layers(ndim, _LEVEL_KERNELS[variant], learned) if kind == "APR" else _pixel_layers(ndim, learned)
     channels = [width * 2 ** s for s in range(depth + 1)]
     encoders = [_stage(L, c_in, c) for c_in, c in zip([in_channels] + channels[:-1], channels)]
-    decoders = [_stage(L, channels[s] + channels[s + 1], channels[s]) for s in range(depth - 1, -1, -1)]
+    stages = range(depth - 1, -1, -1)
+    ups = [L["up"](channels[s + 1], channels[s]) for s in stages]
+    decoders = [_stage(L, channels[s] + channels[s + int(not learned)], channels[s]) for s in stages]
     head = L["conv"](channels[0], n_classes, 1, True)
     config = {"name": f"{kind}_UNet", "variant": variant, "n_classes": n_classes, "in_channels": in_channels,
               "ndim": int(ndim), "depth": depth, "width": width}
-    return UNet(encoders, decoders, L, head, mode, config)
+    return UNet(encoders, ups, decoders, L, head, mode, config)

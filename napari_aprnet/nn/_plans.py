@@ -9,7 +9,8 @@ by the convolution and pooling plans). The maps lay the batch out as
   stencil offset the index of the value feeding it) and the batch rows they
   write, plus the bottom-up tree filling;
 - :func:`pool_plan`: the max-pooling maps and the pooled structures;
-  :func:`upsample_rows` its inverse map for upsampling.
+  :func:`upsample_rows` and :func:`conv_transpose_rows` its inverse maps for
+  upsampling and transposed convolution.
 
 Plans are cached in the batch's plan dictionary (shared by every batch made
 with ``with_features``); the pooled batch gets one dictionary per pooling
@@ -25,8 +26,8 @@ import torch
 from napari_aprnet import _native
 from napari_aprnet.structure import APRStructure
 
-__all__ = ["structure_rulebook", "conv_plan", "pool_plan", "upsample_rows", "clear_structure_caches", "ConvPlan",
-           "PoolPlan", "TreePlan"]
+__all__ = ["structure_rulebook", "conv_plan", "pool_plan", "upsample_rows", "conv_transpose_rows",
+           "clear_structure_caches", "ConvPlan", "PoolPlan", "TreePlan"]
 
 IMPLICIT_MIN_STENCIL = 25  # CPU stencils of this many offsets or more gather from the maps (no stored rulebook)
 _MAPS = "nn_maps"        # batch cache key of the NNPlan
@@ -179,6 +180,7 @@ class PoolPlan:
     pool_children: torch.Tensor  # (n_pool, 2**d) input particles; a missing child repeats child 0
     out_cache: dict = field(default_factory=dict)  # plan cache of the pooled batch
     parents: torch.Tensor | None = None  # upsampling: output row of every input row (see upsample_rows)
+    transpose_rows: torch.Tensor | None = None  # transposed convolution rows (see conv_transpose_rows)
 
 
 def pool_plan(batch) -> PoolPlan:
@@ -224,6 +226,25 @@ def upsample_rows(batch) -> torch.Tensor:
         parents[plan.pool_children.reshape(-1)] = plan.pool_dst.repeat_interleave(n_children)
         plan.parents = parents
     return plan.parents
+
+
+def conv_transpose_rows(batch) -> torch.Tensor:
+    """Rows of the transposed convolution's product table for every particle of ``batch``.
+
+    The table holds ``2**d + 1`` rows per pooled particle (one per child
+    offset, row-major, then the mean kernel): a pooled particle reads
+    ``parent * (2**d + 1) + offset``, a passed one ``self * (2**d + 1) + 2**d``.
+    Built once per pooling plan (int64, on the batch's device).
+    """
+    plan = pool_plan(batch)
+    if plan.transpose_rows is None:
+        slots = []
+        for s in batch.structures:
+            bits = (s.coords.astype(np.int64) & 1) << np.arange(s.ndim - 1, -1, -1)
+            slots.append(np.where(s.levels == s.level_max, bits.sum(1), 2 ** s.ndim))
+        slots = torch.from_numpy(np.concatenate(slots)).to(plan.pass_src.device)
+        plan.transpose_rows = upsample_rows(batch) * (2 ** batch.ndim + 1) + slots
+    return plan.transpose_rows
 
 
 def clear_structure_caches(structures) -> None:

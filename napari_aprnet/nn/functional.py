@@ -34,9 +34,10 @@ the last bits. Max pooling runs in C on CPU (first maximum in child order, as
 ``torch.max``). The device-specific steps come from the per-device op table
 of :mod:`napari_aprnet.nn._backend`; this module holds only the autograd Functions.
 
-Upsampling (the structural inverse of max pooling) and channel concatenation
-(U-Net skip connections) are plain index and torch ops: their gradients are
-torch's own (``index_select`` backward is ``index_add``).
+Upsampling (the structural inverse of max pooling), the learned transposed
+convolution and channel concatenation (U-Net skip connections) are plain index
+and torch ops: their gradients are torch's own (``index_select`` backward is
+``index_add``).
 """
 from __future__ import annotations
 
@@ -46,10 +47,10 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from napari_aprnet.nn._backend import ops_for
-from napari_aprnet.nn._plans import ConvPlan, PoolPlan, conv_plan, pool_plan, upsample_rows
+from napari_aprnet.nn._plans import ConvPlan, PoolPlan, conv_plan, conv_transpose_rows, pool_plan, upsample_rows
 from napari_aprnet.nn.batch import APRBatch, same_structures
 
-__all__ = ["apr_conv", "apr_max_pool", "apr_upsample", "apr_concat", "values_table"]
+__all__ = ["apr_conv", "apr_max_pool", "apr_upsample", "apr_conv_transpose", "apr_concat", "values_table"]
 
 _CHUNK_ELEMENTS = 1 << 21  # entries of one im2col block (8 MiB in float32)
 _workspace = threading.local()  # reused im2col blocks: fresh large allocations cost page faults
@@ -281,6 +282,13 @@ def _check_pair(a: APRBatch, b: APRBatch, what: str) -> None:
         raise ValueError(f"{what}: the batches hold {a.batch_size} and {b.batch_size} APRs")
 
 
+def _check_pooled_pair(coarse: APRBatch, fine: APRBatch, what: str) -> None:
+    _check_pair(coarse, fine, what)
+    if not same_structures(pool_plan(fine).out_structures, coarse.structures):
+        raise ValueError(f"{what}: the coarse batch is not on the structures of the max pooling of the fine "
+                         "batch; pass the batch that was pooled (the skip connection's input) as `fine`")
+
+
 def apr_upsample(coarse: APRBatch, fine: APRBatch) -> APRBatch:
     """Carry features of a max-pooled batch back to the structures before pooling.
 
@@ -302,11 +310,43 @@ def apr_upsample(coarse: APRBatch, fine: APRBatch) -> APRBatch:
     APRBatch
         ``fine``'s structures (and plan cache) with ``coarse``'s channels.
     """
-    _check_pair(coarse, fine, "apr_upsample")
-    if not same_structures(pool_plan(fine).out_structures, coarse.structures):
-        raise ValueError("apr_upsample: the coarse batch is not on the structures of the max pooling of the fine "
-                         "batch; pass the batch that was pooled (the skip connection's input) as `fine`")
+    _check_pooled_pair(coarse, fine, "apr_upsample")
     return fine.with_features(coarse.features.index_select(0, upsample_rows(fine)))
+
+
+def apr_conv_transpose(coarse: APRBatch, fine: APRBatch, weight: torch.Tensor,
+                       bias: torch.Tensor | None = None) -> APRBatch:
+    """Learned 2x upsampling: the transposed convolution (kernel 2, stride 2) of max pooling's structure.
+
+    A pooled particle of ``fine`` at child offset ``o`` of its parent ``p``
+    gets ``sum_c coarse[p, c] * weight[c, :, o] + bias``; a particle that
+    passed through pooling (its cell is not split by it) gets its own value
+    times the mean of the ``2**d`` kernels, the mean of what its subcells
+    would get from a constant input. On an all-pixel APR this is
+    ``torch.nn.functional.conv_transpose2d(x, weight, bias, stride=2)`` cropped
+    to the image.
+
+    Parameters
+    ----------
+    coarse, fine : APRBatch
+        As for :func:`apr_upsample`.
+    weight : Tensor, shape (C_in, C_out, 2, 2[, 2])
+        ``torch.nn.ConvTranspose2d/3d`` layout.
+    bias : Tensor, shape (C_out,), optional
+    """
+    _check_pooled_pair(coarse, fine, "apr_conv_transpose")
+    nd = fine.ndim
+    if weight.dim() != 2 + nd or weight.shape[2:] != (2,) * nd or weight.shape[0] != coarse.n_channels:
+        raise ValueError(f"weight must have shape ({coarse.n_channels}, C_out{', 2' * nd}) for {nd}D APRs with "
+                         f"{coarse.n_channels} channels, got {tuple(weight.shape)}")
+    if weight.dtype != coarse.dtype or weight.device != coarse.device:
+        raise TypeError(f"features are {coarse.dtype} on {coarse.device} but the weights {weight.dtype} on "
+                        f"{weight.device}; convert one (e.g. module.to(torch.float64))")
+    c_in, c_out = weight.shape[:2]
+    w = weight.reshape(c_in, c_out, 2 ** nd)
+    w = torch.cat([w, w.mean(2, keepdim=True)], 2).permute(0, 2, 1).reshape(c_in, -1)  # [offset | mean] x C_out
+    out = (coarse.features @ w).view(-1, c_out).index_select(0, conv_transpose_rows(fine))
+    return fine.with_features(out if bias is None else out + bias)
 
 
 def apr_concat(a: APRBatch, b: APRBatch) -> APRBatch:

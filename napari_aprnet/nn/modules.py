@@ -7,11 +7,11 @@ import torch
 from torch import nn
 
 from napari_aprnet.nn.batch import APRBatch
-from napari_aprnet.nn.functional import apr_concat, apr_conv, apr_max_pool, apr_upsample
+from napari_aprnet.nn.functional import apr_concat, apr_conv, apr_conv_transpose, apr_max_pool, apr_upsample
 from napari_aprnet.nn.syncbn import sync_batch_norm, sync_group
 
-__all__ = ["APRConv", "APRMaxPool", "APRUpsample", "APRConcat", "APRBatchNorm", "APRDropout", "APRSpatialDropout",
-           "APRReLU", "APRGlobalAvgPool"]
+__all__ = ["APRConv", "APRMaxPool", "APRUpsample", "APRConvTranspose", "APRConcat", "APRBatchNorm", "APRDropout",
+           "APRSpatialDropout", "APRReLU", "APRGlobalAvgPool"]
 
 
 def _check_batch(x) -> APRBatch:
@@ -97,6 +97,36 @@ class APRUpsample(nn.Module):
 
     def forward(self, coarse: APRBatch, fine: APRBatch) -> APRBatch:
         return apr_upsample(coarse, fine)
+
+
+class APRConvTranspose(nn.Module):
+    """Learned 2x upsampling, the inverse of :class:`APRMaxPool` for structure: ``forward(coarse, fine)``.
+
+    The transposed convolution with kernel 2 and stride 2 on the APR (see
+    :func:`~napari_aprnet.nn.functional.apr_conv_transpose`); ``weight`` has the
+    ``torch.nn.ConvTranspose2d/3d`` layout ``(in_channels, out_channels, 2, 2[, 2])``
+    and the same initialisation.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, bias: bool = True, ndim: int = 2):
+        super().__init__()
+        if ndim not in (2, 3):
+            raise ValueError(f"ndim must be 2 or 3, got {ndim}")
+        if int(in_channels) < 1 or int(out_channels) < 1:
+            raise ValueError(f"channel counts must be >= 1, got {in_channels} -> {out_channels}")
+        self.in_channels, self.out_channels, self.ndim = int(in_channels), int(out_channels), int(ndim)
+        self.weight = nn.Parameter(torch.empty((self.in_channels, self.out_channels) + (2,) * ndim))
+        self.bias = nn.Parameter(torch.empty(self.out_channels)) if bias else None
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        if self.bias is not None:  # torch's ConvTranspose fan-in: weight.size(1) * kernel volume
+            bound = 1 / math.sqrt(self.out_channels * 2 ** ndim)
+            nn.init.uniform_(self.bias, -bound, bound)
+
+    def forward(self, coarse: APRBatch, fine: APRBatch) -> APRBatch:
+        return apr_conv_transpose(coarse, fine, self.weight, self.bias)
+
+    def extra_repr(self) -> str:
+        return f"{self.in_channels}, {self.out_channels}, bias={self.bias is not None}, ndim={self.ndim}"
 
 
 class APRConcat(nn.Module):

@@ -128,6 +128,10 @@ static int cell_majority(const aprnet_cell_table *t, const void *image, int dtyp
                          const int64_t hi[3], tally *tl, uint64_t *label) {
     const size_t ny = (size_t)t->shape[1], nx = (size_t)t->shape[2];
     const int64_t n = hi[2] - lo[2];
+    if (n == 1 && hi[1] - lo[1] == 1 && hi[0] - lo[0] == 1) { /* one pixel: its label */
+        load_row(image, dtype, ((size_t)lo[0] * ny + (size_t)lo[1]) * nx + (size_t)lo[2], 1, label);
+        return 1;
+    }
     for (int64_t z = lo[0]; z < hi[0]; ++z)
         for (int64_t y = lo[1]; y < hi[1]; ++y) {
             load_row(image, dtype, ((size_t)z * ny + (size_t)y) * nx + (size_t)lo[2], n, tl->row);
