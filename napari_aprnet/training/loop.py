@@ -44,7 +44,7 @@ from napari_aprnet.training.checkpoint import load_checkpoint, save_checkpoint
 from napari_aprnet.training.config import CSV_FIELDS, EvalResult, TrainConfig, TrainEvent
 from napari_aprnet.training.data_setup import _setup_data
 from napari_aprnet.training.evaluate import _forward, evaluate, recalibrate_batchnorm
-from napari_aprnet.training.tasks import ClassificationTask
+from napari_aprnet.training.tasks import task_for
 
 __all__ = ["train", "run_training"]
 
@@ -109,7 +109,7 @@ class _Run:
         self.ckpt_path = out / "checkpoint.pt" if out is not None else None
         self.data = _setup_data(config)
         self.spec, self.n_classes = self.data.spec, len(self.data.class_names)
-        self.task = ClassificationTask(self.n_classes)
+        self.task = task_for(config.task, self.n_classes, config.dice_weight)
         torch.manual_seed(config.seed)
         self.model = build_model(config.model_spec, n_classes=self.n_classes, in_channels=self.spec.network_channels,
                                  width=config.width, dropout=config.dropout,
@@ -167,7 +167,8 @@ class _Run:
 
     def loader_for(self, source, batches, aug_seed=None, epoch=0):
         return make_loader(source, self.spec, batches, workers=self.config.workers, augment_seed=aug_seed,
-                           epoch=epoch, cache=self.cache, targets=self.task.targets)
+                           epoch=epoch, cache=self.cache, targets=self.task.targets,
+                           item_target=self.task.item_target)
 
     def eval_loader(self, source):
         return self.loader_for(source, epoch_batches(len(source), self.config.batch_size, 0, 0, shuffle=False))
@@ -244,7 +245,7 @@ class _Run:
                 if self._validation_due():
                     res = self.validate_now()
                     self.elapsed = time.perf_counter() - self.t_start
-                    yield self.event("val", res.loss, res.accuracy, metrics={"val": res.to_dict()})
+                    yield self.event("val", res.loss, res.score, metrics={"val": res.to_dict()})
                     t0 = time.perf_counter()
                 if self.out is not None and self.step < self.total and c.checkpoint_every and \
                         self.step % c.checkpoint_every == 0:
@@ -258,14 +259,23 @@ class _Run:
                 if self.step >= self.total:
                     break
 
+    def _tests(self) -> Iterator[TrainEvent]:
+        """Evaluate the model on every test set, into ``self.metrics``."""
+        for name, source in self.data.tests.items():
+            res = evaluate(self.model, self.eval_loader(source), self.n_classes, task=self.task)
+            self.metrics[name] = res.to_dict()
+            self.elapsed = time.perf_counter() - self.t_start
+            yield self.event(name, res.loss, res.score, metrics={name: res.to_dict()})
+
     def _final(self) -> Iterator[TrainEvent]:
         """The final evaluation; sets ``self.final`` (the checkpoint path)."""
         c, out = self.config, self.out
-        if c.streaming:
+        if c.streaming:  # error = 1 - the task's score (classification: accuracy; segmentation: IoU)
             errs = np.asarray(self.history[-c.last_window:], dtype=float)
             self.metrics = {"last_batches": len(errs), "error_mean": float(errs.mean()) if len(errs) else None,
                             "error_std": float(errs.std()) if len(errs) else None}
             self.recalibrate()
+            yield from self._tests()  # streams of segmentation images have a test set of fresh images
             self.final = self.save(self.ckpt_path)
             return
         self.save(self.ckpt_path)  # the latest state with the optimizer, to extend the run later
@@ -274,11 +284,7 @@ class _Run:
         elif out is not None and (out / "best.pt").is_file():  # resumed after the best was found
             self.model.load_state_dict(load_checkpoint(out / "best.pt")["state_dict"])
         self.metrics = {"best_val_loss": self.best_val}
-        for name, source in self.data.tests.items():
-            res = evaluate(self.model, self.eval_loader(source), self.n_classes, task=self.task)
-            self.metrics[name] = res.to_dict()
-            self.elapsed = time.perf_counter() - self.t_start
-            yield self.event(name, res.loss, res.accuracy, metrics={name: res.to_dict()})
+        yield from self._tests()
         self.final = self.save(out / "best.pt", with_optimizer=False) if out is not None else None
 
     def events(self, should_stop) -> Iterator[TrainEvent]:
