@@ -198,7 +198,8 @@ class TrainEvent:
 
     ``phase`` is ``"train"`` (one step), ``"val"``, ``"test"``,
     ``"test_modified"`` (evaluations), ``"stopped"`` or ``"done"`` (last event,
-    with ``checkpoint`` and ``metrics``).
+    with ``checkpoint`` and ``metrics``). ``accuracy`` is the task's score:
+    accuracy (classification) or foreground IoU (segmentation).
     """
 
     phase: str

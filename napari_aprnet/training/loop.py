@@ -46,7 +46,7 @@ from napari_aprnet.training.data_setup import _setup_data
 from napari_aprnet.training.evaluate import _forward, evaluate, recalibrate_batchnorm
 from napari_aprnet.training.tasks import task_for
 
-__all__ = ["train", "run_training"]
+__all__ = ["train", "run_training", "build_network"]
 
 _BN_STREAM_START = 10 ** 7
 
@@ -101,6 +101,12 @@ class _CSVLog:
             self.f = None
 
 
+def build_network(config: TrainConfig, spec, n_classes: int) -> torch.nn.Module:
+    """The (untrained) network of a validated run ``config`` with input ``spec`` and ``n_classes`` outputs."""
+    return build_model(config.model_spec, n_classes=n_classes, in_channels=spec.network_channels, width=config.width,
+                       dropout=config.dropout, spatial_dropout=config.spatial_dropout)
+
+
 class _Run:
     """The state of one training run; :meth:`events` is the step loop, in small methods."""
 
@@ -111,9 +117,7 @@ class _Run:
         self.spec, self.n_classes = self.data.spec, len(self.data.class_names)
         self.task = task_for(config.task, self.n_classes, config.dice_weight)
         torch.manual_seed(config.seed)
-        self.model = build_model(config.model_spec, n_classes=self.n_classes, in_channels=self.spec.network_channels,
-                                 width=config.width, dropout=config.dropout,
-                                 spatial_dropout=config.spatial_dropout)
+        self.model = build_network(config, self.spec, self.n_classes)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         if config.streaming:
             self.steps_per_epoch = config.steps + 1  # one never-ending "epoch"
