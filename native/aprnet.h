@@ -121,6 +121,26 @@ int aprnet_reconstruct_smooth(const aprnet_cell_table *parts, const aprnet_cell_
                               const float *values, int64_t nch, const int64_t *region, float *out,
                               const int32_t *cancel);
 
+/* ===== labels (labels/labels.c) ===== */
+/* Label image dtype codes (signed images with no negative label are passed
+ * as the unsigned type of the same width). */
+#define APRNET_LABEL_U8 0
+#define APRNET_LABEL_U16 1
+#define APRNET_LABEL_U32 2
+#define APRNET_LABEL_U64 3
+
+/* out[p] = the label held by most pixels of particle p's cell in the label
+ * image of the table's shape (ties: the larger label). APRNET_ERR_ARG for a
+ * label above INT64_MAX. Independent of the number of threads. */
+int aprnet_labels_majority(const aprnet_cell_table *parts, const void *image, int dtype, int64_t *out,
+                           const int32_t *cancel);
+
+/* Label image of region (z0, z1, y0, y1, x0, x1) (half-open, pixels): every
+ * pixel gets the label_bytes (1, 2, 4 or 8) bytes of labels[p] of the
+ * particle p covering it, copied exactly. */
+int aprnet_labels_paint(const aprnet_cell_table *parts, const void *labels, int64_t label_bytes,
+                        const int64_t *region, void *out, const int32_t *cancel);
+
 /* ===== network structure work (nn/plan.c, nn/kernels.c) ===== */
 /* dst[index[i], :] += src[i, :]; rows of n_cols values; deterministic for any thread count. */
 int aprnet_nn_scatter_add_f32(const float *src, int64_t n_rows, int64_t n_cols, const int32_t *index,

@@ -1,8 +1,8 @@
 """cffi API-mode builder for the native APR library.
 
 The cdef is read from ``aprnet.h`` (preprocessor lines removed), and every
-C source under ``native/`` (``common.c`` and the part folders ``formation/``,
-``reconstruct/``, ``nn/``, each with its internal header) is compiled with
+C source under ``native/`` (``common.c``, ``cell_table.c`` and the part folders
+``formation/``, ``reconstruct/``, ``labels/``, ``nn/``) is compiled with
 ``-O3 -fopenmp``. Set
 ``APRNET_SANITIZE=address`` to build with AddressSanitizer.
 """

@@ -1,14 +1,15 @@
 """The only code that talks to the C library (cffi API mode).
 
 One module per section of ``native/aprnet.h``: :mod:`.common` (the library,
-errors, pointers, threads), :mod:`.formation`, :mod:`.reconstruct` and
-:mod:`.nn`. Every wrapper checks shapes, dtypes and bounds before its call and
+errors, pointers, threads), :mod:`.formation`, :mod:`.reconstruct`,
+:mod:`.labels` and :mod:`.nn`. Every wrapper checks shapes, dtypes and bounds before its call and
 turns C status codes into Python exceptions; this package re-exports them all,
 so callers write ``from napari_aprnet import _native`` and ``_native.name``.
 """
 from napari_aprnet._native.common import (
     CancelledError,
     NativeError,
+    cancel_ptr,
     check,
     ffi,
     lib,
@@ -19,13 +20,13 @@ from napari_aprnet._native.common import (
     version,
 )
 from napari_aprnet._native.formation import (
-    _cancel_ptr,
     formation_grad_sigma,
     formation_histogram,
     formation_levels,
     formation_sample,
     pulling_scheme,
 )
+from napari_aprnet._native.labels import labels_majority, labels_paint
 from napari_aprnet._native.nn import (
     NNPlan,
     nn_plan_build,
@@ -35,12 +36,19 @@ from napari_aprnet._native.nn import (
     nn_tree_mean,
     nn_tree_spread,
 )
-from napari_aprnet._native.reconstruct import CellTable, cell_table, particle_table, reconstruct, tree_table
+from napari_aprnet._native.reconstruct import (
+    CellTable,
+    cell_table,
+    particle_table,
+    reconstruct,
+    region_bounds,
+    tree_table,
+)
 
 __all__ = [
-    "CancelledError", "NativeError", "check", "ffi", "lib", "max_threads", "ptr", "set_num_threads", "shape3",
-    "version", "_cancel_ptr", "formation_grad_sigma", "formation_histogram", "formation_levels",
-    "formation_sample", "pulling_scheme", "NNPlan", "nn_plan_build", "nn_pool_backward", "nn_pool_forward",
-    "nn_scatter_add", "nn_tree_mean", "nn_tree_spread", "CellTable", "cell_table", "particle_table",
-    "reconstruct", "tree_table",
+    "CancelledError", "NativeError", "cancel_ptr", "check", "ffi", "lib", "max_threads", "ptr", "set_num_threads",
+    "shape3", "version", "formation_grad_sigma", "formation_histogram", "formation_levels", "formation_sample",
+    "pulling_scheme", "NNPlan", "nn_plan_build", "nn_pool_backward", "nn_pool_forward", "nn_scatter_add",
+    "nn_tree_mean", "nn_tree_spread", "CellTable", "cell_table", "particle_table", "reconstruct", "region_bounds",
+    "tree_table", "labels_majority", "labels_paint",
 ]

@@ -83,6 +83,15 @@ def ptr(arr: np.ndarray, dtype, name: str = "array", writable: bool = False):
     return ffi.cast(_CTYPES[dt], arr.ctypes.data)
 
 
+def cancel_ptr(cancel_flag):
+    """C pointer to a cancel flag (an int32 numpy array the caller sets to non-zero to cancel), or NULL."""
+    if cancel_flag is None:
+        return ffi.NULL
+    if not (isinstance(cancel_flag, np.ndarray) and cancel_flag.dtype == np.int32 and cancel_flag.size >= 1):
+        raise TypeError("cancel flag must be an int32 numpy array with at least one element")
+    return ffi.cast("int32_t *", cancel_flag.ctypes.data)
+
+
 def shape3(shape) -> tuple[int, int, int]:
     """(y, x) or (z, y, x) -> (nz, ny, nx)."""
     shape = tuple(int(s) for s in shape)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from napari_aprnet._native.common import check, ffi, lib, ptr, shape3
+from napari_aprnet._native.common import cancel_ptr, check, ffi, lib, ptr, shape3
 
 _FORMATION_DTYPES = {
     np.dtype(np.float32): "F32",
@@ -22,14 +22,6 @@ def _formation_image(image: np.ndarray):
         raise ValueError(f"formation images must be non-empty 2D or 3D arrays, got shape {image.shape}")
     code = getattr(lib, "APRNET_DTYPE_" + _FORMATION_DTYPES[image.dtype])
     return ffi.cast("void *", image.ctypes.data), code, shape3(image.shape)
-
-
-def _cancel_ptr(cancel_flag):
-    if cancel_flag is None:
-        return ffi.NULL
-    if not (isinstance(cancel_flag, np.ndarray) and cancel_flag.dtype == np.int32 and cancel_flag.size >= 1):
-        raise TypeError("cancel flag must be an int32 numpy array with at least one element")
-    return ffi.cast("int32_t *", cancel_flag.ctypes.data)
 
 
 def formation_grad_sigma(image: np.ndarray, spacing, lambda_: float, psf: int, cancel_flag=None):
@@ -63,7 +55,7 @@ def formation_grad_sigma(image: np.ndarray, spacing, lambda_: float, psf: int, c
     st = lib.aprnet_formation_grad_sigma(
         img_ptr, code, ffi.new("int64_t[3]", shp), ffi.new("double[3]", sp3), float(lambda_), int(psf),
         ptr(grad, np.float32, "grad", True), ptr(sigma, np.float32, "sigma", True),
-        ptr(smooth, np.float32, "smooth", True), _cancel_ptr(cancel_flag))
+        ptr(smooth, np.float32, "smooth", True), cancel_ptr(cancel_flag))
     check(st, "APR formation (gradient and local intensity scale)")
     return grad, sigma, smooth
 
@@ -84,7 +76,7 @@ def formation_levels(grad_ds: np.ndarray, sigma_ds: np.ndarray, smooth_ds: np.nd
         ptr(g, np.float32, "grad_ds"), ptr(s, np.float32, "sigma_ds"), ptr(m, np.float32, "smooth_ds"),
         ffi.new("int64_t[3]", shape3(shp)), float(ip_th), float(sigma_th), float(sigma_th_max),
         float(grad_th), float(rel_error), int(level_max), float(h_min), ptr(out, np.uint8, "level_ds", True),
-        _cancel_ptr(cancel_flag))
+        cancel_ptr(cancel_flag))
     check(st, "APR formation (levels)")
     return out
 
@@ -108,7 +100,7 @@ def pulling_scheme(level_ds: np.ndarray, shape, level_max: int, level_min: int,
     st = lib.aprnet_pulling_scheme(
         ptr(lds, np.uint8, "level_ds"), shp_c, int(level_max), int(level_min), int(bool(neighborhood_optimization)),
         ffi.cast("uint8_t *", tree.ctypes.data) if nbytes else ffi.NULL, nbytes,
-        ffi.cast("int64_t *", counts.ctypes.data), _cancel_ptr(cancel_flag))
+        ffi.cast("int64_t *", counts.ctypes.data), cancel_ptr(cancel_flag))
     check(st, "APR formation (pulling scheme)")
     n = int(counts.sum())
     levels = np.empty(n, np.uint8)
@@ -139,7 +131,7 @@ def formation_sample(image: np.ndarray, level_max: int, levels: np.ndarray, coor
     base = ffi.cast("float *", out.ctypes.data) + int(column)
     st = lib.aprnet_formation_sample(
         img_ptr, code, ffi.new("int64_t[3]", shp), int(level_max), n, ptr(lv, np.uint8, "levels"),
-        ptr(co, np.int32, "coords"), image.ndim, base if n else ffi.NULL, ncol, _cancel_ptr(cancel_flag))
+        ptr(co, np.int32, "coords"), image.ndim, base if n else ffi.NULL, ncol, cancel_ptr(cancel_flag))
     check(st, "APR formation (particle values)")
     return out
 

@@ -79,8 +79,11 @@ def tree_table(structure) -> CellTable:
     return table
 
 
-def _region3(shape, region) -> tuple[np.ndarray, tuple[int, ...]]:
-    """Normalise ``region`` (per-axis (start, stop), or None) to int64[6] (z0,z1,y0,y1,x0,x1)."""
+def region_bounds(shape, region) -> tuple[np.ndarray, tuple[int, ...]]:
+    """Check ``region`` (per-axis (start, stop), or None: the whole image).
+
+    Returns the C form int64[6] (z0, z1, y0, y1, x0, x1) and the region's shape.
+    """
     shape = tuple(int(s) for s in shape)
     if region is None:
         region = tuple((0, n) for n in shape)
@@ -123,7 +126,7 @@ def reconstruct(structure, values: np.ndarray, mode: str = "constant", region=No
     if mode not in ("constant", "smooth"):
         raise ValueError(f"unknown reconstruction mode {mode!r}; use 'constant' or 'smooth'")
     vals = _values2d(values, structure.n_particles)
-    reg, out_shape = _region3(structure.shape, region)
+    reg, out_shape = region_bounds(structure.shape, region)
     nch = vals.shape[1]
     out = np.zeros(out_shape + (nch,), dtype=np.float32)
     parts = particle_table(structure)

@@ -8,7 +8,8 @@ by the convolution and pooling plans). The maps lay the batch out as
 - :func:`conv_plan`: per level kernel, the rulebook rows (for each particle and
   stencil offset the index of the value feeding it) and the batch rows they
   write, plus the bottom-up tree filling;
-- :func:`pool_plan`: the max-pooling maps and the pooled structures.
+- :func:`pool_plan`: the max-pooling maps and the pooled structures;
+  :func:`upsample_rows` its inverse map for upsampling.
 
 Plans are cached in the batch's plan dictionary (shared by every batch made
 with ``with_features``); the pooled batch gets one dictionary per pooling
@@ -24,8 +25,8 @@ import torch
 from napari_aprnet import _native
 from napari_aprnet.structure import APRStructure
 
-__all__ = ["structure_rulebook", "conv_plan", "pool_plan", "clear_structure_caches", "ConvPlan", "PoolPlan",
-           "TreePlan"]
+__all__ = ["structure_rulebook", "conv_plan", "pool_plan", "upsample_rows", "clear_structure_caches", "ConvPlan",
+           "PoolPlan", "TreePlan"]
 
 IMPLICIT_MIN_STENCIL = 25  # CPU stencils of this many offsets or more gather from the maps (no stored rulebook)
 _MAPS = "nn_maps"        # batch cache key of the NNPlan
@@ -177,6 +178,7 @@ class PoolPlan:
     pool_dst: torch.Tensor
     pool_children: torch.Tensor  # (n_pool, 2**d) input particles; a missing child repeats child 0
     out_cache: dict = field(default_factory=dict)  # plan cache of the pooled batch
+    parents: torch.Tensor | None = None  # upsampling: output row of every input row (see upsample_rows)
 
 
 def pool_plan(batch) -> PoolPlan:
@@ -205,6 +207,23 @@ def pool_plan(batch) -> PoolPlan:
     plan = PoolPlan(out, sum(s.n_particles for s in out), t(ps), t(pd), t(qd), t(qc), out_cache)
     batch._cache[key] = plan
     return plan
+
+
+def upsample_rows(batch) -> torch.Tensor:
+    """For every particle of ``batch``, the row of the particle it becomes in the max pooling of ``batch``.
+
+    Pooled particles map to their parent cell, passed ones to themselves;
+    built once per pooling plan (int64, on the batch's device).
+    """
+    plan = pool_plan(batch)
+    if plan.parents is None:
+        n_in = int(batch.offsets[-1])
+        parents = torch.empty(n_in, dtype=torch.int64, device=plan.pass_src.device)
+        parents[plan.pass_src] = plan.pass_dst
+        n_children = plan.pool_children.shape[1]  # a missing child repeats child 0: same parent, written twice
+        parents[plan.pool_children.reshape(-1)] = plan.pool_dst.repeat_interleave(n_children)
+        plan.parents = parents
+    return plan.parents
 
 
 def clear_structure_caches(structures) -> None:

@@ -8,9 +8,17 @@ import torch
 
 from napari_aprnet.structure import APRStructure
 
-__all__ = ["APRBatch"]
+__all__ = ["APRBatch", "same_structures"]
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def same_structures(a: Sequence[APRStructure], b: Sequence[APRStructure]) -> bool:
+    """True when two lists of structures hold the same particle cells, structure by structure."""
+    if len(a) != len(b):
+        return False
+    return all(x is y or (x.shape == y.shape and x.level_max == y.level_max and np.array_equal(x.levels, y.levels)
+                          and np.array_equal(x.coords, y.coords)) for x, y in zip(a, b))
 
 
 class APRBatch:

@@ -1,4 +1,4 @@
-"""Functional APR convolution and max pooling (autograd Functions).
+"""Functional APR layers: convolution and max pooling (autograd Functions), upsampling and concatenation.
 
 Convolution (thesis eq. 3.3, cross-correlation orientation as ``torch.nn.functional.conv2d``)::
 
@@ -33,6 +33,10 @@ for any number of OpenMP threads; only torch's matrix products may differ in
 the last bits. Max pooling runs in C on CPU (first maximum in child order, as
 ``torch.max``). The device-specific steps come from the per-device op table
 of :mod:`napari_aprnet.nn._backend`; this module holds only the autograd Functions.
+
+Upsampling (the structural inverse of max pooling) and channel concatenation
+(U-Net skip connections) are plain index and torch ops: their gradients are
+torch's own (``index_select`` backward is ``index_add``).
 """
 from __future__ import annotations
 
@@ -42,10 +46,10 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from napari_aprnet.nn._backend import ops_for
-from napari_aprnet.nn._plans import ConvPlan, PoolPlan, conv_plan, pool_plan
-from napari_aprnet.nn.batch import APRBatch
+from napari_aprnet.nn._plans import ConvPlan, PoolPlan, conv_plan, pool_plan, upsample_rows
+from napari_aprnet.nn.batch import APRBatch, same_structures
 
-__all__ = ["apr_conv", "apr_max_pool", "values_table"]
+__all__ = ["apr_conv", "apr_max_pool", "apr_upsample", "apr_concat", "values_table"]
 
 _CHUNK_ELEMENTS = 1 << 21  # entries of one im2col block (8 MiB in float32)
 _workspace = threading.local()  # reused im2col blocks: fresh large allocations cost page faults
@@ -265,3 +269,56 @@ def apr_max_pool(batch: APRBatch) -> APRBatch:
     else:
         out = ops_for(x).pool_forward(x, plan, False)[0]
     return APRBatch(out, plan.out_structures, _cache=plan.out_cache)
+
+
+def _check_pair(a: APRBatch, b: APRBatch, what: str) -> None:
+    for x in (a, b):
+        if not isinstance(x, APRBatch):
+            raise TypeError(f"{what} takes two APRBatch objects, got {type(x).__name__}")
+    if a.device != b.device:
+        raise ValueError(f"{what}: the batches are on different devices ({a.device} and {b.device})")
+    if a.batch_size != b.batch_size:
+        raise ValueError(f"{what}: the batches hold {a.batch_size} and {b.batch_size} APRs")
+
+
+def apr_upsample(coarse: APRBatch, fine: APRBatch) -> APRBatch:
+    """Carry features of a max-pooled batch back to the structures before pooling.
+
+    The inverse of :func:`apr_max_pool` for the structure: every particle of
+    ``fine`` that was pooled takes the value of its parent (the pooled particle
+    it went into); every particle that passed through pooling takes its own
+    value. On an all-pixel APR this is nearest-neighbour upsampling by 2,
+    cropped to the image. The gradient sums over the children of each parent.
+
+    Parameters
+    ----------
+    coarse : APRBatch
+        Features on the structures of ``apr_max_pool(fine)`` (any channels).
+    fine : APRBatch
+        The batch that was pooled (only its structures and plan cache are used).
+
+    Returns
+    -------
+    APRBatch
+        ``fine``'s structures (and plan cache) with ``coarse``'s channels.
+    """
+    _check_pair(coarse, fine, "apr_upsample")
+    if not same_structures(pool_plan(fine).out_structures, coarse.structures):
+        raise ValueError("apr_upsample: the coarse batch is not on the structures of the max pooling of the fine "
+                         "batch; pass the batch that was pooled (the skip connection's input) as `fine`")
+    return fine.with_features(coarse.features.index_select(0, upsample_rows(fine)))
+
+
+def apr_concat(a: APRBatch, b: APRBatch) -> APRBatch:
+    """Channel concatenation ``[a | b]`` of two batches on the same structures (U-Net skip connections).
+
+    The structures must be the same objects or hold the same particle cells;
+    the result keeps ``a``'s structures and plan cache.
+    """
+    _check_pair(a, b, "apr_concat")
+    if not same_structures(a.structures, b.structures):
+        raise ValueError("apr_concat: the batches are on different APR structures; concatenate features of the "
+                         "same APRs (e.g. an encoder output and the upsampled decoder features)")
+    if a.dtype != b.dtype:
+        raise TypeError(f"apr_concat: the features are {a.dtype} and {b.dtype}; convert one first")
+    return a.with_features(torch.cat([a.features, b.features], dim=1))

@@ -7,10 +7,10 @@ import torch
 from torch import nn
 
 from napari_aprnet.nn.batch import APRBatch
-from napari_aprnet.nn.functional import apr_conv, apr_max_pool
+from napari_aprnet.nn.functional import apr_concat, apr_conv, apr_max_pool, apr_upsample
 
-__all__ = ["APRConv", "APRMaxPool", "APRBatchNorm", "APRDropout", "APRSpatialDropout", "APRReLU",
-           "APRGlobalAvgPool"]
+__all__ = ["APRConv", "APRMaxPool", "APRUpsample", "APRConcat", "APRBatchNorm", "APRDropout", "APRSpatialDropout",
+           "APRReLU", "APRGlobalAvgPool"]
 
 
 def _check_batch(x) -> APRBatch:
@@ -88,6 +88,21 @@ class APRMaxPool(nn.Module):
 
     def forward(self, x: APRBatch) -> APRBatch:
         return apr_max_pool(_check_batch(x))
+
+
+class APRUpsample(nn.Module):
+    """The structural inverse of :class:`APRMaxPool`: ``forward(coarse, fine)`` (see
+    :func:`~napari_aprnet.nn.functional.apr_upsample`)."""
+
+    def forward(self, coarse: APRBatch, fine: APRBatch) -> APRBatch:
+        return apr_upsample(coarse, fine)
+
+
+class APRConcat(nn.Module):
+    """Channel concatenation of two batches on the same structures: ``forward(a, b)`` is ``[a | b]``."""
+
+    def forward(self, a: APRBatch, b: APRBatch) -> APRBatch:
+        return apr_concat(a, b)
 
 
 class APRBatchNorm(nn.BatchNorm1d):

@@ -7,9 +7,7 @@
  * fixed order, so results do not depend on the number of OpenMP threads.
  *
  * Constant: every pixel takes the value of the particle whose cell covers
- * it. Rows are scanned level by level; at each level the particles of the
- * matching level row are located through the row table and a binary search
- * on x, so only the particles overlapping the region are touched.
+ * it (ct_paint, ../cell_table.c: the row walk shared with labels/).
  *
  * Smooth: a pixel y in a cell of side s = 2^(level_max - l) (the implied
  * resolution R*(y)) takes the weighted mean of the particles whose
@@ -22,116 +20,25 @@
  * tree from the root, pruning cells whose box is farther than s from the
  * pixels of the current row segment.
  */
-#include "aprnet.h"
+#include "cell_table.h"
 
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
-static int64_t cells_along(int64_t n, int sh) { return (n + ((int64_t)1 << sh) - 1) >> sh; }
-
-static int64_t coord(const aprnet_cell_table *t, int64_t i, int axis) {
-    /* axis 0 = z, 1 = y, 2 = x; 2D tables have no z column */
-    if (t->ndim == 2) return axis == 0 ? 0 : t->coords[i * 2 + axis - 1];
-    return t->coords[i * 3 + axis];
-}
-
-static int table_ok(const aprnet_cell_table *t) {
-    if (!t || (t->ndim != 2 && t->ndim != 3)) return 0;
-    if (t->level_max < 0 || t->level_max > 30) return 0;
-    if (t->shape[0] < 1 || t->shape[1] < 1 || t->shape[2] < 1) return 0;
-    if (t->ndim == 2 && t->shape[0] != 1) return 0;
-    if (t->n < 0 || (t->n > 0 && (!t->coords || !t->row_start))) return 0;
-    if (!t->level_offsets || !t->row_base) return 0;
-    return 1;
-}
-
-static int region_ok(const aprnet_cell_table *t, const int64_t *region) {
-    if (!region) return 0;
-    for (int a = 0; a < 3; ++a) {
-        if (region[2 * a] < 0 || region[2 * a] > region[2 * a + 1] || region[2 * a + 1] > t->shape[a])
-            return 0;
-    }
-    return 1;
-}
-
-/* Particles of row (zl, yl) at `level`: [*a, *b). */
-static void row_range(const aprnet_cell_table *t, int level, int64_t zl, int64_t yl, int64_t *a, int64_t *b) {
-    int sh = t->level_max - level;
-    int64_t ny = cells_along(t->shape[1], sh);
-    int64_t r = t->row_base[level] + zl * ny + yl;
-    *a = t->row_start[r];
-    *b = t->row_start[r + 1];
-}
-
-/* First index in [a, b) whose x coordinate is >= xq (x sorted within a row). */
-static int64_t lower_bound_x(const aprnet_cell_table *t, int64_t a, int64_t b, int64_t xq) {
-    while (a < b) {
-        int64_t m = a + (b - a) / 2;
-        if (coord(t, m, 2) < xq) a = m + 1; else b = m;
-    }
-    return a;
-}
-
 /* Index of cell (level, z, y, x) in table t, or -1. Coordinates must be inside the level grid. */
 static int64_t find_cell(const aprnet_cell_table *t, int level, int64_t z, int64_t y, int64_t x) {
     if (t->n == 0 || t->level_offsets[level] == t->level_offsets[level + 1]) return -1;
     int64_t a, b;
-    row_range(t, level, z, y, &a, &b);
-    int64_t i = lower_bound_x(t, a, b, x);
-    return (i < b && coord(t, i, 2) == x) ? i : -1;
-}
-
-/* Below this many output values a call runs on one thread (thread start-up costs more). */
-#define PARALLEL_MIN 65536
-
-static int cancelled(const int32_t *cancel) {
-    return cancel && *(const volatile int32_t *)cancel;
+    ct_row_range(t, level, z, y, &a, &b);
+    int64_t i = ct_lower_bound_x(t, a, b, x);
+    return (i < b && ct_coord(t, i, 2) == x) ? i : -1;
 }
 
 int aprnet_reconstruct_constant(const aprnet_cell_table *parts, const float *values, int64_t nch,
                                 const int64_t *region, float *out, const int32_t *cancel) {
-    if (!table_ok(parts) || !region_ok(parts, region) || nch < 1 || !out || (parts->n > 0 && !values))
-        return APRNET_ERR_ARG;
-    const int64_t z0 = region[0], y0 = region[2], x0 = region[4], x1 = region[5];
-    const int64_t ry = region[3] - region[2], rx = x1 - x0;
-    const int64_t nrows = (region[1] - region[0]) * ry;
-    const int lmax = parts->level_max;
-    int stop = 0;
-
-    #pragma omp parallel for schedule(static) if (nrows * rx * nch > PARALLEL_MIN)
-    for (int64_t r = 0; r < nrows; ++r) {
-        if (stop) continue;
-        if (cancelled(cancel)) {
-            #pragma omp atomic write
-            stop = 1;
-            continue;
-        }
-        const int64_t z = z0 + r / ry, y = y0 + r % ry;
-        float *orow = out + r * rx * nch;
-        for (int l = 0; l <= lmax; ++l) {
-            if (parts->level_offsets[l] == parts->level_offsets[l + 1]) continue;
-            const int sh = lmax - l;
-            int64_t a, b;
-            row_range(parts, l, z >> sh, y >> sh, &a, &b);
-            for (int64_t i = lower_bound_x(parts, a, b, x0 >> sh); i < b; ++i) {
-                const int64_t cx = coord(parts, i, 2);
-                int64_t xs = cx << sh, xe = (cx + 1) << sh;
-                if (xs >= x1) break;
-                if (xs < x0) xs = x0;
-                if (xe > x1) xe = x1;
-                const float *v = values + i * nch;
-                if (nch == 1) {
-                    const float v0 = v[0];
-                    for (int64_t x = xs; x < xe; ++x) orow[x - x0] = v0;
-                } else {
-                    for (int64_t x = xs; x < xe; ++x)
-                        memcpy(orow + (x - x0) * nch, v, (size_t)nch * sizeof(float));
-                }
-            }
-        }
-    }
-    return stop ? APRNET_ERR_CANCELLED : APRNET_OK;
+    if (nch < 1 || (uint64_t)nch > SIZE_MAX / sizeof(float)) return APRNET_ERR_ARG;
+    return ct_paint(parts, values, (size_t)nch * sizeof(float), region, out, cancel);
 }
 
 /* ---- smooth ---------------------------------------------------------- */
@@ -190,7 +97,7 @@ static void collect(const aprnet_cell_table *parts, const aprnet_cell_table *tre
     if (level >= parts->level_max || find_cell(tree, level, cz[0], cz[1], cz[2]) < 0) return;
     const int child_sh = sh - 1;
     int64_t n[3];
-    for (int a = 0; a < 3; ++a) n[a] = cells_along(parts->shape[a], child_sh);
+    for (int a = 0; a < 3; ++a) n[a] = ct_cells_along(parts->shape[a], child_sh);
     for (int dz = 0; dz < 2; ++dz)
         for (int dy = 0; dy < 2; ++dy)
             for (int dx = 0; dx < 2; ++dx) {
@@ -270,7 +177,7 @@ static int smooth_cell_part(const aprnet_cell_table *parts, const aprnet_cell_ta
 int aprnet_reconstruct_smooth(const aprnet_cell_table *parts, const aprnet_cell_table *tree,
                               const float *values, int64_t nch, const int64_t *region, float *out,
                               const int32_t *cancel) {
-    if (!table_ok(parts) || !table_ok(tree) || !region_ok(parts, region) || nch < 1 || !out ||
+    if (!ct_table_ok(parts) || !ct_table_ok(tree) || !ct_region_ok(parts, region) || nch < 1 || !out ||
         (parts->n > 0 && !values))
         return APRNET_ERR_ARG;
     if (tree->level_max != parts->level_max || tree->ndim != parts->ndim ||
@@ -297,7 +204,7 @@ int aprnet_reconstruct_smooth(const aprnet_cell_table *parts, const aprnet_cell_
         #pragma omp for schedule(dynamic, 1)
         for (int64_t b = 0; b < nslabs; ++b) {
             if (stop || nomem) continue;
-            if (cancelled(cancel)) {
+            if (ct_cancelled(cancel)) {
                 #pragma omp atomic write
                 stop = 1;
                 continue;
@@ -315,9 +222,9 @@ int aprnet_reconstruct_smooth(const aprnet_cell_table *parts, const aprnet_cell_
                 for (int64_t zl = zs >> sh; zl <= (ze - 1) >> sh && !failed; ++zl)
                     for (int64_t yl = ys >> sh; yl <= (ye - 1) >> sh && !failed; ++yl) {
                         int64_t a, e;
-                        row_range(parts, l, zl, yl, &a, &e);
-                        for (int64_t i = lower_bound_x(parts, a, e, x0 >> sh); i < e; ++i) {
-                            const int64_t cx = coord(parts, i, 2);
+                        ct_row_range(parts, l, zl, yl, &a, &e);
+                        for (int64_t i = ct_lower_bound_x(parts, a, e, x0 >> sh); i < e; ++i) {
+                            const int64_t cx = ct_coord(parts, i, 2);
                             int64_t lo[3] = {zl << sh, yl << sh, cx << sh};
                             int64_t hi[3] = {(zl + 1) << sh, (yl + 1) << sh, (cx + 1) << sh};
                             if (lo[2] >= x1) break;
