@@ -60,7 +60,9 @@ def register(subparsers) -> None:
     p.add_argument("--n-test", type=int, default=100)
     p.add_argument("--classes", default=None, help="shapes: comma-separated subset of the six classes")
     p.add_argument("--augment", action="store_true", help="thesis 4.2.4 augmentation of training images")
-    p.add_argument("--width", type=float, default=1.0, help="channel multiplier (1 = thesis network)")
+    p.add_argument("--width", type=float, default=None, help="classify: channel multiplier (default 1 = thesis "
+                                                              "network); segment: first-stage channels (default 16)")
+    p.add_argument("--depth", type=int, default=None, help="segment: U-Net poolings (default 3)")
     p.add_argument("--shape", default=None, help="segment, nuclei: image shape, e.g. 128x128 or 64x128x128")
     p.add_argument("--boundary", action="store_true",
                    help="segment: learn background / interior / boundary, to split touching objects")
@@ -137,7 +139,7 @@ def _train(args) -> int:
                          size=args.size, image_size=args.image_size, n_train=args.n_train, n_val=args.n_val,
                          n_test=args.n_test, classes=args.classes.split(",") if args.classes else None,
                          augment=args.augment, seed=args.seed, workers=args.workers, eval_every=args.eval_every,
-                         width=args.width, image_shape=_shape(args.shape), boundary=args.boundary,
+                         width=args.width, depth=args.depth, image_shape=_shape(args.shape), boundary=args.boundary,
                          dice_weight=args.dice_weight)
     tty = sys.stderr.isatty()
     gen = train(config, args.out, resume=args.resume, cache_dir=args.cache_dir)

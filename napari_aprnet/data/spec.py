@@ -135,30 +135,39 @@ class InputSpec:
         return APR.from_image(image, rel_error=self.rel_error, params=params,
                               channel_axis=-1 if image.ndim == self.ndim + 1 else None, cancel=cancel)
 
-    def normalise(self, values: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+    def statistics(self, values: np.ndarray, weights: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Per-channel ``(mean, std)`` (float32) that :meth:`normalise` uses for these values.
+
+        ``normalisation="dataset"``: the fixed ``mean`` and ``std``.
+        ``"image"``: those of the values, weighted by ``weights`` (one per
+        value, e.g. the pixels of each particle cell); a flat image gets std 1.
+        """
+        if self.normalisation == "dataset":
+            return np.asarray(self.mean, np.float32), np.asarray(self.std, np.float32)
+        flat = np.asarray(values).reshape(-1, self.channels).astype(np.float64)
+        w = None if weights is None else np.asarray(weights, np.float64).reshape(-1)
+        mean = np.average(flat, axis=0, weights=w)
+        std = np.sqrt(np.average((flat - mean) ** 2, axis=0, weights=w))
+        std = np.where(std > _FLAT_STD, std, 1.0)
+        return mean.astype(np.float32), std.astype(np.float32)
+
+    def normalise(self, values: np.ndarray, weights: np.ndarray | None = None,
+                  stats: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
         """Normalise the channels-last values ``(..., C)`` or grey ``(...)`` of one image.
 
-        ``weights`` (one per value, e.g. the pixels of each particle cell)
-        weight the per-image statistics of ``normalisation="image"``.
+        ``weights`` as in :meth:`statistics`; ``stats`` gives the ``(mean,
+        std)`` to use instead (e.g. those of a whole image, for one of its tiles).
         """
         values = np.asarray(values, np.float32)
-        if self.normalisation == "dataset":
-            mean = np.asarray(self.mean, np.float32)
-            std = np.asarray(self.std, np.float32)
-        else:
-            flat = values.reshape(-1, self.channels).astype(np.float64)
-            w = None if weights is None else np.asarray(weights, np.float64).reshape(-1)
-            mean = np.average(flat, axis=0, weights=w)
-            std = np.sqrt(np.average((flat - mean) ** 2, axis=0, weights=w))
-            std = np.where(std > _FLAT_STD, std, 1.0)
-            mean, std = mean.astype(np.float32), std.astype(np.float32)
+        mean, std = self.statistics(values, weights) if stats is None else stats
         if self.channels == 1:
             return (values - mean[0]) / std[0]
         return (values - mean) / std
 
-    def pixel_input(self, image: np.ndarray) -> np.ndarray:
-        """``(C, H, W)`` (or ``(C, D, H, W)``) normalised array of a prepared image."""
-        x = self.normalise(image)
+    def pixel_input(self, image: np.ndarray, stats: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+        """``(C, H, W)`` (or ``(C, D, H, W)``) normalised array of a prepared image (``stats`` as in
+        :meth:`normalise`)."""
+        x = self.normalise(image, stats=stats)
         return x[None] if x.ndim == self.ndim else np.ascontiguousarray(np.moveaxis(x, -1, 0))
 
     # ----- batches (main process) ------------------------------------------

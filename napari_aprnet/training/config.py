@@ -85,8 +85,11 @@ class TrainConfig:
     bn_batches : int
         Batches used to re-estimate BatchNorm statistics before a model is
         evaluated or saved for use (see :func:`recalibrate_batchnorm`); 0 = off.
-    width : float
-        Channel multiplier of the network (1 = thesis size).
+    width : float, optional
+        Classifiers: channel multiplier (default 1 = thesis size). U-Nets:
+        channels of the first stage, doubled at every pooling (default 16).
+    depth : int, optional
+        U-Nets: number of poolings (default 3).
     normalisation : {"image", "dataset"}
         Input normalisation (see :class:`napari_aprnet.data.InputSpec`):
         per-image standardisation (default) or one mean/std for the dataset.
@@ -122,7 +125,8 @@ class TrainConfig:
     checkpoint_every: int = 200
     last_window: int = 100
     bn_batches: int = 20
-    width: float = 1.0
+    width: float | None = None
+    depth: int | None = None
     normalisation: str = "image"
     image_shape: list | None = None
     boundary: bool = False
@@ -139,9 +143,14 @@ class TrainConfig:
         """Segmentation: the number of classes (2, or 3 with ``boundary``)."""
         return 3 if self.boundary else 2
 
-    def _check_task(self) -> None:
+    def _check_task(self, model: ModelSpec) -> None:
         if self.task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
+        if (model.family == "unet") != (self.task == "segment"):
+            which = "a U-Net (APR_UNet, Pix_UNet)" if self.task == "segment" else "a classifier (e.g. APR_B)"
+            raise ValueError(f"{self.model} cannot be trained to {self.task}; choose {which}")
+        if model.family != "unet" and self.depth is not None:
+            raise ValueError("depth applies to the U-Nets only")
         wanted = SYNTHETIC_DATA.get(self.data)
         if wanted is not None and wanted != self.task:
             raise ValueError(f"the synthetic data {self.data!r} is for the {wanted!r} task, not {self.task!r}; "
@@ -164,14 +173,14 @@ class TrainConfig:
             v = getattr(self, name)
             if v is not None and v < 1:
                 raise ValueError(f"{name} must be >= 1, got {v}")
-        self._check_task()
+        self._check_task(model_spec)
         if self.data not in SYNTHETIC_DATA and self.epochs is None:
             raise ValueError("folder datasets are trained for a number of epochs; give epochs")
         if self.batch_size < 1 or not self.lr > 0:
             raise ValueError(f"need batch_size >= 1 and lr > 0, got {self.batch_size}, {self.lr}")
         if self.workers < 0:
             raise ValueError(f"workers must be >= 0, got {self.workers}")
-        fixed = not self.streaming
+        fixed = not self.streaming and model_spec.family == "classifier"  # the U-Nets have no dropout
         return replace(
             self,
             model_spec=model_spec,

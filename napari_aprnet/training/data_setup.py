@@ -73,8 +73,6 @@ def _setup_segmentation(config: TrainConfig) -> _Data:
         root = _existing_folder(config, "a folder with images/ and masks/")
         train_set, val_set, tests = _folder_splits(root, lambda r: SegmentationFolder(r, channels), config)
         shape = train_set[0][1].shape
-    if model.ndim is not None and model.ndim != len(shape):
-        raise ValueError(f"{config.model} is a {model.ndim}D network but the images are {len(shape)}D")
     spec = InputSpec(model.mode, max(shape), channels, config.rel_error, config.apr_params, _level_channel(config),
                      [0.5] * channels, [0.25] * channels, "image", ndim=len(shape), resize=False)
     return _Data(names, spec, train_set, val_set, tests)

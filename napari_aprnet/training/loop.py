@@ -103,8 +103,12 @@ class _CSVLog:
 
 def build_network(config: TrainConfig, spec, n_classes: int) -> torch.nn.Module:
     """The (untrained) network of a validated run ``config`` with input ``spec`` and ``n_classes`` outputs."""
+    if config.model_spec.family == "unet":
+        extra = {"ndim": spec.ndim, "depth": config.depth}
+    else:
+        extra = {"dropout": config.dropout, "spatial_dropout": config.spatial_dropout}
     return build_model(config.model_spec, n_classes=n_classes, in_channels=spec.network_channels, width=config.width,
-                       dropout=config.dropout, spatial_dropout=config.spatial_dropout)
+                       **extra)
 
 
 class _Run:

@@ -4,7 +4,8 @@ An image (2D grey or colour, or a 3D grey stack) is segmented whole or tile
 by tile (``tile``): each tile is cut out with ``halo`` pixels of context on
 every side, converted (APR networks) and segmented, and only its core is
 kept, so memory is bounded by the tile and the results of neighbouring
-tiles meet without seams from the image border. An APR is segmented on its
+tiles meet without seams from the image border. Every tile is normalised
+with the intensity statistics of the whole image, as in training. An APR is segmented on its
 particles directly (a pixel network gets its reconstruction); ``region``
 paints only a box of the result, and :meth:`Segmenter.particle_probabilities`
 gives the per-particle output to paint other regions without running the
@@ -75,9 +76,10 @@ def _should_stop(stop: Stop) -> Callable[[], bool]:
     return stop.is_set if hasattr(stop, "is_set") else stop
 
 
-def _boxes(bounds, tile: int | None, halo: int, shape) -> list[tuple[tuple, tuple]]:
+def _boxes(bounds, tile: int | None, halo: int, shape, align: int) -> list[tuple[tuple, tuple]]:
     """(core, outer) boxes, per axis ``(start, stop)``: tiles of side ``tile`` over ``bounds``, each outer
-    box the core plus ``halo`` on every side, clipped to the image."""
+    box the core plus ``halo`` on every side, clipped to the image, its start rounded down to a multiple of
+    ``align`` (so the network's poolings see the same pixel blocks as on the whole image)."""
     if tile is None:
         starts = [[a] for a, _ in bounds]
         tile = max(b - a for a, b in bounds)
@@ -86,7 +88,7 @@ def _boxes(bounds, tile: int | None, halo: int, shape) -> list[tuple[tuple, tupl
     boxes = []
     for corner in itertools.product(*starts):
         core = tuple((s, min(s + tile, b)) for s, (_, b) in zip(corner, bounds))
-        outer = tuple((max(0, a - halo), min(n, b + halo)) for (a, b), n in zip(core, shape))
+        outer = tuple((max(0, a - halo) // align * align, min(n, b + halo)) for (a, b), n in zip(core, shape))
         boxes.append((core, outer))
     return boxes
 
@@ -140,8 +142,12 @@ class Segmenter:
         return len(self.class_names)
 
     # ----- the network on one input -----
-    def particle_probabilities(self, apr: APR) -> np.ndarray:
-        """Class probabilities of every particle of ``apr`` (APR networks), float32 ``(Np, n_classes)``."""
+    def particle_probabilities(self, apr: APR, stats: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+        """Class probabilities of every particle of ``apr`` (APR networks), float32 ``(Np, n_classes)``.
+
+        ``stats``: the intensity ``(mean, std)`` to normalise with (default:
+        the APR's own, as in training; see :meth:`InputSpec.normalise`).
+        """
         if self.mode != "apr":
             raise ValueError("particle probabilities need an APR network; this one takes pixels")
         if apr.ndim != self.ndim:
@@ -149,19 +155,19 @@ class Segmenter:
         if apr.n_channels != self.spec.channels:
             raise ValueError(f"this network takes {self.spec.channels}-channel images, got an APR with "
                              f"{apr.n_channels} channels")
-        values = self.spec.normalise(apr.values, apr.structure.pixel_counts)
+        values = self.spec.normalise(apr.values, apr.structure.pixel_counts, stats)
         batch = APRBatch.from_aprs([apr], values=[values], add_level_channel=self.spec.add_level_channel)
         with torch.no_grad():
             logits = self.model(batch)
         return torch.softmax(logits.double(), dim=1).float().numpy()
 
-    def _image_probabilities(self, image: np.ndarray, cancel: Callable[[], bool]) -> np.ndarray:
-        """``(n_classes, *shape)`` probabilities of one prepared image (or tile)."""
+    def _image_probabilities(self, image: np.ndarray, stats, cancel: Callable[[], bool]) -> np.ndarray:
+        """``(n_classes, *shape)`` probabilities of one prepared image (or tile, normalised with ``stats``)."""
         if self.mode == "apr":
             apr = self.spec.to_apr(image, cancel=cancel)
-            probs = apr.reconstruct(values=self.particle_probabilities(apr))
+            probs = apr.reconstruct(values=self.particle_probabilities(apr, stats))
             return np.moveaxis(probs, -1, 0)
-        x = torch.from_numpy(self.spec.pixel_input(image)[None])
+        x = torch.from_numpy(self.spec.pixel_input(image, stats)[None])
         with torch.no_grad():
             logits = self.model(x)
         return torch.softmax(logits.double(), dim=1)[0].float().numpy()
@@ -186,11 +192,14 @@ class Segmenter:
             raise ValueError(f"tile must be >= 16 pixels and halo >= 0, got tile={tile}, halo={halo}")
         bounds = normalize_region(region, shape)
         out = np.empty((self.n_classes, *[b - a for a, b in bounds]), np.float32)
-        boxes = _boxes(bounds, tile, halo, shape)
+        boxes = _boxes(bounds, tile, halo, shape, 2 ** int(getattr(self.model, "config", {}).get("depth", 0)))
+        # a part of the image is normalised like the whole image (training normalised whole images)
+        whole = len(boxes) == 1 and boxes[0][1] == tuple((0, n) for n in shape)
+        stats = None if whole else self.spec.statistics(image)
         for done, (core, outer) in enumerate(boxes):
             if cancel():
                 raise CancelledError("segmentation was cancelled")
-            probs = self._image_probabilities(image[tuple(slice(a, b) for a, b in outer)], cancel)
+            probs = self._image_probabilities(image[tuple(slice(a, b) for a, b in outer)], stats, cancel)
             inner = tuple(slice(c0 - o0, c1 - o0) for (c0, c1), (o0, _) in zip(core, outer))
             target = tuple(slice(c0 - b0, c1 - b0) for (c0, c1), (b0, _) in zip(core, bounds))
             out[(slice(None), *target)] = probs[(slice(None), *inner)]
