@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 from scipy import ndimage
+from scipy.spatial import cKDTree
 
 __all__ = ["NucleiParams", "NUCLEI_DATASETS", "default_shape", "make_nuclei", "NucleiDataset", "NucleiStream",
            "make_nuclei_splits"]
@@ -33,7 +34,7 @@ __all__ = ["NucleiParams", "NUCLEI_DATASETS", "default_shape", "make_nuclei", "N
 #: The synthetic segmentation datasets and their number of dimensions.
 NUCLEI_DATASETS = {"nuclei2d": 2, "nuclei3d": 3}
 _DEFAULT_SHAPES = {2: (256, 256), 3: (64, 128, 128)}
-_PLACEMENT_TRIES = 60  # random centres tried per nucleus before the image counts as full
+_CANDIDATES_PER_NUCLEUS = 4  # random places drawn per nucleus wanted; a crowded image may end with fewer nuclei
 
 
 def default_shape(ndim: int) -> tuple[int, ...]:
@@ -110,90 +111,140 @@ class NucleiParams:
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
 
-class _Nucleus:
-    """One nucleus: centre, semi-axes, orientation and its boundary perturbation (a few waves over the direction)."""
+@dataclass
+class _Nuclei:
+    """Candidate nuclei as arrays (one row each): centre, semi-axes, orientation (columns: principal
+    directions) and the boundary perturbation, a sum of three waves over the direction."""
 
-    def __init__(self, center, axes, rotation, waves, wave_freq, wave_phase, wave_amp):
-        self.center, self.axes, self.rotation = np.asarray(center, float), axes, rotation
-        self.waves, self.wave_freq, self.wave_phase, self.wave_amp = waves, wave_freq, wave_phase, wave_amp
-        self.reach = float(axes.max() * (1 + wave_amp.sum())) + 1.0  # a radius holding the whole nucleus
+    center: np.ndarray  # (n, ndim)
+    axes: np.ndarray  # (n, ndim)
+    rotation: np.ndarray  # (n, ndim, ndim)
+    waves: np.ndarray  # (n, 3, ndim) unit vectors
+    freq: np.ndarray  # (n, 3)
+    phase: np.ndarray  # (n, 3)
+    amp: np.ndarray  # (n, 3)
+    group: np.ndarray  # (n,) touching pairs share a group
 
-    def moved(self, center) -> "_Nucleus":
-        return _Nucleus(center, self.axes, self.rotation, self.waves, self.wave_freq, self.wave_phase,
-                        self.wave_amp)
+    @property
+    def reach(self) -> np.ndarray:
+        """A radius holding the whole nucleus (the perturbation only scales the radius by 1 + bump)."""
+        return self.axes.max(1) * (1 + self.amp.sum(1)) + 1.0
 
-    def depth(self, offsets: np.ndarray) -> np.ndarray:
-        """Normalised distance of points from the centre: < 1 inside, 1 on the (perturbed) boundary.
-
-        ``offsets`` are ``(..., ndim)`` positions relative to the centre.
-        """
-        local = (offsets @ self.rotation) / self.axes
-        rho = np.sqrt((local ** 2).sum(-1))
-        direction = local / np.maximum(rho, 1e-9)[..., None]
-        bump = np.cos((direction @ self.waves.T) * self.wave_freq + self.wave_phase) @ self.wave_amp
-        return rho / (1 + bump)
-
-
-def _rotation(rng: np.random.Generator, ndim: int) -> np.ndarray:
-    q, r = np.linalg.qr(rng.normal(size=(ndim, ndim)))
-    return q * np.sign(np.diag(r))
+    def take(self, index: np.ndarray) -> "_Nuclei":
+        return _Nuclei(*(getattr(self, f)[index] for f in self.__dataclass_fields__))
 
 
-def _random_nucleus(rng: np.random.Generator, ndim: int, p: NucleiParams) -> _Nucleus:
-    radius = rng.uniform(*p.radius)
-    stretch = rng.uniform(*p.elongation) ** np.linspace(0.5, -0.5, ndim)  # longest / shortest = elongation
-    waves = rng.normal(size=(3, ndim))
-    waves /= np.linalg.norm(waves, axis=1, keepdims=True)
-    return _Nucleus(np.zeros(ndim), radius * stretch, _rotation(rng, ndim), waves,
-                    rng.integers(1, 4, 3).astype(float), rng.uniform(0, 2 * np.pi, 3), rng.uniform(0, p.wobble / 3, 3))
+_STRETCH = {2: np.array([0.5, -0.5]), 3: np.array([0.5, 0.0, -0.5])}
 
 
-def _group(rng: np.random.Generator, ndim: int, p: NucleiParams) -> list[_Nucleus]:
-    """One nucleus, or (with probability ``p.touching``) a touching pair, around the origin."""
-    first = _random_nucleus(rng, ndim, p)
-    if rng.random() >= p.touching:
-        return [first]
-    second = _random_nucleus(rng, ndim, p)
-    direction = rng.normal(size=ndim)
-    direction /= np.linalg.norm(direction)
+def _rotations(rng: np.random.Generator, n: int, ndim: int) -> np.ndarray:
+    if ndim == 2:
+        a = rng.uniform(0, 2 * np.pi, n)
+        c, s = np.cos(a), np.sin(a)
+        return np.stack([np.stack([c, -s], -1), np.stack([s, c], -1)], 1)
+    q, r = np.linalg.qr(rng.normal(size=(n, ndim, ndim)))
+    return q * np.sign(np.diagonal(r, axis1=1, axis2=2))[:, None, :]
+
+
+def _random_nuclei(rng: np.random.Generator, n: int, ndim: int, p: NucleiParams) -> _Nuclei:
+    """``n`` nuclei at the origin."""
+    radius = rng.uniform(*p.radius, n)
+    axes = radius[:, None] * rng.uniform(*p.elongation, n)[:, None] ** _STRETCH[ndim]  # longest/shortest = elongation
+    waves = rng.normal(size=(n, 3, ndim))
+    waves /= np.sqrt((waves ** 2).sum(-1, keepdims=True))
+    return _Nuclei(np.zeros((n, ndim)), axes, _rotations(rng, n, ndim), waves, rng.integers(1, 4, (n, 3)).astype(float),
+                   rng.uniform(0, 2 * np.pi, (n, 3)), rng.uniform(0, p.wobble / 3, (n, 3)), np.arange(n))
+
+
+def _candidates(rng: np.random.Generator, n: int, shape: tuple[int, ...], p: NucleiParams) -> _Nuclei:
+    """``n`` candidate groups at random places, in order: single nuclei and (with probability
+    ``p.touching``) touching pairs. A nucleus may be cut by the image border by up to half its reach."""
+    ndim = len(shape)
+    first, second = _random_nuclei(rng, n, ndim, p), _random_nuclei(rng, n, ndim, p)
+    last = np.asarray(shape, float) - 1
+    margin = np.minimum(0.5 * first.reach[:, None], last / 2)
+    first.center = rng.uniform(margin, last - margin)
+    direction = rng.normal(size=(n, ndim))
+    direction /= np.sqrt((direction ** 2).sum(1, keepdims=True))
     # each reaches at least (1 - wobble) > 0.8 of its shortest semi-axis from its centre: the two overlap
-    return [first, second.moved(direction * 0.8 * (first.axes.min() + second.axes.min()))]
+    second.center = first.center + direction * (0.8 * (first.axes.min(1) + second.axes.min(1)))[:, None]
+    paired = np.flatnonzero(rng.random(n) < p.touching)
+    both = first.take(np.concatenate([np.arange(n), paired]))
+    partner = second.take(paired)
+    for f in both.__dataclass_fields__:
+        getattr(both, f)[n:] = getattr(partner, f)
+    order = np.argsort(both.group, kind="stable")  # a pair's nuclei next to each other
+    return both.take(order)
 
 
-def _place(rng, shape, group: list[_Nucleus], centers: np.ndarray, reaches: np.ndarray) -> list[_Nucleus]:
-    """``group`` moved to a random place where it does not touch the nuclei at ``centers`` ([] if none is found).
+def _place(candidates: _Nuclei, target: float, mean_size: float) -> _Nuclei:
+    """The candidate groups, in order, that touch no group accepted before them, until ``target`` pixels are
+    (about) covered."""
+    reach = candidates.reach
+    pairs = cKDTree(candidates.center).query_pairs(2 * reach.max() + 1, output_type="ndarray")
+    i, j = pairs[:, 0], pairs[:, 1]
+    gap = np.sqrt(((candidates.center[i] - candidates.center[j]) ** 2).sum(1)) - reach[i] - reach[j]
+    clash = (gap <= 1) & (candidates.group[i] != candidates.group[j])
+    i, j = np.concatenate([i[clash], j[clash]]), np.concatenate([j[clash], i[clash]])
+    order = np.argsort(i, kind="stable")
+    neighbours = np.split(j[order], np.searchsorted(i[order], np.arange(1, len(reach))))
+    members = np.split(np.arange(len(reach)), np.flatnonzero(np.diff(candidates.group)) + 1)
+    blocked = np.zeros(len(reach), bool)
+    accepted: list[int] = []
+    for group in members:
+        if len(accepted) * mean_size >= target:
+            break
+        if blocked[group].any():
+            continue
+        accepted.extend(group.tolist())
+        for k in group:
+            blocked[neighbours[k]] = True
+    return candidates.take(np.array(accepted, dtype=np.int64))
 
-    A nucleus may be cut by the image border by up to half its reach.
+
+def _depth(nuclei: _Nuclei, i: int, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """Normalised distance from the centre of nucleus ``i`` of the pixels of the box ``lo:hi``: < 1 inside,
+    1 on its (perturbed) boundary."""
+    f32 = np.float32
+    box = tuple(int(b - a) for a, b in zip(lo, hi))
+    offsets = np.indices(box, dtype=f32) + (lo - nuclei.center[i]).astype(f32).reshape((-1,) + (1,) * len(box))
+    local = np.tensordot((nuclei.rotation[i] / nuclei.axes[i]).T.astype(f32), offsets, 1)  # principal axes
+    rho = np.sqrt((local * local).sum(0))
+    waves = (nuclei.waves[i] * nuclei.freq[i][:, None]).astype(f32)
+    arg = np.tensordot(waves, local, 1) / np.maximum(rho, f32(1e-6)) + nuclei.phase[i].astype(f32).reshape(
+        (-1,) + (1,) * len(box))
+    return rho / (1 + np.tensordot(nuclei.amp[i].astype(f32), np.cos(arg), 1))
+
+
+def _paint(shape, nuclei: _Nuclei) -> tuple[np.ndarray, np.ndarray]:
+    """Instance mask (int32, labels 1..n consecutive) and the normalised depth of each pixel in its nucleus
+    (< 1 inside, inf outside).
+
+    A pixel inside two nuclei (touching pairs) goes to the one it lies deeper inside.
     """
-    offsets = np.array([n.center for n in group])
-    reach = np.array([n.reach for n in group])
-    half = np.asarray(shape, float) / 2
-    lo = np.minimum(0.5 * reach.max() - offsets.min(0), half)
-    hi = np.maximum(2 * half - 1 - 0.5 * reach.max() - offsets.max(0), half)
-    shifts = rng.uniform(lo, hi, size=(_PLACEMENT_TRIES, len(shape)))
-    cand = shifts[:, None, :] + offsets[None]  # (tries, group, ndim)
-    gap = np.linalg.norm(cand[:, :, None, :] - centers[None, None], axis=-1) - reach[:, None] - reaches
-    free = np.flatnonzero((gap > 1).all(axis=(1, 2)))
-    if not len(free):
-        return []
-    return [n.moved(c) for n, c in zip(group, cand[free[0]])]
-
-
-def _paint(shape, nuclei: list[_Nucleus]) -> tuple[np.ndarray, np.ndarray]:
-    """Instance mask (int32) and the normalised depth of each pixel in its nucleus (inf outside)."""
+    # half extent of each nucleus along each pixel axis: (1 + largest bump) * |row of R diag(axes)|
+    extent = np.sqrt(((nuclei.rotation * nuclei.axes[:, None, :]) ** 2).sum(2)) * (1 + nuclei.amp.sum(1))[:, None]
+    lo = np.clip(np.floor(nuclei.center - extent).astype(np.int64), 0, shape)
+    hi = np.clip(np.ceil(nuclei.center + extent).astype(np.int64) + 1, 0, shape)
     mask = np.zeros(shape, np.int32)
     depth = np.full(shape, np.inf, np.float32)
-    for label, n in enumerate(nuclei, start=1):
-        lo = np.maximum(np.floor(n.center - n.reach).astype(int), 0)
-        hi = np.minimum(np.ceil(n.center + n.reach).astype(int) + 1, shape)
-        if np.any(hi <= lo):
+    label = 0
+    for i in range(len(lo)):
+        if np.any(hi[i] <= lo[i]):
             continue
-        box = tuple(slice(a, b) for a, b in zip(lo, hi))
-        grid = np.stack(np.meshgrid(*[np.arange(a, b) for a, b in zip(lo, hi)], indexing="ij"), axis=-1)
-        d = n.depth(grid - n.center).astype(np.float32)
-        take = (d < 1) & (d < depth[box])  # an overlap goes to the nucleus it lies deeper inside
+        box = tuple(slice(a, b) for a, b in zip(lo[i], hi[i]))
+        d = _depth(nuclei, i, lo[i], hi[i])
+        take = (d < 1) & (d < depth[box])
+        if not take.any():
+            continue
+        label += 1
         mask[box][take] = label
         depth[box][take] = d[take]
+    present = np.zeros(label + 1, bool)  # a nucleus may lose all its pixels to its partner or the border
+    present[np.unique(mask)] = True
+    if not present.all():
+        relabel = np.cumsum(present).astype(np.int32) - 1
+        mask = relabel[mask]
     return mask, depth
 
 
@@ -234,15 +285,9 @@ def make_nuclei(rng: np.random.Generator, shape: tuple[int, ...],
         raise ValueError(f"nuclei images are 2D or 3D with sides >= 16 pixels, got shape {shape}")
     target = rng.uniform(*p.coverage) * np.prod(shape)
     mean_size = (np.pi if len(shape) == 2 else 4 / 3 * np.pi) * np.mean(p.radius) ** len(shape)
-    nuclei: list[_Nucleus] = []
-    while len(nuclei) * mean_size < target:
-        group = _place(rng, shape, _group(rng, len(shape), p), np.array([n.center for n in nuclei]).reshape(
-            -1, len(shape)), np.array([n.reach for n in nuclei]))
-        if not group:
-            break
-        nuclei.extend(group)
-    mask, depth = _paint(shape, nuclei)
-    bright = np.concatenate([[0.0], rng.uniform(*p.brightness, len(nuclei))]).astype(np.float32)
+    n_candidates = int(_CANDIDATES_PER_NUCLEUS * target / mean_size) + 8
+    mask, depth = _paint(shape, _place(_candidates(rng, n_candidates, shape, p), target, mean_size))
+    bright = np.concatenate([[0.0], rng.uniform(*p.brightness, int(mask.max()))]).astype(np.float32)
     rim = np.where(mask > 0, 1 - 0.2 * np.minimum(depth, 1) ** 4, 0).astype(np.float32)  # a slightly darker rim
     signal = bright[mask] * rim * _texture(rng, shape, p.texture) + np.float32(rng.uniform(*p.background))
     signal = ndimage.gaussian_filter(signal, rng.uniform(*p.blur), mode="nearest")
