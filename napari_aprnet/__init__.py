@@ -9,11 +9,14 @@ from napari_aprnet.structure import APRStructure
 
 
 def __getattr__(name: str):
-    # Classifier imports torch: a lazy import (on first use), kept so that ``import napari_aprnet`` stays light
+    # Classifier and Segmenter import torch: lazy imports (on first use), so that ``import napari_aprnet`` stays light
     if name == "Classifier":
         from napari_aprnet.training.predict import Classifier
         return Classifier
+    if name == "Segmenter":
+        from napari_aprnet.training.segment import Segmenter
+        return Segmenter
     raise AttributeError(f"module 'napari_aprnet' has no attribute {name!r}")
 
 
-__all__ = ["APR", "APRFileError", "APRParameters", "APRStructure", "Classifier", "__version__"]
+__all__ = ["APR", "APRFileError", "APRParameters", "APRStructure", "Classifier", "Segmenter", "__version__"]

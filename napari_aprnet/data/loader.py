@@ -30,7 +30,7 @@ __all__ = ["InputSpec", "APRCache", "Batch", "make_loader", "stream_batches", "e
 @dataclass
 class Batch:
     """One loaded batch: network ``inputs``, the task's ``targets`` (classification: (B,) int64 class
-    indices), ``n_converted`` APR conversions."""
+    indices; ``len(targets)`` is the number of images), ``n_converted`` APR conversions."""
 
     inputs: Any
     targets: torch.Tensor
@@ -42,10 +42,12 @@ class Batch:
 
 
 class _ItemDataset(torch.utils.data.Dataset):
-    """Per-image work done in worker processes: read/generate, prepare, augment, convert."""
+    """Per-image work done in worker processes: read/generate, prepare, augment, convert, the item's target."""
 
-    def __init__(self, source, spec: InputSpec, augment_seed: int | None, cache: APRCache | None):
+    def __init__(self, source, spec: InputSpec, augment_seed: int | None, cache: APRCache | None,
+                 item_target: Callable[[Any, Any], Any] | None):
         self.source, self.spec, self.augment_seed, self.cache = source, spec, augment_seed, cache
+        self.item_target = item_target
         self.epoch = 0
 
     def __len__(self):
@@ -53,19 +55,26 @@ class _ItemDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i):
         image, label = self.source[i] if not hasattr(self.source, "image") else self.source.image(i)
+        item, key, new = self._input(i, image)
+        if self.item_target is not None:
+            label = self.item_target(label, item)
+        return item, label, key, new
+
+    def _input(self, i, image):
+        """(network input item, cache key, newly converted APR) of one image."""
         image = self.spec.prepare(image)
         if self.augment_seed is not None:
             image = augment(image, np.random.default_rng([self.augment_seed, self.epoch, int(i)]))
         if self.spec.mode == "pixels":
-            return self.spec.pixel_input(image), label, None, None
+            return self.spec.pixel_input(image), None, None
         key = None
         if self.cache is not None and self.augment_seed is None:
             key = image_key(image, self.spec)
             apr = self.cache.get(key)
             if apr is not None:
-                return apr, label, None, None
+                return apr, None, None
         apr = self.spec.to_apr(image)
-        return apr, label, key, apr
+        return apr, key, apr
 
 
 def class_targets(labels: Sequence[int]) -> torch.Tensor:
@@ -122,7 +131,8 @@ class _Loader:
 
 def make_loader(source, spec: InputSpec, batches: Sequence[Sequence[int]], *, workers: int = 0,
                 augment_seed: int | None = None, epoch: int = 0, cache: APRCache | None = None,
-                targets: Callable[[Sequence], torch.Tensor] = class_targets, device=None) -> _Loader:
+                targets: Callable[[Sequence], Any] = class_targets,
+                item_target: Callable[[Any, Any], Any] | None = None, device=None) -> _Loader:
     """Loader over the given index ``batches`` of ``source``.
 
     Parameters
@@ -144,10 +154,14 @@ def make_loader(source, spec: InputSpec, batches: Sequence[Sequence[int]], *, wo
         Cache of converted APRs (used only without augmentation).
     targets : callable
         The batch's targets from its items' labels (the task's; default: class indices).
+    item_target : callable, optional
+        ``item_target(label, item)``: an item's label made ready in the worker
+        process, from the label and the network input item (an APR, or a
+        ``(C, ...)`` pixel array), e.g. per-particle labels from a mask.
     device : torch.device, optional
         Move each batch's inputs and targets there (default: leave them on the CPU).
     """
-    ds = _ItemDataset(source, spec, augment_seed, cache)
+    ds = _ItemDataset(source, spec, augment_seed, cache, item_target)
     ds.epoch = epoch
     kwargs: dict = {}
     if workers > 0:

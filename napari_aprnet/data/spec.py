@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -28,11 +28,11 @@ class InputSpec:
     ----------
     mode : {"apr", "pixels"}
         APR networks take :class:`napari_aprnet.nn.APRBatch`, pixel networks
-        ``(B, C, H, W)`` tensors.
+        ``(B, C, H, W)`` (or ``(B, C, D, H, W)``) tensors.
     size : int
-        Images are resized (bilinear) to ``size x size``.
+        Images are resized (bilinear) to ``size x size`` (with ``resize``).
     channels : int
-        Image channels: 1 (grey) or 3 (RGB).
+        Image channels: 1 (grey) or 3 (RGB; 2D only).
     rel_error : float
         APR relative error threshold E.
     apr_params : dict, optional
@@ -54,6 +54,13 @@ class InputSpec:
         so a faint object is as visible to the first layer as a bright one.
         ``"dataset"``: the fixed ``mean``/``std`` above (checkpoints written
         before this option existed load as ``"dataset"``).
+    ndim : {2, 3}
+        Spatial dimensions of the images: 2, or 3 for grey stacks ``(z, y, x)``.
+    resize : bool
+        Resize images to ``size`` (classification: the network has a fixed
+        input size). Segmentation networks are fully convolutional and take
+        images at their own shape (False); ``size`` is then the side of the
+        training images, for information.
     """
 
     mode: str = "apr"
@@ -65,6 +72,8 @@ class InputSpec:
     mean: list = field(default_factory=lambda: [0.5])
     std: list = field(default_factory=lambda: [0.2887])
     normalisation: str = "image"
+    ndim: int = 2
+    resize: bool = True
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -81,6 +90,9 @@ class InputSpec:
             raise ValueError(f"std must be positive, got {self.std}")
         if self.normalisation not in NORMALISATIONS:
             raise ValueError(f"normalisation must be one of {NORMALISATIONS}, got {self.normalisation!r}")
+        if self.ndim not in (2, 3) or (self.ndim == 3 and (self.channels != 1 or self.resize)):
+            raise ValueError(f"images are 2D, or 3D grey stacks that are not resized; got ndim={self.ndim}, "
+                             f"channels={self.channels}, resize={self.resize}")
 
     @property
     def network_channels(self) -> int:
@@ -105,48 +117,67 @@ class InputSpec:
 
     # ----- per-image steps (run in worker processes) -------------------
     def prepare(self, image: np.ndarray, *, convert_channels: bool = True) -> np.ndarray:
-        """Float32 [0, 1] image with the spec's channels, resized to ``size``."""
-        image = match_channels(to_float01(image), self.channels, convert=convert_channels)
-        return resize_bilinear(image, self.size)
+        """Float32 image (integers scaled to [0, 1]) with the spec's channels, resized to ``size`` with ``resize``."""
+        image = to_float01(image)
+        if self.ndim == 3:
+            if image.ndim != 3:
+                raise ValueError(f"this network takes 3D grey stacks (z, y, x), got an array of shape {image.shape}")
+            return image
+        image = match_channels(image, self.channels, convert=convert_channels)
+        return resize_bilinear(image, self.size) if self.resize else image
 
-    def to_apr(self, image: np.ndarray):
-        """APR of a prepared image (grey APR; colour channels resampled at the particles)."""
+    def to_apr(self, image: np.ndarray, cancel: Callable[[], bool] | None = None):
+        """APR of a prepared image (grey APR; colour channels resampled at the particles); ``cancel`` as in
+        :meth:`APR.from_image`."""
         params = None
         if self.apr_params is not None:
             params = APRParameters.from_dict({**self.apr_params, "rel_error": self.rel_error})
         return APR.from_image(image, rel_error=self.rel_error, params=params,
-                              channel_axis=-1 if image.ndim == 3 else None)
+                              channel_axis=-1 if image.ndim == self.ndim + 1 else None, cancel=cancel)
 
-    def normalise(self, values: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+    def statistics(self, values: np.ndarray, weights: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Per-channel ``(mean, std)`` (float32) that :meth:`normalise` uses for these values.
+
+        ``normalisation="dataset"``: the fixed ``mean`` and ``std``.
+        ``"image"``: those of the values, weighted by ``weights`` (one per
+        value, e.g. the pixels of each particle cell); a flat image gets std 1.
+        """
+        if self.normalisation == "dataset":
+            return np.asarray(self.mean, np.float32), np.asarray(self.std, np.float32)
+        flat = np.asarray(values).reshape(-1, self.channels).astype(np.float64)
+        w = None if weights is None else np.asarray(weights, np.float64).reshape(-1)
+        mean = np.average(flat, axis=0, weights=w)
+        std = np.sqrt(np.average((flat - mean) ** 2, axis=0, weights=w))
+        std = np.where(std > _FLAT_STD, std, 1.0)
+        return mean.astype(np.float32), std.astype(np.float32)
+
+    def normalise(self, values: np.ndarray, weights: np.ndarray | None = None,
+                  stats: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
         """Normalise the channels-last values ``(..., C)`` or grey ``(...)`` of one image.
 
-        ``weights`` (one per value, e.g. the pixels of each particle cell)
-        weight the per-image statistics of ``normalisation="image"``.
+        ``weights`` as in :meth:`statistics`; ``stats`` gives the ``(mean,
+        std)`` to use instead (e.g. those of a whole image, for one of its tiles).
         """
         values = np.asarray(values, np.float32)
-        if self.normalisation == "dataset":
-            mean = np.asarray(self.mean, np.float32)
-            std = np.asarray(self.std, np.float32)
-        else:
-            flat = values.reshape(-1, self.channels).astype(np.float64)
-            w = None if weights is None else np.asarray(weights, np.float64).reshape(-1)
-            mean = np.average(flat, axis=0, weights=w)
-            std = np.sqrt(np.average((flat - mean) ** 2, axis=0, weights=w))
-            std = np.where(std > _FLAT_STD, std, 1.0)
-            mean, std = mean.astype(np.float32), std.astype(np.float32)
+        mean, std = self.statistics(values, weights) if stats is None else stats
         if self.channels == 1:
             return (values - mean[0]) / std[0]
         return (values - mean) / std
 
-    def pixel_input(self, image: np.ndarray) -> np.ndarray:
-        """``(C, H, W)`` normalised array of a prepared image."""
-        x = self.normalise(image)
-        return x[None] if x.ndim == 2 else np.ascontiguousarray(np.moveaxis(x, -1, 0))
+    def pixel_input(self, image: np.ndarray, stats: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+        """``(C, H, W)`` (or ``(C, D, H, W)``) normalised array of a prepared image (``stats`` as in
+        :meth:`normalise`)."""
+        x = self.normalise(image, stats=stats)
+        return x[None] if x.ndim == self.ndim else np.ascontiguousarray(np.moveaxis(x, -1, 0))
 
     # ----- batches (main process) ------------------------------------------
     def collate_inputs(self, items: Sequence[Any]):
         """Network input from per-image items (APRs or ``(C, H, W)`` arrays)."""
         if self.mode == "pixels":
+            shapes = {item.shape for item in items}
+            if len(shapes) > 1:
+                raise ValueError(f"a batch of a pixel network holds images of one shape, got {sorted(shapes)}; "
+                                 f"use batch size 1 or images of one size")
             return torch.from_numpy(np.stack(items))
         values = [self.normalise(apr.values, apr.structure.pixel_counts) for apr in items]
         return APRBatch.from_aprs(list(items), values=values, add_level_channel=self.add_level_channel)

@@ -12,7 +12,9 @@ import numpy as np
 
 from napari_aprnet.models import ModelSpec, parse_model_name
 
-CSV_FIELDS = ("phase", "step", "epoch", "loss", "accuracy", "lr", "elapsed")
+CSV_FIELDS = ("phase", "step", "epoch", "loss", "accuracy", "lr", "elapsed")  # accuracy: the task's score
+TASKS = ("classify", "segment")
+SYNTHETIC_DATA = {"shapes": "classify", "nuclei2d": "segment", "nuclei3d": "segment"}  # and their task
 SHAPES_MEAN, SHAPES_STD = 0.5, 0.2887  # uniform [0, 1] intensities
 
 
@@ -23,10 +25,14 @@ class TrainConfig:
     Parameters
     ----------
     model : str
-        Network name, e.g. ``"APR_B"``, ``"Pix_A-expanded"`` (see :mod:`napari_aprnet.models`).
+        Network name, e.g. ``"APR_B"``, ``"Pix_A-expanded"``, ``"APR_UNet"`` (see :mod:`napari_aprnet.models`).
+    task : {"classify", "segment"}
+        One class per image, or per particle / pixel (:mod:`napari_aprnet.training.tasks`).
     data : str
-        ``"shapes"`` (synthetic) or a folder with one sub-folder per class
-        (optionally ``train/``, ``val/``, ``test/`` sub-folders, each with class folders).
+        Classification: ``"shapes"`` (synthetic) or a folder with one
+        sub-folder per class. Segmentation: ``"nuclei2d"``, ``"nuclei3d"``
+        (synthetic) or a folder with ``images/`` and ``masks/``. Folders may
+        have ``train/``, ``val/``, ``test/`` sub-folders, each laid out so.
     steps : int, optional
         Streaming mode (shapes): number of batches. In fixed mode: an upper limit.
     epochs : int, optional
@@ -40,7 +46,8 @@ class TrainConfig:
     apr_params : dict, optional
         Other APR formation parameters (``APRParameters.to_dict()``).
     size : int
-        Network input side; images are resized to it.
+        Classification: network input side; images are resized to it.
+        Segmentation: images keep their size (see ``image_shape``).
     image_size : int, optional
         Side of generated shape images (default ``size``); e.g. 256 with
         ``size=64`` trains on downsampled images (Table 4.2).
@@ -49,7 +56,16 @@ class TrainConfig:
     classes : list of str, optional
         Shapes: train on a subset of the six classes.
     n_train, n_val, n_test : int
-        Fixed shapes datasets: images per class.
+        Fixed shapes datasets: images per class. Nuclei: images (``n_test``
+        also sets the test images evaluated at the end of streaming runs).
+    image_shape : list of int, optional
+        Nuclei: the generated image shape (default 256x256, or 64x128x128 for ``nuclei3d``).
+    boundary : bool
+        Segmentation: learn three classes, background, interior and boundary
+        (from instance masks), so that touching objects are told apart;
+        default two, background and foreground.
+    dice_weight : float
+        Segmentation: weight of the soft Dice term added to the cross entropy.
     val_fraction : float
         Folders without ``val/``: fraction held out for validation.
     level_channel : bool, optional
@@ -69,8 +85,11 @@ class TrainConfig:
     bn_batches : int
         Batches used to re-estimate BatchNorm statistics before a model is
         evaluated or saved for use (see :func:`recalibrate_batchnorm`); 0 = off.
-    width : float
-        Channel multiplier of the network (1 = thesis size).
+    width : float, optional
+        Classifiers: channel multiplier (default 1 = thesis size). U-Nets:
+        channels of the first stage, doubled at every pooling (default 16).
+    depth : int, optional
+        U-Nets: number of poolings (default 3).
     normalisation : {"image", "dataset"}
         Input normalisation (see :class:`napari_aprnet.data.InputSpec`):
         per-image standardisation (default) or one mean/std for the dataset.
@@ -80,6 +99,7 @@ class TrainConfig:
 
     model: str = "APR_B"
     data: str = "shapes"
+    task: str = "classify"
     steps: int | None = None
     epochs: int | None = None
     batch_size: int = 36
@@ -105,14 +125,44 @@ class TrainConfig:
     checkpoint_every: int = 200
     last_window: int = 100
     bn_batches: int = 20
-    width: float = 1.0
+    width: float | None = None
+    depth: int | None = None
     normalisation: str = "image"
+    image_shape: list | None = None
+    boundary: bool = False
+    dice_weight: float = 0.0
     model_spec: ModelSpec | None = field(default=None, compare=False, repr=False)
 
     @property
     def streaming(self) -> bool:
-        """True for streaming mode (synthetic shapes, ``steps`` without ``epochs``)."""
-        return self.data == "shapes" and self.epochs is None
+        """True for streaming mode (synthetic data, ``steps`` without ``epochs``)."""
+        return self.data in SYNTHETIC_DATA and self.epochs is None
+
+    @property
+    def n_seg_classes(self) -> int:
+        """Segmentation: the number of classes (2, or 3 with ``boundary``)."""
+        return 3 if self.boundary else 2
+
+    def _check_task(self, model: ModelSpec) -> None:
+        if self.task not in TASKS:
+            raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
+        if (model.family == "unet") != (self.task == "segment"):
+            which = "a U-Net (APR_UNet, Pix_UNet)" if self.task == "segment" else "a classifier (e.g. APR_B)"
+            raise ValueError(f"{self.model} cannot be trained to {self.task}; choose {which}")
+        if model.family != "unet" and self.depth is not None:
+            raise ValueError("depth applies to the U-Nets only")
+        wanted = SYNTHETIC_DATA.get(self.data)
+        if wanted is not None and wanted != self.task:
+            raise ValueError(f"the synthetic data {self.data!r} is for the {wanted!r} task, not {self.task!r}; "
+                             f"choose " + " or ".join(repr(k) for k, v in SYNTHETIC_DATA.items() if v == self.task))
+        if self.task == "segment" and self.augment:
+            raise ValueError("augmentation is not available for segmentation yet; leave augment off")
+        if self.task == "segment" and self.normalisation != "image":
+            raise ValueError("segmentation normalises every image on its own; leave normalisation at 'image'")
+        if self.image_shape is not None and (len(self.image_shape) not in (2, 3) or min(self.image_shape) < 16):
+            raise ValueError(f"image_shape must be 2 or 3 sides of at least 16 pixels, got {self.image_shape}")
+        if not self.dice_weight >= 0:
+            raise ValueError(f"dice_weight must be >= 0, got {self.dice_weight}")
 
     def validate(self) -> "TrainConfig":
         """Check values, parse the model name and fill the mode defaults; returns a new config."""
@@ -123,13 +173,14 @@ class TrainConfig:
             v = getattr(self, name)
             if v is not None and v < 1:
                 raise ValueError(f"{name} must be >= 1, got {v}")
-        if self.data != "shapes" and self.epochs is None:
+        self._check_task(model_spec)
+        if self.data not in SYNTHETIC_DATA and self.epochs is None:
             raise ValueError("folder datasets are trained for a number of epochs; give epochs")
         if self.batch_size < 1 or not self.lr > 0:
             raise ValueError(f"need batch_size >= 1 and lr > 0, got {self.batch_size}, {self.lr}")
         if self.workers < 0:
             raise ValueError(f"workers must be >= 0, got {self.workers}")
-        fixed = not self.streaming
+        fixed = not self.streaming and model_spec.family == "classifier"  # the U-Nets have no dropout
         return replace(
             self,
             model_spec=model_spec,
@@ -156,8 +207,10 @@ class TrainEvent:
 
     ``phase`` is ``"train"`` (one step), ``"val"``, ``"test"``,
     ``"test_modified"`` (evaluations), ``"stopped"`` or ``"done"`` (last event,
-    with ``checkpoint`` and ``metrics``). In a run of several processes the
-    events are rank 0's, with the loss and score of the whole global batch.
+    with ``checkpoint`` and ``metrics``). ``accuracy`` is the task's score:
+    accuracy (classification) or foreground IoU (segmentation). In a run of
+    several processes the events are rank 0's, with the loss and score of the
+    whole global batch.
     """
 
     phase: str
@@ -177,12 +230,29 @@ class TrainEvent:
 
 @dataclass
 class EvalResult:
-    """Loss, accuracy and confusion matrix (rows: true class, columns: predicted) of an evaluation."""
+    """The measures of an evaluation.
+
+    ``loss``; ``accuracy`` (classification: of images; segmentation: of
+    pixels); ``confusion`` (rows: true class, columns: predicted; counts of
+    images or pixels); ``n`` images. Segmentation adds the foreground
+    ``iou`` and ``dice`` and the object ``f1`` at IoU 0.5 (None for
+    classification).
+    """
 
     loss: float
     accuracy: float
     confusion: np.ndarray
     n: int
+    iou: float | None = None
+    dice: float | None = None
+    f1: float | None = None
+
+    @property
+    def score(self) -> float:
+        """The task's main measure: IoU for segmentation, accuracy for classification."""
+        return self.accuracy if self.iou is None else self.iou
 
     def to_dict(self) -> dict:
-        return {"loss": self.loss, "accuracy": self.accuracy, "n": self.n, "confusion": self.confusion.tolist()}
+        d = {"loss": self.loss, "accuracy": self.accuracy, "n": self.n, "confusion": self.confusion.tolist()}
+        d.update({k: getattr(self, k) for k in ("iou", "dice", "f1") if getattr(self, k) is not None})
+        return d

@@ -1,19 +1,26 @@
-"""The data of a training run: input spec, class names and train / validation / test sources."""
+"""The data of a training run: input spec, class names and train / validation / test sources (both tasks)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from napari_aprnet.data import (
+    NUCLEI_DATASETS,
     FolderDataset,
     InputSpec,
+    NucleiDataset,
+    NucleiStream,
+    SegmentationFolder,
     ShapeParams,
     ShapeStream,
     estimate_normalisation,
+    make_nuclei_splits,
     make_shapes_splits,
     split_indices,
 )
+from napari_aprnet.data.nuclei import default_shape
 from napari_aprnet.training.config import SHAPES_MEAN, SHAPES_STD, TrainConfig
+from napari_aprnet.training.tasks import SEGMENTATION_CLASSES
 
 
 @dataclass
@@ -25,17 +32,72 @@ class _Data:
     tests: dict = field(default_factory=dict)
 
 
+def _level_channel(config: TrainConfig) -> bool:
+    model = config.model_spec
+    if config.level_channel is not None:
+        return bool(config.level_channel)
+    return model.mode == "apr" and model.default_in_channels > model.image_channels
+
+
+def _folder_splits(root: Path, make, config: TrainConfig):
+    """(train, val, tests) of a folder dataset: ``train/``, ``val/``, ``test/`` sub-folders, or one folder split."""
+    if (root / "train").is_dir():
+        train_set = make(root / "train")
+        val_set = make(root / "val") if (root / "val").is_dir() else None
+        tests = {"test": make(root / "test")} if (root / "test").is_dir() else {}
+    else:
+        train_set, val_set, tests = make(root), None, {}
+    if val_set is None:
+        tr, va = split_indices(len(train_set), config.val_fraction, config.seed)
+        train_set, val_set = train_set.subset(tr), train_set.subset(va)
+    return train_set, val_set, tests
+
+
+def _setup_segmentation(config: TrainConfig) -> _Data:
+    """Segmentation data: synthetic nuclei (a stream, or fixed splits) or an images/masks folder."""
+    model = config.model_spec
+    channels = model.image_channels
+    names = SEGMENTATION_CLASSES[config.n_seg_classes]
+    if config.data in NUCLEI_DATASETS:
+        shape = tuple(config.image_shape or default_shape(NUCLEI_DATASETS[config.data]))
+        if len(shape) != NUCLEI_DATASETS[config.data]:
+            raise ValueError(f"{config.data} images have {NUCLEI_DATASETS[config.data]} dimensions, got image_shape "
+                             f"{list(shape)}")
+        if config.streaming:
+            train_set, val_set = NucleiStream(config.seed, shape), None
+            tests = {"test": NucleiDataset(config.n_test, config.seed, shape, split=2)}
+        else:
+            splits = make_nuclei_splits(config.n_train, config.n_val, config.n_test, config.seed, shape)
+            train_set, val_set, tests = splits["train"], splits["val"], {"test": splits["test"]}
+    else:
+        root = _existing_folder(config, "a folder with images/ and masks/")
+        train_set, val_set, tests = _folder_splits(root, lambda r: SegmentationFolder(r, channels), config)
+        shape = train_set[0][1].shape
+    spec = InputSpec(model.mode, max(shape), channels, config.rel_error, config.apr_params, _level_channel(config),
+                     [0.5] * channels, [0.25] * channels, "image", ndim=len(shape), resize=False)
+    return _Data(names, spec, train_set, val_set, tests)
+
+
+def _existing_folder(config: TrainConfig, what: str) -> Path:
+    root = Path(config.data)
+    if not root.is_dir():
+        synthetic = "'shapes'" if config.task == "classify" else "'nuclei2d', 'nuclei3d'"
+        raise FileNotFoundError(f"dataset folder not found: {root} (give {synthetic} or {what})")
+    return root
+
+
 def _setup_data(config: TrainConfig) -> _Data:
     """The data of a validated ``config`` (its ``model_spec`` set)."""
+    if config.task == "segment":
+        return _setup_segmentation(config)
     model = config.model_spec
     mode = model.mode
     channels = model.image_channels
-    level = config.level_channel if config.level_channel is not None else (
-        mode == "apr" and model.default_in_channels > channels)
+    level = _level_channel(config)
     if config.data == "shapes":
         params = ShapeParams.from_dict(config.shape_params) if config.shape_params else ShapeParams()
         gen_size = config.image_size or config.size
-        spec = InputSpec(mode, config.size, channels, config.rel_error, config.apr_params, bool(level),
+        spec = InputSpec(mode, config.size, channels, config.rel_error, config.apr_params, level,
                          [SHAPES_MEAN] * channels, [SHAPES_STD] * channels, config.normalisation)
         if config.streaming:
             stream = ShapeStream(config.seed, gen_size, config.batch_size, params, config.classes)
@@ -44,24 +106,14 @@ def _setup_data(config: TrainConfig) -> _Data:
                                     config.classes)
         return _Data(splits["train"].class_names, spec, splits["train"], splits["val"],
                      {"test": splits["test"], "test_modified": splits["test_modified"]})
-    root = Path(config.data)
-    if not root.is_dir():
-        raise FileNotFoundError(f"dataset folder not found: {root} (give 'shapes' or a folder of class folders)")
-    if (root / "train").is_dir():
-        train_set = FolderDataset(root / "train", config.size, channels)
-        val_set = FolderDataset(root / "val", config.size, channels) if (root / "val").is_dir() else None
-        tests = {"test": FolderDataset(root / "test", config.size, channels)} if (root / "test").is_dir() else {}
-        for other in [val_set, *tests.values()]:
-            if other is not None and other.class_names != train_set.class_names:
-                raise ValueError(f"class folders differ between {root / 'train'} {train_set.class_names} and "
-                                 f"{other.root} {other.class_names}")
-    else:
-        train_set, val_set, tests = FolderDataset(root, config.size, channels), None, {}
-    if val_set is None:
-        tr, va = split_indices(len(train_set), config.val_fraction, config.seed)
-        train_set, val_set = train_set.subset(tr), train_set.subset(va)
+    root = _existing_folder(config, "a folder of class folders")
+    train_set, val_set, tests = _folder_splits(root, lambda r: FolderDataset(r, config.size, channels), config)
+    for other in [val_set, *tests.values()]:
+        if other.class_names != train_set.class_names:
+            raise ValueError(f"class folders differ between {train_set.root} {train_set.class_names} and "
+                             f"{other.root} {other.class_names}")
     mean, std = ([0.5] * channels, [0.25] * channels) if config.normalisation == "image" else \
         estimate_normalisation(train_set, channels, config.size, seed=config.seed)
-    spec = InputSpec(mode, config.size, channels, config.rel_error, config.apr_params, bool(level), mean, std,
+    spec = InputSpec(mode, config.size, channels, config.rel_error, config.apr_params, level, mean, std,
                      config.normalisation)
     return _Data(train_set.class_names, spec, train_set, val_set, tests)

@@ -1,4 +1,4 @@
-"""Evaluation of a classifier on a loader, and BatchNorm re-estimation ("precise BN")."""
+"""Evaluation of a network on a loader (any task), and BatchNorm re-estimation ("precise BN")."""
 from __future__ import annotations
 
 from typing import Callable

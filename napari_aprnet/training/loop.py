@@ -51,9 +51,9 @@ from napari_aprnet.training.data_setup import _setup_data
 from napari_aprnet.training.distributed import Group, Local, torchrun_world
 from napari_aprnet.training.evaluate import _forward, recalibrate_batchnorm
 from napari_aprnet.training.launcher import launch
-from napari_aprnet.training.tasks import ClassificationTask
+from napari_aprnet.training.tasks import task_for
 
-__all__ = ["train", "run_training"]
+__all__ = ["train", "run_training", "build_network"]
 
 _BN_STREAM_START = 10 ** 7
 
@@ -108,6 +108,16 @@ class _CSVLog:
             self.f = None
 
 
+def build_network(config: TrainConfig, spec, n_classes: int) -> torch.nn.Module:
+    """The (untrained) network of a validated run ``config`` with input ``spec`` and ``n_classes`` outputs."""
+    if config.model_spec.family == "unet":
+        extra = {"ndim": spec.ndim, "depth": config.depth}
+    else:
+        extra = {"dropout": config.dropout, "spatial_dropout": config.spatial_dropout}
+    return build_model(config.model_spec, n_classes=n_classes, in_channels=spec.network_channels, width=config.width,
+                       **extra)
+
+
 class _Run:
     """The state of one training run; :meth:`events` is the step loop, in small methods."""
 
@@ -118,12 +128,9 @@ class _Run:
         self.ckpt_path = out / "checkpoint.pt" if out is not None else None
         self.data = _setup_data(config)
         self.spec, self.n_classes = self.data.spec, len(self.data.class_names)
-        self.task = ClassificationTask(self.n_classes)
+        self.task = task_for(config.task, self.n_classes, config.dice_weight)
         torch.manual_seed(config.seed)
-        self.model = build_model(config.model_spec, n_classes=self.n_classes, in_channels=self.spec.network_channels,
-                                 width=config.width, dropout=config.dropout,
-                                 spatial_dropout=config.spatial_dropout)
-        self.model = self.dist.setup_model(self.model)
+        self.model = self.dist.setup_model(build_network(config, self.spec, self.n_classes))
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         if config.streaming:
             self.steps_per_epoch = config.steps + 1  # one never-ending "epoch"
@@ -180,7 +187,7 @@ class _Run:
         """A loader over this process's shares of the index ``batches``."""
         return make_loader(source, self.spec, self.dist.shard(batches, allow_empty=eval_only),
                            workers=self.config.workers, augment_seed=aug_seed, epoch=epoch, cache=self.cache,
-                           targets=self.task.targets, device=self.dist.device)
+                           targets=self.task.targets, item_target=self.task.item_target, device=self.dist.device)
 
     def evaluate(self, source) -> EvalResult:
         batches = epoch_batches(len(source), self.config.batch_size, 0, 0, shuffle=False)
@@ -261,7 +268,7 @@ class _Run:
                 if self._validation_due():
                     res = self.validate_now()
                     self.elapsed = time.perf_counter() - self.t_start
-                    yield self.event("val", res.loss, res.accuracy, metrics={"val": res.to_dict()})
+                    yield self.event("val", res.loss, res.score, metrics={"val": res.to_dict()})
                     t0 = time.perf_counter()
                 if self.out is not None and self.step < self.total and c.checkpoint_every and \
                         self.step % c.checkpoint_every == 0:
@@ -274,14 +281,23 @@ class _Run:
                 if self.step >= self.total:
                     break
 
+    def _tests(self) -> Iterator[TrainEvent]:
+        """Evaluate the model on every test set, into ``self.metrics``."""
+        for name, source in self.data.tests.items():
+            res = self.evaluate(source)
+            self.metrics[name] = res.to_dict()
+            self.elapsed = time.perf_counter() - self.t_start
+            yield self.event(name, res.loss, res.score, metrics={name: res.to_dict()})
+
     def _final(self) -> Iterator[TrainEvent]:
         """The final evaluation; sets ``self.final`` (the checkpoint path)."""
         c, out = self.config, self.out
-        if c.streaming:
+        if c.streaming:  # error = 1 - the task's score (classification: accuracy; segmentation: IoU)
             errs = np.asarray(self.history[-c.last_window:], dtype=float)
             self.metrics = {"last_batches": len(errs), "error_mean": float(errs.mean()) if len(errs) else None,
                             "error_std": float(errs.std()) if len(errs) else None}
             self.recalibrate()
+            yield from self._tests()  # streams of segmentation images have a test set of fresh images
             self.final = self.save(self.ckpt_path)
             return
         self.save(self.ckpt_path)  # the latest state with the optimizer, to extend the run later
@@ -291,11 +307,7 @@ class _Run:
             self.model.load_state_dict(load_checkpoint(out / "best.pt")["state_dict"])
         self.dist.broadcast_state(self.model)  # only rank 0 can read best.pt
         self.metrics = {"best_val_loss": self.best_val}
-        for name, source in self.data.tests.items():
-            res = self.evaluate(source)
-            self.metrics[name] = res.to_dict()
-            self.elapsed = time.perf_counter() - self.t_start
-            yield self.event(name, res.loss, res.accuracy, metrics={name: res.to_dict()})
+        yield from self._tests()
         self.final = self.save(out / "best.pt", with_optimizer=False) if out is not None else None
 
     def events(self, should_stop) -> Iterator[TrainEvent]:

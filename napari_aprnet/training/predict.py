@@ -22,8 +22,45 @@ from napari_aprnet.data.spec import InputSpec
 from napari_aprnet.models import ClassifierNet, model_from_config
 from napari_aprnet.training.checkpoint import CheckpointError, load_checkpoint
 
-__all__ = ["Classifier"]
+__all__ = ["Classifier", "load_network", "checkpoint_task"]
 _MAX_INPUT_SIZE = 16384  # side of the square network input; larger sizes come from damaged files
+_USE = {"classify": "Classifier", "segment": "Segmenter"}
+
+
+def checkpoint_task(data: dict) -> str:
+    """The task a checkpoint's network was trained for (``"classify"`` for checkpoints from before tasks)."""
+    config = data.get("train", {}).get("config", {}) if isinstance(data.get("train"), dict) else {}
+    return str(config.get("task", "classify")) if isinstance(config, dict) else "classify"
+
+
+def load_network(path: str | Path, task: str) -> tuple[torch.nn.Module, InputSpec, list, dict]:
+    """Network (weights loaded), input spec, class names and training metadata of a checkpoint.
+
+    Raises
+    ------
+    FileNotFoundError, CheckpointError, ValueError
+        ``ValueError`` when the checkpoint is for another task than ``task``.
+    """
+    path = resolve_checkpoint(path)
+    data = load_checkpoint(path)
+    stored = checkpoint_task(data)
+    if stored != task:
+        raise ValueError(f"{path} holds a network trained to {stored}, not to {task}; load it with "
+                         f"{_USE.get(stored, 'the matching class')}")
+    try:
+        model = model_from_config(data["model"])
+        model.load_state_dict(data["state_dict"])
+        spec = InputSpec.from_dict(data["input"])
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, OverflowError, MemoryError) as exc:
+        raise CheckpointError(f"{path}: the checkpoint does not describe a usable network: "
+                              f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
+    if not 8 <= spec.size <= _MAX_INPUT_SIZE:
+        raise CheckpointError(f"{path}: input size {spec.size} is outside 8..{_MAX_INPUT_SIZE}; the "
+                              f"checkpoint is damaged")
+    if len(data["class_names"]) != model.config["n_classes"]:
+        raise CheckpointError(f"{path}: {len(data['class_names'])} class names for "
+                              f"{model.config['n_classes']} outputs")
+    return model, spec, data["class_names"], data["train"]
 
 
 class Classifier:
@@ -58,22 +95,7 @@ class Classifier:
         ------
         FileNotFoundError, CheckpointError, ValueError
         """
-        path = resolve_checkpoint(path)
-        data = load_checkpoint(path)
-        try:
-            model = model_from_config(data["model"])
-            model.load_state_dict(data["state_dict"])
-            spec = InputSpec.from_dict(data["input"])
-        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, OverflowError, MemoryError) as exc:
-            raise CheckpointError(f"{path}: the checkpoint does not describe a usable network: "
-                                  f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
-        if not 8 <= spec.size <= _MAX_INPUT_SIZE:
-            raise CheckpointError(f"{path}: input size {spec.size} is outside 8..{_MAX_INPUT_SIZE}; the "
-                                  f"checkpoint is damaged")
-        if len(data["class_names"]) != model.config["n_classes"]:
-            raise CheckpointError(f"{path}: {len(data['class_names'])} class names for "
-                                  f"{model.config['n_classes']} outputs")
-        return cls(model, spec, data["class_names"], data["train"])
+        return cls(*load_network(path, "classify"))
 
     @classmethod
     def bundled(cls, name: str = "shapes") -> "Classifier":
