@@ -40,6 +40,23 @@ def pytest_collection_modifyitems(config, items):
                 item.add_marker(skip)
 
 
+@pytest.fixture
+def notes(monkeypatch):
+    """Collect the notifications the widgets show, as (message, level), instead of showing them."""
+    import pkgutil
+
+    from napari_aprnet import _widgets
+    from napari_aprnet._widgets import _common
+
+    shown: list[tuple[str, str]] = []
+    monkeypatch.setattr(_common, "notify", lambda message, level="error": shown.append((message, level)))
+    for info in pkgutil.iter_modules(_widgets.__path__):
+        module = __import__(f"napari_aprnet._widgets.{info.name}", fromlist=["notify"])
+        if hasattr(module, "notify") and module is not _common:
+            monkeypatch.setattr(module, "notify", _common.notify)
+    return shown
+
+
 def random_structure(shape, seed: int = 0, *, p_split: float = 0.55,
                      min_level: int = 1, level_max: int | None = None) -> APRStructure:
     """Return a random valid partition of ``shape`` into dyadic particle cells.

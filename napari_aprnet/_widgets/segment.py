@@ -157,7 +157,7 @@ class SegmentWidget(Container):
         A 2D network takes every plane of a 3D or larger layer in turn; a 3D network every volume.
         """
         nd = self.segmenter.ndim
-        if layer.ndim - (1 if layer.rgb else 0) < nd:
+        if layer.ndim - (1 if getattr(layer, "rgb", False) else 0) < nd:
             raise ValueError(f"layer {layer.name!r} is {layer.ndim}D but the network segments {nd}D images; "
                              "load a 2D network")
         return image_from_layer(layer, nd)[0]

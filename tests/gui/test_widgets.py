@@ -18,19 +18,6 @@ PLUGIN = "napari-aprnet"
 WAIT = 60_000  # ms; generous for a loaded 2-core machine (no timing assertions)
 
 
-@pytest.fixture
-def notes(monkeypatch):
-    """Collect notifications shown by the plugin (message, level)."""
-    from napari_aprnet._widgets import _common
-
-    shown: list[tuple[str, str]] = []
-    monkeypatch.setattr(_common, "notify", lambda message, level="error": shown.append((message, level)))
-    for mod in ("convert", "tune", "annotate", "train"):
-        module = __import__(f"napari_aprnet._widgets.{mod}", fromlist=["notify"])
-        monkeypatch.setattr(module, "notify", _common.notify)
-    return shown
-
-
 def open_widget(viewer, name):
     _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, name)
     if hasattr(widget, "params"):  # these tests compare with the library's defaults (GUI default: auto on)

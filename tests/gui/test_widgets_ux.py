@@ -11,18 +11,6 @@ PLUGIN = "napari-aprnet"
 WAIT = 120_000
 
 
-@pytest.fixture
-def notes(monkeypatch):
-    from napari_aprnet._widgets import _common
-
-    shown: list[tuple[str, str]] = []
-    monkeypatch.setattr(_common, "notify", lambda message, level="error": shown.append((message, level)))
-    for mod in ("convert", "tune", "annotate", "train", "classify"):
-        module = __import__(f"napari_aprnet._widgets.{mod}", fromlist=["notify"])
-        monkeypatch.setattr(module, "notify", _common.notify)
-    return shown
-
-
 def open_widget(viewer, name):
     _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, name)
     return widget
