@@ -9,9 +9,13 @@ Writes ``convert.png`` (3D blobs sample with its level map and legend),
 ``train.png`` (training on synthetic shapes, live loss/accuracy plot),
 ``classify.png`` (probabilities and feature maps of a shape image) and
 ``annotate.png`` (labelling a folder of shape images with the model's
-prediction beside the label). Without ``--checkpoint``, classify and annotate
-use the bundled shapes classifier preselected in the widgets, as a new user
-would: open the shapes sample, press Classify.
+prediction beside the label) and ``segment.png`` (an APR U-Net's instances
+on a fresh nuclei2d image; ``--seg-checkpoint``, default
+``out/seg_demo/checkpoint.pt``, trained first if missing with
+``aprnet train --task segment --data nuclei2d --shape 128x128 --model APR_UNet
+--width 16 --depth 3 --steps 200 --batch-size 8 --lr 3e-3 --out out/seg_demo``).
+Without ``--checkpoint``, classify and annotate use the bundled shapes
+classifier preselected in the widgets, as a new user would: open the shapes sample, press Classify.
 """
 from __future__ import annotations
 
@@ -165,18 +169,43 @@ def shot_annotate(out: Path, checkpoint: Path | None, folder: Path) -> None:
     viewer.close()
 
 
+SEG_DEMO = ["train", "--task", "segment", "--data", "nuclei2d", "--shape", "128x128", "--model", "APR_UNet",
+            "--width", "16", "--depth", "3", "--steps", "200", "--batch-size", "8", "--lr", "3e-3"]
+
+
+def shot_segment(out: Path, checkpoint: Path) -> None:
+    from napari_aprnet.cli import main as aprnet
+    from napari_aprnet.data.nuclei import NucleiDataset
+
+    if not checkpoint.is_file():
+        if aprnet(SEG_DEMO + ["--out", str(checkpoint.parent)]) != 0:
+            raise RuntimeError("training the demo segmentation network failed")
+    image, _ = NucleiDataset(1, seed=20261129, shape=(256, 256))[0]  # a seed and size never used in training
+    viewer = new_viewer("Segment")
+    viewer.add_image(image, name="nuclei", colormap="gray")
+    w = dock(viewer, "Segment")
+    w.checkpoint.value = checkpoint
+    w.segment()
+    wait(w, until=lambda: "nuclei instances" in viewer.layers and not w.task.running)
+    save(viewer, out, "segment.png")
+    viewer.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "screenshots")
     parser.add_argument("--checkpoint", type=Path, default=None,
                         help="checkpoint for classify/annotate (default: the bundled shapes classifier)")
     parser.add_argument("--steps", type=int, default=60, help="training steps for train.png (default 60)")
+    parser.add_argument("--seg-checkpoint", type=Path,
+                        default=Path(__file__).resolve().parents[1] / "out" / "seg_demo" / "checkpoint.pt",
+                        help="segmentation checkpoint for segment.png (trained first if missing)")
     parser.add_argument("--only", nargs="*", default=None,
-                        choices=["convert", "tune", "train", "classify", "annotate"])
+                        choices=["convert", "tune", "train", "classify", "annotate", "segment"])
     args = parser.parse_args(argv)
     os.environ.setdefault("NAPARI_APPLICATION_GUI_NOTIFICATION_LEVEL", "error")  # no toasts in the shots
     args.out.mkdir(parents=True, exist_ok=True)
-    only = set(args.only or ["convert", "tune", "train", "classify", "annotate"])
+    only = set(args.only or ["convert", "tune", "train", "classify", "annotate", "segment"])
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         if "convert" in only:
@@ -190,6 +219,8 @@ def main(argv: list[str] | None = None) -> int:
         if "annotate" in only:
             (tmp / "images").mkdir()
             shot_annotate(args.out, args.checkpoint, tmp / "images")
+        if "segment" in only:
+            shot_segment(args.out, args.seg_checkpoint)
     return 0
 
 
