@@ -5,9 +5,13 @@ Run:  .venv/bin/python benchmarks/bench_distributed.py [--steps 12] [--threads 2
 Trains APR_B (and the other ``--nets``) in streaming mode (fresh shapes
 every step: generation, APR conversion, plans, forward, backward, all-reduce,
 Adam) with ``napari_aprnet.training.train`` once with one process using
-``--threads`` threads and once with ``--nproc`` processes sharing them
-(``--threads // nproc`` each), the same global batch. Steps per second come
-from the event times after ``--warmup`` steps; the communication time per
+``--threads`` threads, once with ``--nproc`` processes sharing them
+(``--threads // nproc`` each) and, to tell the gain of more processes from
+that of fewer threads per process, once with one process of
+``--threads // nproc`` threads; the same global batch, the settings
+alternating ``--repeats`` times so that all see the machine's load alike. Steps per
+second come from the medians of the event times after ``--warmup`` steps
+of each run; the load average is recorded; the communication time per
 step is what rank 0 spent in its two all-reduces (the step's agreement and
 the gradients), which includes waiting for the slower process. Writes
 benchmarks/results/distributed.md.
@@ -28,6 +32,7 @@ def _parse():
     ap.add_argument("--threads", type=int, default=2, help="threads in all (one process: all of them)")
     ap.add_argument("--steps", type=int, default=12)
     ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=2, help="runs of each setting, alternating")
     ap.add_argument("--size", type=int, default=128)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--note", default="", help="a sentence about the machine's load, put under the table")
@@ -43,39 +48,49 @@ from napari_aprnet import _native  # noqa: E402
 from napari_aprnet.training import TrainConfig, train  # noqa: E402
 
 
-def measure(net: str, nproc: int) -> dict:
-    """Median seconds per step and rank 0's all-reduce seconds per step, after the warm-up steps."""
-    per_process = max(1, ARGS.threads // nproc)
+def measure(net: str, nproc: int, per_process: int) -> tuple[list, list]:
+    """Seconds per step and rank 0's all-reduce seconds per step of one run, after the warm-up steps."""
     os.environ["OMP_NUM_THREADS"] = str(per_process)  # read by the launched processes
     torch.set_num_threads(per_process)
     _native.set_num_threads(per_process)
     config = TrainConfig(model=net, steps=ARGS.steps, batch_size=ARGS.batch, size=ARGS.size, bn_batches=0, seed=0)
     events = [e for e in train(config, None, nproc=nproc) if e.phase == "train"]
     timed = events[ARGS.warmup:]
-    step_times = [b.elapsed - a.elapsed for a, b in zip(timed, timed[1:])]
-    return {"threads": per_process, "step": statistics.median(step_times),
-            "comm": statistics.median(e.comm_time for e in timed)}
+    return [b.elapsed - a.elapsed for a, b in zip(timed, timed[1:])], [e.comm_time for e in timed]
 
 
 def main() -> None:
     nets = ARGS.nets.split(",")
     rows = []
+    loads = [os.getloadavg()[0]]
+    few = max(1, ARGS.threads // ARGS.nproc)
+    settings = [(1, ARGS.threads), (1, few), (ARGS.nproc, few)]
     for net in nets:
-        base = None
-        for nproc in (1, ARGS.nproc):
-            r = measure(net, nproc)
-            base = base or r["step"]
+        times: dict = {s: ([], []) for s in settings}
+        for _ in range(ARGS.repeats):
+            for nproc, threads in settings:
+                steps, comm = measure(net, nproc, threads)
+                times[nproc, threads][0].extend(steps)
+                times[nproc, threads][1].extend(comm)
+                loads.append(os.getloadavg()[0])
+        base = statistics.median(times[settings[0]][0])
+        for (nproc, threads), (steps, comm) in times.items():
+            r = {"threads": threads, "step": statistics.median(steps), "comm": statistics.median(comm)}
             rows.append((net, nproc, r, base / r["step"]))
-            print(f"{net} nproc={nproc}: {1 / r['step']:.2f} steps/s, all-reduce {1e3 * r['comm']:.1f} ms/step",
+            print(f"{net} nproc={nproc} threads={threads}: {1 / r['step']:.2f} steps/s, all-reduce {1e3 * r['comm']:.1f} ms/step",
                   flush=True)
     machine = f"{platform.machine()}, {os.cpu_count()} logical CPUs, {platform.processor() or platform.system()}"
     lines = ["# Data-parallel training: 1 vs several local processes", "",
              f"Machine: {machine}; torch {torch.__version__}; gloo on loopback. {ARGS.threads} threads in all: "
-             f"one process uses all of them, {ARGS.nproc} processes {max(1, ARGS.threads // ARGS.nproc)} each. "
+             f"one process uses all of them, {ARGS.nproc} processes {few} each; the middle row (one process of "
+             f"{few} thread(s)) separates the effect of fewer threads per process from that of more processes. "
              f"Streaming shapes, global batch {ARGS.batch} of {ARGS.size}x{ARGS.size}, median of "
-             f"{ARGS.steps - ARGS.warmup - 1} step times after {ARGS.warmup} warm-up steps. Command: "
+             f"{ARGS.repeats} x {ARGS.steps - ARGS.warmup - 1} step times (after {ARGS.warmup} warm-up steps per "
+             f"run, the settings alternating); 1-minute load average during the runs "
+             f"{min(loads):.1f}-{max(loads):.1f}. Command: "
              f"`.venv/bin/python benchmarks/bench_distributed.py --nets {ARGS.nets} --nproc {ARGS.nproc} "
-             f"--threads {ARGS.threads} --steps {ARGS.steps} --size {ARGS.size} --batch {ARGS.batch}`.", "",
+             f"--threads {ARGS.threads} --steps {ARGS.steps} --repeats {ARGS.repeats} --size {ARGS.size} "
+             f"--batch {ARGS.batch}`.", "",
              "| network | processes | threads / process | steps / s | s / step | speed-up | all-reduce ms / step "
              "(rank 0, incl. waiting) | share of the step |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for net, nproc, r, speedup in rows:
