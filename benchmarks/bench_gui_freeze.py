@@ -7,6 +7,11 @@ Cases: Convert adds the result layers of a 2048x2048 image and of a
 the stalls over 200 ms (the goal) per case.
 
     xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python benchmarks/bench_gui_freeze.py [--small] [--out F]
+        [--before B.json --markdown results/gui_freeze.md]
+
+``--before`` takes the JSON of an earlier run (e.g. of the previous version,
+with its package first on ``PYTHONPATH``) and ``--markdown`` writes both
+side by side.
 
 Run it on an otherwise idle machine: on a loaded one the timer's gaps also
 count the time the scheduler gives to other processes.
@@ -77,6 +82,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--small", action="store_true", help="4x smaller sides (a quick check)")
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
+    parser.add_argument("--before", type=Path, default=None, help="JSON of an earlier run to compare with")
+    parser.add_argument("--markdown", type=Path, default=None, help="write a markdown table here")
     args = parser.parse_args(argv)
     k = 4 if args.small else 1
     cases = {
@@ -103,7 +110,28 @@ def main(argv=None) -> int:
         viewer.close()
     if args.out is not None:
         args.out.write_text(json.dumps(results, indent=2) + "\n")
+    if args.markdown is not None:
+        before = json.loads(args.before.read_text()) if args.before else {}
+        args.markdown.write_text(_markdown(results, before))
     return 0
+
+
+def _markdown(after: dict, before: dict) -> str:
+    import os
+    import platform
+
+    lines = ["# Main-thread stalls while widget results arrive (issue 13)", "",
+             f"machine: {platform.machine()} ({os.cpu_count()} cores), OMP_NUM_THREADS="
+             f"{os.environ.get('OMP_NUM_THREADS', 'unset')}, Xvfb; run with `nice -n 19` on a machine shared with "
+             f"other jobs (load average {' '.join(f'{v:.1f}' for v in os.getloadavg())} at the end): a stall also "
+             "counts the time the scheduler gives to other processes. Goal: no stall over 200 ms.", "",
+             "| case | before: max stall (ms) | before: stalls > 200 ms | after: max stall (ms) | "
+             "after: stalls > 200 ms | after: wall (s) |", "|---|---|---|---|---|---|"]
+    for name, res in after.items():
+        b = before.get(name, {})
+        lines.append(f"| {name} | {b.get('max_stall_ms', '-')} | {len(b.get('stalls_over_200ms', [])) if b else '-'} "
+                     f"| {res['max_stall_ms']} | {len(res['stalls_over_200ms'])} | {res['wall_s']} |")
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

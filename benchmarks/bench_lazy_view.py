@@ -67,9 +67,9 @@ def _child_lazy(path: str, levels: dict, n_changes: int) -> dict:
     out = {"particles": apr.n_particles, "shape": apr.shape, "n_levels": len(recon), "base_rss": base,
            "load_s": t_load, "pyramid_s": t_pyr, "particle_bytes": apr.n_particles * (4 + 1 + 4 * apr.ndim)}
     for canvas, level in levels.items():
-        def first(level=level):
+        def first(level=level):  # fresh pyramids (empty tile caches) for each canvas
             f = 2 ** (len(recon) - 1)
-            for layer in (recon, lmap):  # thumbnail, then the displayed level's plane
+            for layer in (apr_pyramid(apr), apr_pyramid(apr, "level")):  # thumbnail, then the shown level's plane
                 np.asarray(layer[-1][nz // 2 // f])
                 np.asarray(layer[level][(nz // 2) >> level])
         t, _ = _timed(first)

@@ -226,6 +226,30 @@ class APRStructure:
 
 # ----- validation (pure numpy) -----
 
+def check_cell_arrays(shape, level_max: int, levels: np.ndarray, coords: np.ndarray, what: str = "particles"):
+    """The checks of :func:`validate_cells` that do not look at each cell: shape, level_max, array shapes.
+
+    Returns
+    -------
+    (shape, level_max, levels, coords)
+        As a tuple of int, an int and two arrays.
+    """
+    shape = tuple(int(s) for s in shape)
+    ndim = len(shape)
+    level_max = int(level_max)
+    if ndim not in (2, 3) or min(shape) < 1:
+        raise ValueError(f"{what}: shape must be 2D or 3D with positive sides, got {shape}")
+    if not level_max_for_shape(shape) <= level_max <= 30:
+        raise ValueError(f"{what}: level_max {level_max} does not fit shape {shape} "
+                         f"(need {level_max_for_shape(shape)}..30)")
+    levels = np.asarray(levels)
+    coords = np.asarray(coords)
+    if levels.ndim != 1 or coords.shape != (len(levels), ndim):
+        raise ValueError(f"{what}: levels {levels.shape} and coords {coords.shape} do not match "
+                         f"(expected (n,) and (n, {ndim}))")
+    return shape, level_max, levels, coords
+
+
 def validate_cells(shape, level_max: int, levels: np.ndarray, coords: np.ndarray,
                    what: str = "particles") -> np.ndarray:
     """Check cells are inside their level grids and sorted; return level offsets.
@@ -252,19 +276,7 @@ def validate_cells(shape, level_max: int, levels: np.ndarray, coords: np.ndarray
         If a level or coordinate is out of range, or the cells are not sorted
         by level then row-major position without duplicates.
     """
-    shape = tuple(int(s) for s in shape)
-    ndim = len(shape)
-    level_max = int(level_max)
-    if ndim not in (2, 3) or min(shape) < 1:
-        raise ValueError(f"{what}: shape must be 2D or 3D with positive sides, got {shape}")
-    if not level_max_for_shape(shape) <= level_max <= 30:
-        raise ValueError(f"{what}: level_max {level_max} does not fit shape {shape} "
-                         f"(need {level_max_for_shape(shape)}..30)")
-    levels = np.asarray(levels)
-    coords = np.asarray(coords)
-    if levels.ndim != 1 or coords.shape != (len(levels), ndim):
-        raise ValueError(f"{what}: levels {levels.shape} and coords {coords.shape} do not match "
-                         f"(expected (n,) and (n, {ndim}))")
+    shape, level_max, levels, coords = check_cell_arrays(shape, level_max, levels, coords, what)
     if len(levels) and int(levels.max()) > level_max:
         raise ValueError(f"{what}: level {int(levels.max())} is above level_max {level_max}")
     if len(levels) > 1 and np.any(np.diff(levels.astype(np.int16)) < 0):
@@ -310,8 +322,14 @@ def validate_structure(structure: APRStructure, *, partition: bool = True) -> No
                          f"{int(structure.levels.min())}")
     if not partition:
         return
-    check_cell_volume(structure)
     lmax = structure.level_max
+    step = (np.int64(1) << (lmax - structure.levels.astype(np.int64)))[:, None]
+    lo = structure.coords.astype(np.int64) * step
+    hi = np.minimum(lo + step, np.asarray(structure.shape, dtype=np.int64))
+    volume = int(np.prod(hi - lo, axis=1).sum())
+    if volume != structure.n_pixels:
+        raise ValueError(f"the particle cells cover {volume} pixels, the image has {structure.n_pixels}: "
+                         "they are not a partition of the image")
     t_levels, t_coords, t_offsets = structure.tree
     for level in range(lmax + 1):
         p = structure.coords[offsets[level]:offsets[level + 1]]
@@ -323,22 +341,3 @@ def validate_structure(structure: APRStructure, *, partition: bool = True) -> No
             if np.intersect1d(pk, tk).size:
                 raise ValueError(f"a level-{level} particle cell contains other particle cells: "
                                  "the cells overlap")
-
-
-def check_cell_volume(structure: APRStructure) -> None:
-    """Check that the particle cells (clipped to the image) cover as many pixels as the image has.
-
-    With no cell inside another, this makes the cells a partition of the image.
-
-    Raises
-    ------
-    ValueError
-        If the volumes differ.
-    """
-    step = (np.int64(1) << (structure.level_max - structure.levels.astype(np.int64)))[:, None]
-    lo = structure.coords.astype(np.int64) * step
-    hi = np.minimum(lo + step, np.asarray(structure.shape, dtype=np.int64))
-    volume = int(np.prod(hi - lo, axis=1).sum())
-    if volume != structure.n_pixels:
-        raise ValueError(f"the particle cells cover {volume} pixels, the image has {structure.n_pixels}: "
-                         "they are not a partition of the image")

@@ -1,35 +1,72 @@
-"""The reconstruction section of ``native/aprnet.h``: cell row tables and pixel images from particles."""
+"""The reconstruction section of ``native/aprnet.h``: cell row tables, their checks, images from particles."""
 from __future__ import annotations
 
 import numpy as np
 
 from napari_aprnet._native.common import cancel_ptr, check, ffi, lib, ptr, shape3
-from napari_aprnet.structure import check_cell_volume, level_shape, validate_cells, validate_structure
+from napari_aprnet.structure import check_cell_arrays, level_shape
+
+_PROBLEMS = {1: "level {level} is above level_max {level_max}",
+             2: "cells are not sorted by level",
+             3: "a level-{level} coordinate is outside the level grid {grid}",
+             4: "level-{level} cells are not in row-major order or repeat a cell"}
 
 
 class CellTable:
     """A validated set of cells plus its row table, as the C ``aprnet_cell_table``.
 
     Holds the numpy arrays the C struct points into, so the struct stays valid
-    as long as this object lives. Build with :func:`cell_table`.
+    as long as this object lives, and ``volume``, the pixels the cells cover.
+    Build with :func:`cell_table`.
     """
 
-    __slots__ = ("arrays", "c")
+    __slots__ = ("arrays", "c", "volume")
 
-    def __init__(self, arrays: dict, c):
+    def __init__(self, arrays: dict, c, volume: int):
         self.arrays = arrays
         self.c = c
+        self.volume = volume
+
+
+def check_cells(shape, level_max: int, levels: np.ndarray, coords: np.ndarray,
+                what: str = "particles") -> tuple[np.ndarray, int]:
+    """:func:`napari_aprnet.structure.validate_cells` in one C pass; also the pixels the cells cover.
+
+    Returns
+    -------
+    level_offsets : ndarray of int64 (level_max + 2,)
+    volume : int
+        Pixels covered by the cells, clipped to the image.
+    """
+    shape, level_max, levels, coords = check_cell_arrays(shape, level_max, levels, coords, what)
+    if int(np.prod(shape, dtype=object)) >= 1 << 62:
+        raise ValueError(f"{what}: an image of shape {shape} is too large (2**62 pixels or more)")
+    levels = np.ascontiguousarray(levels, dtype=np.uint8)
+    coords = np.ascontiguousarray(coords, dtype=np.int32)
+    offsets = np.zeros(level_max + 2, dtype=np.int64)
+    shape_c = np.array(shape3(shape), dtype=np.int64)
+    out = ffi.new("int64_t[2]")
+    problem = ffi.new("int32_t *")
+    status = lib.aprnet_cells_check(ffi.cast("int64_t *", shape_c.ctypes.data), len(shape), level_max,
+                                    len(levels), ptr(levels, np.uint8, "levels"), ptr(coords, np.int32, "coords"),
+                                    ptr(offsets, np.int64, "offsets", writable=True), out, out + 1, problem)
+    if status == lib.APRNET_ERR_DATA:
+        level = int(levels[int(out[1])])
+        grid = level_shape(shape, level_max, min(level, level_max))
+        raise ValueError(f"{what}: " + _PROBLEMS[int(problem[0])].format(level=level, level_max=level_max, grid=grid))
+    check(status, f"{what}: cell check")
+    return offsets, int(out[0])
 
 
 def cell_table(shape, level_max: int, levels: np.ndarray, coords: np.ndarray,
                what: str = "particles") -> CellTable:
-    """Validate cells (:func:`validate_cells`) and build their C row table."""
+    """Check cells (:func:`check_cells`) and build their C row table."""
 
     shape = tuple(int(s) for s in shape)
     ndim = len(shape)
     coords = np.ascontiguousarray(coords, dtype=np.int32).reshape(-1, ndim)
     levels = np.ascontiguousarray(levels, dtype=np.uint8)
-    offsets = validate_cells(shape, level_max, levels, coords, what)
+    offsets, volume = check_cells(shape, level_max, levels, coords, what)
     row_base = np.zeros(level_max + 1, dtype=np.int64)
     starts = []
     total = 0
@@ -57,7 +94,7 @@ def cell_table(shape, level_max: int, levels: np.ndarray, coords: np.ndarray,
     c.level_offsets = ptr(offsets, np.int64, "level_offsets")
     c.row_base = ptr(row_base, np.int64, "row_base")
     c.row_start = ptr(row_start, np.int64, "row_start")
-    return CellTable(arrays, c)
+    return CellTable(arrays, c, volume)
 
 
 def particle_table(structure) -> CellTable:
@@ -80,21 +117,28 @@ def tree_table(structure) -> CellTable:
 
 
 def validate_partition(structure, cancel_flag=None) -> None:
-    """:func:`validate_structure` in linear time: the overlap check in C, no interior tree built.
+    """:func:`napari_aprnet.structure.validate_structure` in linear time, in C (no interior tree built).
 
-    Checks cells in range and sorted, the cell volume, and that no cell lies
-    inside a coarser one (together: the cells tile the image exactly once).
-    The row table built on the way stays cached for reconstruction.
+    Checks cells in range and sorted, the pixels they cover, and that no cell
+    lies inside a coarser one (together: the cells tile the image exactly
+    once). The row table built on the way stays cached for reconstruction.
 
     Raises
     ------
     ValueError
         Describing the first problem found.
     """
-    validate_structure(structure, partition=False)
-    check_cell_volume(structure)
+    table = particle_table(structure)
+    if structure.n_particles == 0:
+        raise ValueError("the structure has no particles")
+    if not 0 <= structure.level_min <= int(structure.levels[0]):
+        raise ValueError(f"level_min {structure.level_min} is above the coarsest particle level "
+                         f"{int(structure.levels[0])}")
+    if table.volume != structure.n_pixels:
+        raise ValueError(f"the particle cells cover {table.volume} pixels, the image has {structure.n_pixels}: "
+                         "they are not a partition of the image")
     first = ffi.new("int64_t *")
-    status = lib.aprnet_cells_nested(particle_table(structure).c, first, cancel_ptr(cancel_flag))
+    status = lib.aprnet_cells_nested(table.c, first, cancel_ptr(cancel_flag))
     if status == lib.APRNET_ERR_DATA:
         i = int(first[0])
         raise ValueError(f"particle {i} (level {int(structure.levels[i])}, at {structure.coords[i].tolist()}) lies "

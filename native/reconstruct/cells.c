@@ -1,7 +1,9 @@
 /*
- * partition.c -- do the cells of a table nest inside each other?
+ * cells.c -- checks of a set of cells: aprnet_cells_check (levels, grid
+ * ranges, order; the volume covered) in one sequential pass, and
+ * aprnet_cells_nested (does a cell lie inside a coarser one?).
  *
- * With cells sorted and inside their level grids (checked in Python) and a
+ * Nesting: with cells sorted and inside their level grids (checked in Python) and a
  * total cell volume equal to the image's, the cells tile the image exactly
  * once unless a cell lies inside a coarser one. For each row of each level
  * and each coarser level that has cells, the row's cells (sorted by x) are
@@ -11,6 +13,50 @@
  * depend on the number of threads.
  */
 #include "rc_common.h"
+
+int aprnet_cells_check(const int64_t shape[3], int ndim, int level_max, int64_t n, const uint8_t *levels,
+                       const int32_t *coords, int64_t *level_offsets, int64_t *volume, int64_t *bad,
+                       int32_t *problem) {
+    if (!shape || (ndim != 2 && ndim != 3) || level_max < 0 || level_max > 30 || n < 0 ||
+        (n > 0 && (!levels || !coords)) || !level_offsets || !volume || !bad || !problem)
+        return APRNET_ERR_ARG;
+    for (int a = 0; a < 3; ++a)
+        if (shape[a] < 1 || shape[a] > ((int64_t)1 << 30)) return APRNET_ERR_ARG;
+    if (ndim == 2 && shape[0] != 1) return APRNET_ERR_ARG;
+    *bad = -1;
+    *problem = 0;
+    for (int l = 0; l <= level_max + 1; ++l) level_offsets[l] = 0;
+    int64_t vol = 0, prev_key = -1;
+    int prev_level = -1;
+    for (int64_t i = 0; i < n; ++i) {
+        const int l = levels[i];
+        int32_t why = 0;
+        if (l > level_max) why = 1;
+        else if (l < prev_level) why = 2;
+        const int sh = level_max - l;
+        int64_t key = 0, cells = 1;
+        for (int a = 3 - ndim; a < 3 && !why; ++a) {
+            const int64_t c = coords[i * ndim + a - (3 - ndim)], m = rc_cells_along(shape[a], sh);
+            if (c < 0 || c >= m) why = 3;
+            key = key * m + c;
+            const int64_t lo = c << sh, hi = (c + 1) << sh;
+            cells *= (hi < shape[a] ? hi : shape[a]) - lo;
+        }
+        if (!why && l == prev_level && key <= prev_key) why = 4;
+        if (why) {
+            *bad = i;
+            *problem = why;
+            return APRNET_ERR_DATA;
+        }
+        vol += cells; /* <= the pixel count, which is below 2^62 (checked by the caller) */
+        level_offsets[l + 1] += 1;
+        prev_level = l;
+        prev_key = key;
+    }
+    for (int l = 0; l <= level_max; ++l) level_offsets[l + 1] += level_offsets[l];
+    *volume = vol;
+    return APRNET_OK;
+}
 
 /* Smallest index in row (level lb; zl, yl) of a cell inside a cell of a coarser level, or -1. */
 static int64_t nested_in_row(const aprnet_cell_table *t, int lb, int64_t zl, int64_t yl) {
