@@ -21,3 +21,5 @@ $PY benchmarks/bench_training.py table --steps 3000 --other-steps 1500 --pix256-
 $PY benchmarks/bench_training.py curves --steps 1000 --pix256-steps 600
 $PY benchmarks/bench_training.py finite --size 128 --steps 600
 $PY benchmarks/bench_training.py report
+# segmentation: APR_UNet vs Pix_UNet (resumable runs under out/; hours on 2 cores)
+$PY benchmarks/bench_segmentation.py --steps 300

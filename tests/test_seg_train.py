@@ -131,3 +131,24 @@ def test_apr_segmenter_on_images_and_aprs(tmp_path):
     assert calls[-1] == (4, 4)
     with pytest.raises(ValueError, match="tile applies to images"):
         seg.segment(apr, tile=32)
+
+
+def test_folder_training_with_epochs(tmp_path):
+    ds = NucleiDataset(6, seed=2, shape=(32, 40))
+    for split, indices in (("train", range(4)), ("test", range(4, 6))):
+        (tmp_path / "data" / split / "images").mkdir(parents=True)
+        (tmp_path / "data" / split / "masks").mkdir()
+        for i in indices:
+            image, mask = ds[i]
+            folder = tmp_path / "data" / split
+            write_image(folder / "images" / f"n{i}.png", (np.clip(image, 0, 1) * 255).astype(np.uint8))
+            write_image(folder / "masks" / f"n{i}.png", mask.astype(np.uint8))
+    cfg = TrainConfig(model="Pix_UNet", task="segment", data=str(tmp_path / "data"), epochs=2, batch_size=2,
+                      width=4, depth=2, val_fraction=0.25, bn_batches=1)
+    last = run_training(cfg, tmp_path / "run")
+    assert last.phase == "done" and (tmp_path / "run" / "best.pt").is_file()
+    assert set(last.metrics["test"]) >= {"iou", "dice", "f1"} and last.metrics["test"]["n"] == 2
+    seg = Segmenter.load(tmp_path / "run" / "best.pt")
+    assert seg.class_names == ("background", "foreground")
+    with pytest.raises(FileNotFoundError, match="images/ and masks/"):
+        run_training(TrainConfig(model="Pix_UNet", task="segment", data=str(tmp_path / "nothing"), epochs=1))

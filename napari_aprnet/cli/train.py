@@ -12,6 +12,7 @@ from napari_aprnet.data import (
     NUCLEI_DATASETS,
     FolderDataset,
     NucleiDataset,
+    NucleiParams,
     SegmentationFolder,
     ShapeParams,
     ShapesDataset,
@@ -231,8 +232,9 @@ def _eval_segmentation(args) -> int:
                          f"with images/ and masks/)")
     if data in NUCLEI_DATASETS:
         trained_shape = cfg.image_shape if cfg.data == data else None
+        params = NucleiParams.from_dict(cfg.nuclei_params) if cfg.nuclei_params and cfg.data == data else None
         dataset = NucleiDataset(args.n, cfg.seed if args.seed is None else args.seed, trained_shape, split=2,
-                                ndim=NUCLEI_DATASETS[data])
+                                params=params, ndim=NUCLEI_DATASETS[data])
     elif data == "shapes":
         raise ValueError("a segmentation network is evaluated on nuclei2d, nuclei3d or a folder with images/ "
                          "and masks/, not on shapes")

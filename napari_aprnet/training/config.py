@@ -60,6 +60,8 @@ class TrainConfig:
         also sets the test images evaluated at the end of streaming runs).
     image_shape : list of int, optional
         Nuclei: the generated image shape (default 256x256, or 64x128x128 for ``nuclei3d``).
+    nuclei_params : dict, optional
+        :class:`~napari_aprnet.data.NucleiParams` as a dict (e.g. ``{"coverage": [0.03, 0.08]}``).
     boundary : bool
         Segmentation: learn three classes, background, interior and boundary
         (from instance masks), so that touching objects are told apart;
@@ -129,6 +131,7 @@ class TrainConfig:
     depth: int | None = None
     normalisation: str = "image"
     image_shape: list | None = None
+    nuclei_params: dict | None = None
     boundary: bool = False
     dice_weight: float = 0.0
     model_spec: ModelSpec | None = field(default=None, compare=False, repr=False)

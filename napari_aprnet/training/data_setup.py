@@ -9,6 +9,7 @@ from napari_aprnet.data import (
     FolderDataset,
     InputSpec,
     NucleiDataset,
+    NucleiParams,
     NucleiStream,
     SegmentationFolder,
     ShapeParams,
@@ -63,11 +64,12 @@ def _setup_segmentation(config: TrainConfig) -> _Data:
         if len(shape) != NUCLEI_DATASETS[config.data]:
             raise ValueError(f"{config.data} images have {NUCLEI_DATASETS[config.data]} dimensions, got image_shape "
                              f"{list(shape)}")
+        params = NucleiParams.from_dict(config.nuclei_params) if config.nuclei_params else None
         if config.streaming:
-            train_set, val_set = NucleiStream(config.seed, shape), None
-            tests = {"test": NucleiDataset(config.n_test, config.seed, shape, split=2)}
+            train_set, val_set = NucleiStream(config.seed, shape, params), None
+            tests = {"test": NucleiDataset(config.n_test, config.seed, shape, split=2, params=params)}
         else:
-            splits = make_nuclei_splits(config.n_train, config.n_val, config.n_test, config.seed, shape)
+            splits = make_nuclei_splits(config.n_train, config.n_val, config.n_test, config.seed, shape, params)
             train_set, val_set, tests = splits["train"], splits["val"], {"test": splits["test"]}
     else:
         root = _existing_folder(config, "a folder with images/ and masks/")
