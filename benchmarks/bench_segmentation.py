@@ -207,7 +207,7 @@ def _goals(rows: dict) -> list[str]:
 
 
 def write_table(rows: dict, cases, models) -> str:
-    cmd = "nice -n 19 .venv/bin/python benchmarks/bench_segmentation.py " + " ".join(sys.argv[1:])
+    cmd = ".venv/bin/python benchmarks/bench_segmentation.py " + " ".join(sys.argv[1:])
     lines = ["# Segmentation: APR_UNet vs Pix_UNet on synthetic nuclei", "",
              f"Machine: {_machine()}.", "",
              f"Command: `{cmd.strip()}`. Streaming training (fresh images every step), Adam lr {ARGS.lr}, "
