@@ -21,13 +21,20 @@ int ct_table_ok(const aprnet_cell_table *t) {
     return 1;
 }
 
-int ct_region_ok(const aprnet_cell_table *t, const int64_t *region) {
+int ct_region_ok(const int64_t n[3], const int64_t *region) {
     if (!region) return 0;
     for (int a = 0; a < 3; ++a) {
-        if (region[2 * a] < 0 || region[2 * a] > region[2 * a + 1] || region[2 * a + 1] > t->shape[a])
-            return 0;
+        if (region[2 * a] < 0 || region[2 * a] > region[2 * a + 1] || region[2 * a + 1] > n[a]) return 0;
     }
     return 1;
+}
+
+int64_t ct_find_cell(const aprnet_cell_table *t, int level, int64_t z, int64_t y, int64_t x) {
+    if (t->n == 0 || t->level_offsets[level] == t->level_offsets[level + 1]) return -1;
+    int64_t a, b;
+    ct_row_range(t, level, z, y, &a, &b);
+    int64_t i = ct_lower_bound_x(t, a, b, x);
+    return (i < b && ct_coord(t, i, 2) == x) ? i : -1;
 }
 
 /* dst[0 .. n) = the value v of vb bytes (typed stores for the common widths). */
@@ -64,7 +71,7 @@ static void fill_values(unsigned char *dst, const unsigned char *v, size_t vb, i
 
 int ct_paint(const aprnet_cell_table *t, const void *values, size_t value_bytes, const int64_t *region, void *out,
              const int32_t *cancel) {
-    if (!ct_table_ok(t) || !ct_region_ok(t, region) || value_bytes < 1 || !out || (t->n > 0 && !values))
+    if (!ct_table_ok(t) || !ct_region_ok(t->shape, region) || value_bytes < 1 || !out || (t->n > 0 && !values))
         return APRNET_ERR_ARG;
     const int64_t z0 = region[0], y0 = region[2], x0 = region[4], x1 = region[5];
     const int64_t ry = region[3] - region[2], rx = x1 - x0;

@@ -1,8 +1,9 @@
 /*
  * cell_table.h -- internal helpers on aprnet_cell_table (aprnet.h), shared by
  * the reconstruction (reconstruct/) and label (labels/) parts: table and
- * region checks, the row walk (row table, then binary search on x) and
- * painting one value per cell into a pixel region (cell_table.c).
+ * region checks, the row walk (row table, then binary search on x), cell
+ * lookup and painting one value per cell into a pixel region (cell_table.c).
+ * Not part of the public C API (aprnet.h) and not seen by cffi.
  */
 #ifndef APRNET_CELL_TABLE_H
 #define APRNET_CELL_TABLE_H
@@ -44,8 +45,12 @@ static inline int ct_cancelled(const int32_t *cancel) { return cancel && *(const
 /* 1 when the table's header fields are usable (the row table itself is trusted). */
 int ct_table_ok(const aprnet_cell_table *t);
 
-/* 1 when region (z0, z1, y0, y1, x0, x1) is a half-open box inside the table's image. */
-int ct_region_ok(const aprnet_cell_table *t, const int64_t *region);
+/* 1 when region (z0, z1, y0, y1, x0, x1) is a half-open box inside the grid n[3]
+ * (the table's image: t->shape; a coarser level's grid for reconstructions there). */
+int ct_region_ok(const int64_t n[3], const int64_t *region);
+
+/* Index of cell (level, z, y, x) in t, or -1. Coordinates must be inside the level grid. */
+int64_t ct_find_cell(const aprnet_cell_table *t, int level, int64_t z, int64_t y, int64_t x);
 
 /* Piecewise constant image of region: every pixel of the region gets the
  * value_bytes bytes of the cell covering it (values + i * value_bytes). out

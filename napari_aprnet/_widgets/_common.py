@@ -392,6 +392,30 @@ class BackgroundTask:
                 self.worker.resume()
 
 
+def load_checkpoint_in_background(task: BackgroundTask, field: Any, path: str | Path | None,
+                                  load: Callable[[Path], Any], on_return: Callable[[Any], None],
+                                  on_finish: Callable[[], None] | None = None, kind: str = "training"):
+    """Load checkpoint ``path`` (default: ``field``'s value) with ``load(path)`` in ``task``.
+
+    Says what is wrong (no such file, a task running) and returns None, else
+    puts the path in ``field`` and returns the worker.
+    """
+    path = Path(field.value if path is None else path)
+    if not path.is_file():
+        notify(f"checkpoint {str(path)!r} not found; pick a .pt file written by {kind}")
+        return None
+    field.value = path
+    if task.running:
+        notify("wait for the running task to finish", "warning")
+        return None
+
+    def job(*, cancel):
+        yield Progress(0, 1, f"loading {path.name}...")
+        return load(path)
+
+    return task.start(job, on_return=on_return, on_finish=on_finish)
+
+
 def task_widgets(name: str) -> tuple[ProgressBar, Label, PushButton]:
     """A progress bar, a status label and a cancel button for a :class:`BackgroundTask`."""
     progress = ProgressBar(value=0, min=0, max=1, label="progress")

@@ -13,6 +13,7 @@ from napari_aprnet._widgets._common import (
     bundled_shapes_checkpoint,
     find_widget,
     form,
+    load_checkpoint_in_background,
     notify,
     register_widget,
     row,
@@ -242,22 +243,13 @@ class AnnotateWidget(Container):
     # -------------------------------------------------------------- model
     def load_model(self, path: str | Path | None = None):
         """Load a classifier checkpoint in the background (then predictions are shown)."""
-        path = Path(self.checkpoint.value if path is None else path)
-        if not path.is_file():
-            notify(f"checkpoint {str(path)!r} not found; pick a .pt file written by training")
-            return None
-        self.checkpoint.value = path
-
-        def job(*, cancel):
+        def load(p):
             from napari_aprnet.training.predict import Classifier
 
-            yield Progress(0, 1, f"loading {path.name}...")
-            return Classifier.load(path)
+            return Classifier.load(p)
 
-        if self.task.running:
-            notify("wait for the running task to finish", "warning")
-            return None
-        return self.task.start(job, on_return=self._model_loaded, on_finish=self._predict)
+        return load_checkpoint_in_background(self.task, self.checkpoint, path, load, self._model_loaded,
+                                             self._predict)
 
     def _model_loaded(self, classifier) -> None:
         self.classifier = classifier

@@ -15,6 +15,7 @@ from napari_aprnet._widgets._common import (
     bundled_shapes_checkpoint,
     form,
     input_image_choices,
+    load_checkpoint_in_background,
     notify,
     refresh_choices_on_layer_change,
     register_widget,
@@ -167,22 +168,13 @@ class ClassifyWidget(Container):
 
     def load(self, path: str | Path | None = None):
         """Load a checkpoint in the background; return the worker or None."""
-        path = Path(self.checkpoint.value if path is None else path)
-        if not path.is_file():
-            notify(f"checkpoint {str(path)!r} not found; pick a .pt file written by training")
-            return None
-        self.checkpoint.value = path
-        if self.task.running:
-            notify("wait for the running task to finish", "warning")
-            return None
-
-        def job(*, cancel):
+        def load(p):
             from napari_aprnet.training.predict import Classifier
 
-            yield Progress(0, 1, f"loading {path.name}...")
-            return Classifier.load(path)
+            return Classifier.load(p)
 
-        return self.task.start(job, on_return=self._loaded, on_finish=self._classify_pending)
+        return load_checkpoint_in_background(self.task, self.checkpoint, path, load, self._loaded,
+                                             self._classify_pending)
 
     def _classify_pending(self) -> None:
         """After a load started by Classify: classify what was asked (the load task has ended)."""

@@ -16,6 +16,7 @@ from napari_aprnet._widgets._common import (
     form,
     image_from_layer,
     input_image_choices,
+    load_checkpoint_in_background,
     notify,
     refresh_choices_on_layer_change,
     register_widget,
@@ -120,22 +121,13 @@ class SegmentWidget(Container):
     # -------------------------------------------------------------- load
     def load(self, path: str | Path | None = None):
         """Load a segmentation checkpoint in the background; return the worker or None."""
-        path = Path(self.checkpoint.value if path is None else path)
-        if not path.is_file():
-            notify(f"checkpoint {str(path)!r} not found; pick a .pt file written by segmentation training")
-            return None
-        self.checkpoint.value = path
-        if self.task.running:
-            notify("wait for the running task to finish", "warning")
-            return None
-
-        def job(*, cancel):
+        def load(p):
             from napari_aprnet.training.segment import Segmenter
 
-            yield Progress(0, 1, f"loading {path.name}...")
-            return Segmenter.load(path)
+            return Segmenter.load(p)
 
-        return self.task.start(job, on_return=self._loaded, on_finish=self._segment_pending)
+        return load_checkpoint_in_background(self.task, self.checkpoint, path, load, self._loaded,
+                                             self._segment_pending, kind="segmentation training")
 
     def _loaded(self, segmenter) -> None:
         self.segmenter = segmenter

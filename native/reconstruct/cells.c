@@ -12,7 +12,7 @@
  * are independent; the result, the smallest index of a nested cell, does not
  * depend on the number of threads.
  */
-#include "rc_common.h"
+#include "cell_table.h"
 
 int aprnet_cells_check(const int64_t shape[3], int ndim, int level_max, int64_t n, const uint8_t *levels,
                        const int32_t *coords, int64_t *level_offsets, int64_t *volume, int64_t *bad,
@@ -36,7 +36,7 @@ int aprnet_cells_check(const int64_t shape[3], int ndim, int level_max, int64_t 
         const int sh = level_max - l;
         int64_t key = 0, cells = 1;
         for (int a = 3 - ndim; a < 3 && !why; ++a) {
-            const int64_t c = coords[i * ndim + a - (3 - ndim)], m = rc_cells_along(shape[a], sh);
+            const int64_t c = coords[i * ndim + a - (3 - ndim)], m = ct_cells_along(shape[a], sh);
             if (c < 0 || c >= m) why = 3;
             key = key * m + c;
             const int64_t lo = c << sh, hi = (c + 1) << sh;
@@ -61,19 +61,19 @@ int aprnet_cells_check(const int64_t shape[3], int ndim, int level_max, int64_t 
 /* Smallest index in row (level lb; zl, yl) of a cell inside a cell of a coarser level, or -1. */
 static int64_t nested_in_row(const aprnet_cell_table *t, int lb, int64_t zl, int64_t yl) {
     int64_t a, b;
-    rc_row_range(t, lb, zl, yl, &a, &b);
+    ct_row_range(t, lb, zl, yl, &a, &b);
     if (a == b) return -1;
     int64_t found = -1;
     for (int la = 0; la < lb; ++la) {
         if (t->level_offsets[la] == t->level_offsets[la + 1]) continue;
         const int s = lb - la;
         int64_t ca, cb;
-        rc_row_range(t, la, zl >> s, yl >> s, &ca, &cb);
-        int64_t i = rc_lower_bound_x(t, ca, cb, rc_coord(t, a, 2) >> s);
+        ct_row_range(t, la, zl >> s, yl >> s, &ca, &cb);
+        int64_t i = ct_lower_bound_x(t, ca, cb, ct_coord(t, a, 2) >> s);
         for (int64_t j = a; j < b && i < cb && (found < 0 || j < found); ++j) {
-            const int64_t ax = rc_coord(t, j, 2) >> s;
-            while (i < cb && rc_coord(t, i, 2) < ax) ++i;
-            if (i < cb && rc_coord(t, i, 2) == ax) {
+            const int64_t ax = ct_coord(t, j, 2) >> s;
+            while (i < cb && ct_coord(t, i, 2) < ax) ++i;
+            if (i < cb && ct_coord(t, i, 2) == ax) {
                 found = j;
                 break;
             }
@@ -83,18 +83,18 @@ static int64_t nested_in_row(const aprnet_cell_table *t, int lb, int64_t zl, int
 }
 
 int aprnet_cells_nested(const aprnet_cell_table *t, int64_t *first_nested, const int32_t *cancel) {
-    if (!rc_table_ok(t) || !first_nested) return APRNET_ERR_ARG;
+    if (!ct_table_ok(t) || !first_nested) return APRNET_ERR_ARG;
     *first_nested = -1;
     int64_t found = -1;
     int stop = 0;
     for (int lb = 1; lb <= t->level_max && !stop; ++lb) {
         if (t->level_offsets[lb] == t->level_offsets[lb + 1]) continue;
         const int sh = t->level_max - lb;
-        const int64_t ny = rc_cells_along(t->shape[1], sh), nrows = rc_cells_along(t->shape[0], sh) * ny;
+        const int64_t ny = ct_cells_along(t->shape[1], sh), nrows = ct_cells_along(t->shape[0], sh) * ny;
         #pragma omp parallel for schedule(dynamic, 256) if (nrows > 4096)
         for (int64_t r = 0; r < nrows; ++r) {
             if (stop) continue;
-            if (rc_cancelled(cancel)) {
+            if (ct_cancelled(cancel)) {
                 #pragma omp atomic write
                 stop = 1;
                 continue;

@@ -21,18 +21,21 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "rc_common.h"
+#include "cell_table.h"
+
+/* Below this many output values a call runs on one thread (thread start-up costs more). */
+#define PARALLEL_MIN_VALUES 65536
 
 /* Weight of cell c of level l inside its ancestor of level L along one axis
  * of n_pixels pixels (see the top of the file). */
 static double axis_weight(int64_t c, int l, int L, int64_t n_pixels, int lmax) {
     const int s = l - L;
-    if (((c >> s) + 1) << s <= rc_cells_along(n_pixels, lmax - l)) /* the ancestor is whole: every step halves */
+    if (((c >> s) + 1) << s <= ct_cells_along(n_pixels, lmax - l)) /* the ancestor is whole: every step halves */
         return 1.0 / (double)((int64_t)1 << s);
     double w = 1.0;
     for (int m = l - 1; m >= L; --m) {
         const int64_t a = c >> (l - m);
-        if (2 * a + 1 < rc_cells_along(n_pixels, lmax - m - 1)) w *= 0.5;
+        if (2 * a + 1 < ct_cells_along(n_pixels, lmax - m - 1)) w *= 0.5;
     }
     return w;
 }
@@ -57,9 +60,9 @@ static void fill_coarse(const const_job *j, int64_t zL, int64_t yL, float *orow)
         if (t->level_offsets[l] == t->level_offsets[l + 1]) continue;
         const int sh = j->level - l;
         int64_t a, b;
-        rc_row_range(t, l, zL >> sh, yL >> sh, &a, &b);
-        for (int64_t i = rc_lower_bound_x(t, a, b, j->x0 >> sh); i < b; ++i) {
-            const int64_t cx = rc_coord(t, i, 2);
+        ct_row_range(t, l, zL >> sh, yL >> sh, &a, &b);
+        for (int64_t i = ct_lower_bound_x(t, a, b, j->x0 >> sh); i < b; ++i) {
+            const int64_t cx = ct_coord(t, i, 2);
             int64_t xs = cx << sh, xe = (cx + 1) << sh;
             if (xs >= j->x1) break;
             if (xs < j->x0) xs = j->x0;
@@ -79,7 +82,7 @@ static void reduce_fine(const const_job *j, int64_t zL, int64_t yL, double *acc,
         if (t->level_offsets[l] == t->level_offsets[l + 1]) continue;
         const int s = l - L;
         int64_t zend = (zL + 1) << s, yend = (yL + 1) << s;
-        const int64_t nz = rc_cells_along(t->shape[0], lmax - l), ny = rc_cells_along(t->shape[1], lmax - l);
+        const int64_t nz = ct_cells_along(t->shape[0], lmax - l), ny = ct_cells_along(t->shape[1], lmax - l);
         if (zend > nz) zend = nz;
         if (yend > ny) yend = ny;
         for (int64_t zl = zL << s; zl < zend; ++zl) {
@@ -87,9 +90,9 @@ static void reduce_fine(const const_job *j, int64_t zL, int64_t yL, double *acc,
             for (int64_t yl = yL << s; yl < yend; ++yl) {
                 const double wzy = wz * axis_weight(yl, l, L, t->shape[1], lmax);
                 int64_t a, b;
-                rc_row_range(t, l, zl, yl, &a, &b);
-                for (int64_t i = rc_lower_bound_x(t, a, b, j->x0 << s); i < b; ++i) {
-                    const int64_t cx = rc_coord(t, i, 2), xL = cx >> s;
+                ct_row_range(t, l, zl, yl, &a, &b);
+                for (int64_t i = ct_lower_bound_x(t, a, b, j->x0 << s); i < b; ++i) {
+                    const int64_t cx = ct_coord(t, i, 2), xL = cx >> s;
                     if (xL >= j->x1) break;
                     if ((xL - j->x0) % j->sx) continue;
                     const int64_t k = (xL - j->x0) / j->sx;
@@ -114,14 +117,14 @@ static void reduce_fine(const const_job *j, int64_t zL, int64_t yL, double *acc,
 int aprnet_reconstruct_constant(const aprnet_cell_table *parts, const float *values, int64_t nch, int level,
                                 int reduce, const int64_t *region, const int64_t *step, float *out,
                                 const int32_t *cancel) {
-    if (!rc_table_ok(parts) || nch < 1 || !out || level < 0 || level > parts->level_max)
+    if (!ct_table_ok(parts) || nch < 1 || !out || level < 0 || level > parts->level_max)
         return APRNET_ERR_ARG;
     if ((reduce != APRNET_REDUCE_MEAN && reduce != APRNET_REDUCE_MAX) || (!values && nch != 1))
         return APRNET_ERR_ARG;
     const int sh = parts->level_max - level;
-    const int64_t grid[3] = {rc_cells_along(parts->shape[0], sh), rc_cells_along(parts->shape[1], sh),
-                             rc_cells_along(parts->shape[2], sh)};
-    if (!rc_region_ok(grid, region)) return APRNET_ERR_ARG;
+    const int64_t grid[3] = {ct_cells_along(parts->shape[0], sh), ct_cells_along(parts->shape[1], sh),
+                             ct_cells_along(parts->shape[2], sh)};
+    if (!ct_region_ok(grid, region)) return APRNET_ERR_ARG;
     int64_t st[3] = {1, 1, 1}, cnt[3];
     for (int a = 0; a < 3; ++a) {
         if (step) st[a] = step[a];
@@ -135,7 +138,7 @@ int aprnet_reconstruct_constant(const aprnet_cell_table *parts, const float *val
     const int fine = level < parts->level_max && parts->level_offsets[level + 1] < parts->n;
     int stop = 0, nomem = 0;
 
-    #pragma omp parallel if (nrows * ox * nch > RC_PARALLEL_MIN)
+    #pragma omp parallel if (nrows * ox * nch > PARALLEL_MIN_VALUES)
     {
         double *acc = fine ? malloc((size_t)(ox * nch) * sizeof(double)) : NULL;
         double *wsum = fine ? malloc((size_t)ox * sizeof(double)) : NULL;
@@ -146,7 +149,7 @@ int aprnet_reconstruct_constant(const aprnet_cell_table *parts, const float *val
         #pragma omp for schedule(static)
         for (int64_t r = 0; r < nrows; ++r) {
             if (stop || nomem) continue;
-            if (rc_cancelled(cancel)) {
+            if (ct_cancelled(cancel)) {
                 #pragma omp atomic write
                 stop = 1;
                 continue;

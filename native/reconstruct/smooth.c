@@ -20,7 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "rc_common.h"
+#include "cell_table.h"
 
 /* ---- smooth ---------------------------------------------------------- */
 
@@ -67,7 +67,7 @@ static void collect(const aprnet_cell_table *parts, const aprnet_cell_table *tre
         d2 += gap * gap;
     }
     if (d2 >= q->reach * q->reach) return;
-    int64_t i = rc_find_cell(parts, level, cz[0], cz[1], cz[2]);
+    int64_t i = ct_find_cell(parts, level, cz[0], cz[1], cz[2]);
     if (i >= 0) {
         candidate c;
         for (int a = 0; a < 3; ++a) c.c[a] = 0.5 * (lo[a] + hi[a]);
@@ -75,10 +75,10 @@ static void collect(const aprnet_cell_table *parts, const aprnet_cell_table *tre
         push(buf, &c);
         return;
     }
-    if (level >= parts->level_max || rc_find_cell(tree, level, cz[0], cz[1], cz[2]) < 0) return;
+    if (level >= parts->level_max || ct_find_cell(tree, level, cz[0], cz[1], cz[2]) < 0) return;
     const int child_sh = sh - 1;
     int64_t n[3];
-    for (int a = 0; a < 3; ++a) n[a] = rc_cells_along(parts->shape[a], child_sh);
+    for (int a = 0; a < 3; ++a) n[a] = ct_cells_along(parts->shape[a], child_sh);
     for (int dz = 0; dz < 2; ++dz)
         for (int dy = 0; dy < 2; ++dy)
             for (int dx = 0; dx < 2; ++dx) {
@@ -158,7 +158,7 @@ static int smooth_cell_part(const aprnet_cell_table *parts, const aprnet_cell_ta
 int aprnet_reconstruct_smooth(const aprnet_cell_table *parts, const aprnet_cell_table *tree,
                               const float *values, int64_t nch, const int64_t *region, float *out,
                               const int32_t *cancel) {
-    if (!rc_table_ok(parts) || !rc_table_ok(tree) || !rc_region_ok(parts->shape, region) || nch < 1 || !out ||
+    if (!ct_table_ok(parts) || !ct_table_ok(tree) || !ct_region_ok(parts->shape, region) || nch < 1 || !out ||
         (parts->n > 0 && !values))
         return APRNET_ERR_ARG;
     if (tree->level_max != parts->level_max || tree->ndim != parts->ndim ||
@@ -185,7 +185,7 @@ int aprnet_reconstruct_smooth(const aprnet_cell_table *parts, const aprnet_cell_
         #pragma omp for schedule(dynamic, 1)
         for (int64_t b = 0; b < nslabs; ++b) {
             if (stop || nomem) continue;
-            if (rc_cancelled(cancel)) {
+            if (ct_cancelled(cancel)) {
                 #pragma omp atomic write
                 stop = 1;
                 continue;
@@ -203,9 +203,9 @@ int aprnet_reconstruct_smooth(const aprnet_cell_table *parts, const aprnet_cell_
                 for (int64_t zl = zs >> sh; zl <= (ze - 1) >> sh && !failed; ++zl)
                     for (int64_t yl = ys >> sh; yl <= (ye - 1) >> sh && !failed; ++yl) {
                         int64_t a, e;
-                        rc_row_range(parts, l, zl, yl, &a, &e);
-                        for (int64_t i = rc_lower_bound_x(parts, a, e, x0 >> sh); i < e; ++i) {
-                            const int64_t cx = rc_coord(parts, i, 2);
+                        ct_row_range(parts, l, zl, yl, &a, &e);
+                        for (int64_t i = ct_lower_bound_x(parts, a, e, x0 >> sh); i < e; ++i) {
+                            const int64_t cx = ct_coord(parts, i, 2);
                             int64_t lo[3] = {zl << sh, yl << sh, cx << sh};
                             int64_t hi[3] = {(zl + 1) << sh, (yl + 1) << sh, (cx + 1) << sh};
                             if (lo[2] >= x1) break;
