@@ -128,3 +128,11 @@ def test_score_and_tally_on_the_pixel_grid(items, n_classes):
     assert res.accuracy == pytest.approx(np.trace(confusion) / confusion.sum()) and res.n == 2
     assert res.loss == pytest.approx(float(task.loss(logits, targets)))
     assert 0 < res.iou < 1 and res.score == res.iou
+
+
+def test_targets_move_to_a_device(items):
+    task = SegmentationTask(2)
+    targets = task.targets([task.item_target(mask, apr) for apr, mask in items])
+    moved = targets.to("meta")
+    assert moved.classes.device.type == "meta" and moved.weights.device.type == "meta"
+    assert moved.masks is targets.masks and moved.structures is targets.structures and len(moved) == 2

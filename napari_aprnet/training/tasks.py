@@ -161,6 +161,11 @@ class SegmentationTargets:
     def __len__(self) -> int:
         return len(self.masks)
 
+    def to(self, device) -> "SegmentationTargets":
+        """The targets with ``classes`` and ``weights`` on ``device`` (masks and structures stay on the host)."""
+        weights = None if self.weights is None else self.weights.to(device)
+        return SegmentationTargets(self.classes.to(device), weights, self.masks, self.structures)
+
 
 class SegmentationTask:
     """A class per particle (APR networks, logits ``(N_total, n_classes)``) or per pixel (``(B, n_classes, ...)``).
@@ -237,7 +242,7 @@ class SegmentationTask:
     def score(self, outputs: torch.Tensor, targets: SegmentationTargets) -> float:
         logits, classes, weights = self._flat(outputs.detach(), targets)
         pred, truth = logits.argmax(1) > 0, classes > 0
-        w = torch.ones(len(pred), dtype=torch.float64) if weights is None else weights.double()
+        w = torch.ones(len(pred), dtype=torch.float64, device=pred.device) if weights is None else weights.double()
         union = float(w[pred | truth].sum())
         return 1.0 if union == 0 else float(w[pred & truth].sum()) / union
 
