@@ -9,9 +9,12 @@
 #   PYTHON       a python3 whose torch sees the GPU (default: python3 if it does, else a CUDA torch wheel
 #                is installed into .venv-gpu from TORCH_INDEX)
 #   TORCH_INDEX  wheel index of CUDA torch builds (default https://download.pytorch.org/whl/cu126)
-#   WHEELS       a folder of wheels for machines without internet (cffi, pycparser, hdf5plugin, ...:
-#                `pip download --only-binary=:all: -d WHEELS cffi pycparser hdf5plugin` on a connected
-#                machine, for the GPU machine's Python version)
+#   WHEELS       a folder of wheels for machines without internet (what the script says is missing, e.g.
+#                cffi, pycparser, hdf5plugin): on a connected machine, for the GPU machine's Python
+#                (here 3.12): `pip download --no-deps --only-binary=:all: --python-version 3.12
+#                --platform manylinux2014_x86_64 -d WHEELS cffi pycparser hdf5plugin`
+# Without a Python whose torch sees the GPU it makes .venv-gpu with a CUDA torch wheel (needs internet).
+# The other needs go to .gpu-deps/ (pip --target) and the C library is compiled in place.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -37,16 +40,17 @@ if ! has_cuda "$PY"; then
     PY=.venv-gpu/bin/python
     if ! has_cuda "$PY"; then
         "$PY" -m pip install -q "torch" --index-url "${TORCH_INDEX:-https://download.pytorch.org/whl/cu126}"
+        "$PY" -m pip install -q numpy cffi pycparser h5py hdf5plugin tifffile imageio pytest setuptools
     fi
 fi
 has_cuda "$PY" || { echo "gpu_check: $PY has no torch that sees the GPU" >&2; exit 2; }
-# this package and its needs, next to the CUDA torch (never replacing it)
-VENV=.venv-gpu-pkg
-[ -x "$VENV/bin/python" ] || "$PY" -m venv --system-site-packages "$VENV"
-VPY="$VENV/bin/python"
+# this package's other needs go to a folder of their own, next to the CUDA torch (never replacing it);
+# the C library is compiled in place (python native/build_ffi.py)
+DEPS="$ROOT/.gpu-deps"
+export PYTHONPATH="$ROOT:$DEPS${PYTHONPATH:+:$PYTHONPATH}"
 PIP_SOURCE=()
 [ -n "${WHEELS:-}" ] && PIP_SOURCE=(--no-index --find-links "$WHEELS")
-missing=$("$VPY" - <<'EOF'
+missing=$("$PY" - <<'EOF'
 import importlib.util
 need = {"cffi": "cffi", "pycparser": "pycparser", "numpy": "numpy", "h5py": "h5py", "hdf5plugin": "hdf5plugin",
         "tifffile": "tifffile", "imageio": "imageio", "pytest": "pytest", "setuptools": "setuptools"}
@@ -54,12 +58,11 @@ print(" ".join(pkg for mod, pkg in need.items() if importlib.util.find_spec(mod)
 EOF
 )
 if [ -n "$missing" ]; then
-    echo "installing: $missing"
-    "$VPY" -m pip install -q "${PIP_SOURCE[@]}" $missing
+    echo "installing into $DEPS: $missing"
+    "$PY" -m pip install -q --target "$DEPS" "${PIP_SOURCE[@]}" $missing
 fi
-"$VPY" -m pip install -q --no-deps --no-build-isolation -e . >"$LOGS/install.log" 2>&1 || {
-    cat "$LOGS/install.log" >&2; exit 1; }
-"$VPY" - <<'EOF'
+"$PY" native/build_ffi.py >"$LOGS/build.log" 2>&1 || { cat "$LOGS/build.log" >&2; exit 1; }
+"$PY" - <<'EOF'
 import torch, napari_aprnet
 print(f"torch {torch.__version__}, CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}, "
       f"{torch.cuda.get_device_name(0)}; napari_aprnet {napari_aprnet.__version__}")
@@ -67,15 +70,15 @@ EOF
 
 status=0
 step "CUDA tests"
-"$VPY" -m pytest -q -rs -p no:xvfb -p no:cacheprovider -m "not gui" tests/test_cuda.py \
+"$PY" -m pytest -q -rs -p no:xvfb -p no:cacheprovider -m "not gui" tests/test_cuda.py \
     "tests/test_nn_conv.py::test_cuda_matches_cpu" 2>&1 | tee "$LOGS/tests.log" || status=1
 
 THREADS=$(nproc)
 step "layers: APR on the GPU vs cuDNN"
-"$VPY" benchmarks/bench_layers.py --device cuda --threads "$THREADS" ${QUICK:+--quick} \
+"$PY" benchmarks/bench_layers.py --device cuda --threads "$THREADS" ${QUICK:+--quick} \
     2>&1 | tee "$LOGS/bench_layers.log" || status=1
 step "training step: APR_B vs Pix_B on the GPU (plans, conversion and GPU compute apart)"
-"$VPY" benchmarks/bench_train_step.py --device cuda --threads "$THREADS" --steps "$STEPS" \
+"$PY" benchmarks/bench_train_step.py --device cuda --threads "$THREADS" --steps "$STEPS" \
     2>&1 | tee "$LOGS/bench_train_step.log" || status=1
 
 if [ -n "${OUT:-}" ]; then

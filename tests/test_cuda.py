@@ -17,12 +17,14 @@ import contextlib
 import pytest
 import torch
 from conftest import random_structure
+from test_distributed import _assert_same_weights
 
 from napari_aprnet.models import build_model
 from napari_aprnet.nn import APRBatch, APRBatchNorm, APRConv, APRGlobalAvgPool, APRMaxPool, APRSpatialDropout, _backend
 from napari_aprnet.nn._backend import TORCH_OPS, ops_for
 from napari_aprnet.nn.functional import apr_conv
-from napari_aprnet.training import TrainConfig, train
+from napari_aprnet.training import TrainConfig, run_training, train
+from napari_aprnet.training.checkpoint import load_checkpoint
 
 NO_CUDA = "needs a CUDA GPU (torch.cuda.is_available() is False); scripts/gpu_check.sh runs these on a GPU machine"
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason=NO_CUDA)
@@ -149,3 +151,12 @@ def test_network_forward_equals_cpu(target):
     with context():
         y = model.to(device)(batch.to(device))
     torch.testing.assert_close(y.cpu(), y_cpu, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA GPUs (NCCL gives each process its own)")
+def test_two_gpu_processes_equal_one(tmp_path):
+    """Data parallel over NCCL: 2 GPU processes take the steps of 1 GPU process (weights within 1e-4)."""
+    config = TrainConfig(model="APR_B", steps=5, batch_size=7, size=64, width=0.25, bn_batches=2, seed=1)
+    one = run_training(config, tmp_path / "one", device="cuda")
+    two = run_training(config, tmp_path / "two", device="cuda", nproc=2)
+    _assert_same_weights(load_checkpoint(one.checkpoint)["state_dict"], load_checkpoint(two.checkpoint)["state_dict"])

@@ -78,7 +78,7 @@ def _limit_threads(nproc: int) -> None:
 
 
 def _error_message(exc: BaseException) -> tuple[str, Any]:
-    """(text, picklable exception or None) describing a failure of a rank."""
+    """(text, the pickled exception or None) describing a failure of a rank."""
     text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     try:
         return text, _pack(exc)
@@ -124,7 +124,10 @@ def _failure(rank: int, nproc: int, detail: tuple[str, Any] | None, exitcode: in
 
 
 def _check_ended(procs, done: set, ended_at: dict) -> None:
-    """Raise for a process that ended over a second ago without reporting its end (killed, crashed)."""
+    """Raise for a process that ended over a second ago without reporting its end (killed, crashed).
+
+    Called only while no message is waiting: a report may sit behind events the consumer has not taken yet.
+    """
     now = time.monotonic()
     for rank, p in enumerate(procs):
         if rank in done or p.exitcode is None:
@@ -142,9 +145,9 @@ def _relay(procs, channel: _Channel, should_stop: Callable[[], bool]) -> Iterato
         try:
             if should_stop():
                 channel.stop.set()
-            _check_ended(procs, done, ended_at)
             kind, rank, payload = channel.queue.get(timeout=_POLL_S)
         except queue_module.Empty:
+            _check_ended(procs, done, ended_at)
             continue
         except KeyboardInterrupt:  # first Ctrl-C: stop cleanly (the ranks save); second: abort
             if interrupted:
@@ -177,7 +180,8 @@ def _shutdown(procs, channel: _Channel, grace: float) -> None:
             if p.is_alive():
                 p.kill()
         for p in procs:
-            p.join(timeout=10)
+            if p.pid is not None:  # started
+                p.join(timeout=10)
 
 
 def launch(body: Callable[..., Iterator], args: tuple, nproc: int, *, device: str | None = None,
