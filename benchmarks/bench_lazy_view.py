@@ -88,6 +88,7 @@ def _child_lazy(path: str, levels: dict, n_changes: int) -> dict:
     out["slice_bytes"] = int(np.prod(apr.shape[1:])) * 5  # float32 plane + uint8 level plane
     out["view3d_s"], _ = _timed(lambda: (np.asarray(recon[-1]), np.asarray(lmap[-1])))
     out["coarsest_shape"] = recon[-1].shape
+    out["cache_bytes"] = recon[0]._source.cache.nbytes + lmap[0]._source.cache.nbytes
     out["peak_rss"] = _peak()
     return out
 
@@ -146,8 +147,9 @@ def _table(rows: list[dict], meta: dict) -> str:
         f"{meta['period']}, radius {meta['radius']}), read from an `.apr` file in a fresh process.",
         "",
         "| volume | particles | particle data (MiB) | method | open file (s) | first picture (s) | "
-        "slice change median / max (s) | 3D view, coarsest level (s) | peak RSS (MiB) | RSS over imports (MiB) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "slice change median / max (s) | 3D view, coarsest level (s) | peak RSS (MiB) | RSS over imports (MiB) | "
+        "of which tile caches (MiB) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         shape = "x".join(map(str, r["shape"]))
@@ -163,12 +165,15 @@ def _table(rows: list[dict], meta: dict) -> str:
             view3d = "(full volume in memory)"
         lines.append(f"| {shape} | {r['particles']:,} | {_mib(r['particle_bytes'])} | {method} | {r['load_s']:.2f} | "
                      f"{first} | {np.median(changes):.4f} / {max(changes):.4f} | {view3d} | "
-                     f"{_mib(r['peak_rss'])} | {_mib(r['peak_rss'] - r['base_rss'])} |")
+                     f"{_mib(r['peak_rss'])} | {_mib(r['peak_rss'] - r['base_rss'])} | "
+                     f"{_mib(r['cache_bytes']) if 'cache_bytes' in r else '-'} |")
     lines += ["", "First picture: after opening the file, both layers' thumbnails (a plane of the coarsest level) and "
               "the middle plane at the level napari picks for the canvas. Slice change: one full-resolution plane "
               "of the reconstruction and of the level map (random planes, not cached before). "
               "The whole reconstruction is measured on the smaller volume when the big one would not fit in memory "
-              "beside the other jobs; its 'slice change' is copying a plane out of the reconstructed volume."]
+              "beside the other jobs; its 'slice change' is copying a plane out of the reconstructed volume. "
+              "RSS over imports: the particle data, their row tables, h5py, the slices being read and the tile "
+              "caches (64 MiB at most per layer, recently read planes kept for going back)."]
     return "\n".join(lines) + "\n"
 
 

@@ -25,7 +25,8 @@ particles (an interior tree node) shows the APR tree's value:
   particles of levels ``<= L`` plus the tree nodes of level ``L`` carrying
   their tree means (built once per level, on first use).
 
-Indexing returns a numpy array, as numpy would, unless the selection holds
+Indexing returns a numpy array, as numpy's would (read-only: it may be
+shared with a small cache of recently read regions), unless the selection holds
 more than ``eager_values`` values: then it returns a lazy view of the
 selection (as napari's multiscale slicing first cuts a tile across all
 planes and then picks one). ``numpy.asarray`` of a view larger than
@@ -33,6 +34,7 @@ planes and then picks one). ``numpy.asarray`` of a view larger than
 """
 from __future__ import annotations
 
+import itertools
 import math
 import threading
 from collections import OrderedDict
@@ -186,6 +188,9 @@ class _LazyArray:
 
 # ----- one APR ----------------------------------------------------------------
 
+_SOURCE_KEYS = itertools.count()
+
+
 class _Source:
     """What a lazy reconstruction reads: an APR at one grid level in one mode, and a tile cache."""
 
@@ -195,10 +200,11 @@ class _Source:
         self.shape = level_shape(structure.shape, structure.level_max, level)
         self._derived: tuple | None = None
         self._lock = threading.Lock()
+        self._key = next(_SOURCE_KEYS)  # unique for the life of the process (an id() can be reused)
 
     def read(self, region: tuple, step: tuple) -> np.ndarray:
         """Cells of ``region`` (per axis (start, stop)) every ``step`` cells, channels last (cached)."""
-        key = (id(self), region, step)
+        key = (self._key, region, step)
         out = self.cache.get(key)
         if out is None:
             structure, values, level = self.structure, self.values, self.level
