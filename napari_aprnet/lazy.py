@@ -25,6 +25,8 @@ particles (an interior tree node) shows the APR tree's value:
   particles of levels ``<= L`` plus the tree nodes of level ``L`` carrying
   their tree means (built once per level, on first use).
 
+Making a view builds the APR's row tables (once per APR, linear in the
+particles; a file reader has built them already while checking the file).
 Indexing returns a numpy array, as numpy's would (read-only: it may be
 shared with a small cache of recently read regions), unless the selection holds
 more than ``eager_values`` values: then it returns a lazy view of the
@@ -201,6 +203,11 @@ class _Source:
         self._derived: tuple | None = None
         self._lock = threading.Lock()
         self._key = next(_SOURCE_KEYS)  # unique for the life of the process (an id() can be reused)
+        # the row tables, once per APR (cached on the structure): built now, typically in a worker,
+        # not on napari's first slice
+        _native.particle_table(structure)
+        if mode == "smooth" and level == structure.level_max:
+            _native.tree_table(structure)
 
     def read(self, region: tuple, step: tuple) -> np.ndarray:
         """Cells of ``region`` (per axis (start, stop)) every ``step`` cells, channels last (cached)."""
