@@ -12,14 +12,14 @@ child processes then:
   pyramids as the reader does, then ask for what napari asks for its first
   picture of a 3D layer shown in 2D (for both layers: the thumbnail, a plane
   of the coarsest level, and the middle plane at the level napari picks for
-  a 2048 and a 1024 pixel canvas, with napari's ``compute_multiscale_level``),
+  a 2048 and a 1000 pixel canvas, with napari's ``compute_multiscale_level``),
   then slice changes at full resolution (random planes, both layers), and
   the coarsest level whole (napari's 3D view);
 - ``whole``: open the file and reconstruct the whole volume (constant and
   level map), what the reader did before; on a smaller volume when the big
   one would not fit in memory (``--whole-shape``).
 
-Each child reports wall times and its peak RSS (``ru_maxrss``) and its RSS
+Each child reports wall times and its peak RSS (``VmHWM``) and its RSS
 after imports; memory is compared with the particle data (values, levels
 and coordinates: 17 bytes per particle). Writes a markdown table.
 """
@@ -29,7 +29,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -38,6 +37,9 @@ from pathlib import Path
 
 import numpy as np
 
+#: Canvas sides (pixels) of the first pictures; napari shows a coarser level only when the plane is
+#: more than twice the canvas (a 2048 plane: level 0 on 2048 and 1024, level 1 on 1000).
+CANVASES = (2048, 1000)
 GOALS = "first picture < 2 s, slice change < 0.3 s, memory < particle data + a few slices"
 
 
@@ -47,7 +49,9 @@ def _rss() -> int:
 
 
 def _peak() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    """Peak RSS of this process (VmHWM: unlike ru_maxrss it is not inherited from the parent at exec)."""
+    with open("/proc/self/status") as fh:
+        return next(int(line.split()[1]) * 1024 for line in fh if line.startswith("VmHWM"))
 
 
 def _timed(fn):
@@ -84,6 +88,7 @@ def _child_lazy(path: str, levels: dict, n_changes: int) -> dict:
     out["slice_bytes"] = int(np.prod(apr.shape[1:])) * 5  # float32 plane + uint8 level plane
     out["view3d_s"], _ = _timed(lambda: (np.asarray(recon[-1]), np.asarray(lmap[-1])))
     out["coarsest_shape"] = recon[-1].shape
+    out["cache_bytes"] = recon[0]._source.cache.nbytes + lmap[0]._source.cache.nbytes
     out["peak_rss"] = _peak()
     return out
 
@@ -109,7 +114,7 @@ def _make_file(shape, path: Path, period: int, radius: float) -> dict:
 
 
 def _napari_levels(shape, n_levels: int) -> dict:
-    """The pyramid level napari shows first for a full-plane view on 2048 and 1024 pixel canvases."""
+    """The pyramid level napari shows first for a full-plane view on square canvases of CANVASES pixels."""
     from napari.layers.utils.layer_utils import compute_multiscale_level
 
     from napari_aprnet.structure import level_max_for_shape, level_shape
@@ -117,7 +122,7 @@ def _napari_levels(shape, n_levels: int) -> dict:
     lmax = level_max_for_shape(shape)
     shapes = np.array([level_shape(shape, lmax, lmax - k)[1:] for k in range(n_levels)], dtype=float)
     factors = shapes[0] / shapes
-    return {c: int(compute_multiscale_level(shapes[0], np.array([c, c]), factors)) for c in (2048, 1024)}
+    return {c: int(compute_multiscale_level(shapes[0], np.array([c, c]), factors)) for c in CANVASES}
 
 
 def _run_child(args: list[str]) -> dict:
@@ -142,15 +147,16 @@ def _table(rows: list[dict], meta: dict) -> str:
         f"{meta['period']}, radius {meta['radius']}), read from an `.apr` file in a fresh process.",
         "",
         "| volume | particles | particle data (MiB) | method | open file (s) | first picture (s) | "
-        "slice change median / max (s) | 3D view, coarsest level (s) | peak RSS (MiB) | RSS over imports (MiB) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "slice change median / max (s) | 3D view, coarsest level (s) | peak RSS (MiB) | RSS over imports (MiB) | "
+        "of which tile caches (MiB) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         shape = "x".join(map(str, r["shape"]))
         changes = r["slice_change_s"]
         if r["method"] == "lazy":
             first = "; ".join(f"{r[f'first_picture_s_canvas{c}'] + r['pyramid_s']:.3f} (canvas {c}, level "
-                              f"{r[f'level_canvas{c}']})" for c in (2048, 1024))
+                              f"{r[f'level_canvas{c}']})" for c in CANVASES)
             method = f"lazy pyramid ({r['n_levels']} levels)"
             view3d = f"{r['view3d_s']:.2f} ({'x'.join(map(str, r['coarsest_shape']))})"
         else:
@@ -159,12 +165,15 @@ def _table(rows: list[dict], meta: dict) -> str:
             view3d = "(full volume in memory)"
         lines.append(f"| {shape} | {r['particles']:,} | {_mib(r['particle_bytes'])} | {method} | {r['load_s']:.2f} | "
                      f"{first} | {np.median(changes):.4f} / {max(changes):.4f} | {view3d} | "
-                     f"{_mib(r['peak_rss'])} | {_mib(r['peak_rss'] - r['base_rss'])} |")
+                     f"{_mib(r['peak_rss'])} | {_mib(r['peak_rss'] - r['base_rss'])} | "
+                     f"{_mib(r['cache_bytes']) if 'cache_bytes' in r else '-'} |")
     lines += ["", "First picture: after opening the file, both layers' thumbnails (a plane of the coarsest level) and "
               "the middle plane at the level napari picks for the canvas. Slice change: one full-resolution plane "
               "of the reconstruction and of the level map (random planes, not cached before). "
               "The whole reconstruction is measured on the smaller volume when the big one would not fit in memory "
-              "beside the other jobs; its 'slice change' is copying a plane out of the reconstructed volume."]
+              "beside the other jobs; its 'slice change' is copying a plane out of the reconstructed volume. "
+              "RSS over imports: the particle data, their row tables, h5py, the slices being read and the tile "
+              "caches (64 MiB at most per layer, recently read planes kept for going back)."]
     return "\n".join(lines) + "\n"
 
 

@@ -12,6 +12,8 @@ PY=.venv/bin/python
 $PY benchmarks/bench_convert.py
 $PY benchmarks/bench_reconstruct.py
 $PY benchmarks/bench_layers.py
+$PY benchmarks/bench_lazy_view.py
+xvfb-run -a -s "-screen 0 1600x1000x24" $PY benchmarks/bench_gui_freeze.py --markdown benchmarks/results/gui_freeze.md
 $PY benchmarks/bench_train_step.py --steps 9
 $PY benchmarks/bench_train_step.py --steps 9 --tune-malloc
 $PY benchmarks/bench_distributed.py --threads 2 --nproc 2

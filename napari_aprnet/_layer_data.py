@@ -89,9 +89,9 @@ def particle_cells(apr) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return centres, step[:, 0], levels
 
 
-def use_lazy(apr, n_images: int = 1) -> bool:
-    """True when ``n_images`` reconstructions of ``apr`` (all channels) exceed :data:`LAZY_PIXELS` values."""
-    return int(apr.structure.n_pixels) * int(apr.n_channels) * int(n_images) > LAZY_PIXELS
+def use_lazy(apr) -> bool:
+    """True when the reconstruction of ``apr`` (all channels) has more than :data:`LAZY_PIXELS` values."""
+    return int(apr.structure.n_pixels) * int(apr.n_channels) > LAZY_PIXELS
 
 
 def apr_layer_data(apr, name: str = "image", *, mode: str = "constant", source: str | None = None,
@@ -154,9 +154,8 @@ def lazy_layer_data(aprs, name: str = "image", *, meta: dict, lead_shape: tuple[
     recon = pyramid_data(stacked_pyramid(aprs, lead_shape, mode))
     level_map = pyramid_data(stacked_pyramid(aprs, lead_shape, "level"))
     kwargs = dict(layer_kwargs)
-    values = np.concatenate([np.asarray(a.values).reshape(-1) for a in aprs])
-    if "contrast_limits" not in kwargs and aprs[0].n_channels == 1 and len(values):
-        lo, hi = float(values.min()), float(values.max())
+    if "contrast_limits" not in kwargs and aprs[0].n_channels == 1:
+        lo, hi = min(float(np.min(a.values)) for a in aprs), max(float(np.max(a.values)) for a in aprs)
         kwargs["contrast_limits"] = (lo, hi if hi > lo else lo + 1.0)
     return _layer_tuples(aprs[0], name, {**meta, "lazy": True}, recon, level_map, level_map_beside, kwargs)
 

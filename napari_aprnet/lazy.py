@@ -25,14 +25,21 @@ particles (an interior tree node) shows the APR tree's value:
   particles of levels ``<= L`` plus the tree nodes of level ``L`` carrying
   their tree means (built once per level, on first use).
 
-Indexing returns a numpy array, as numpy would, unless the selection holds
-more than ``eager_values`` values: then it returns a lazy view of the
-selection (as napari's multiscale slicing first cuts a tile across all
-planes and then picks one). ``numpy.asarray`` of a view larger than
-``max_values`` raises :class:`MemoryError` instead of reconstructing it.
+Making a view builds the APR's row tables (once per APR, linear in the
+particles; a file reader has built them already while checking the file).
+Slicing (slices only, with any steps) gives a lazy view of the selection,
+as numpy slicing gives a view: nothing is read. napari's multiscale slicing
+relies on this: it first cuts a tile across all planes, then picks one. A
+selection with an integer index (a plane, a row, a value) is read and
+returned as a numpy array, unless it holds more than ``eager_values`` values
+(then it stays lazy too). ``numpy.asarray`` reads any view, except one larger
+than ``max_values``: that raises :class:`MemoryError` instead. Arrays read
+are read-only (they may be shared with a small cache of recently read
+regions).
 """
 from __future__ import annotations
 
+import itertools
 import math
 import threading
 from collections import OrderedDict
@@ -47,7 +54,7 @@ from napari_aprnet.structure import APRStructure, level_shape
 __all__ = ["LazyReconstruction", "LazyStack", "TileCache", "apr_pyramid", "pyramid_depth", "stacked_pyramid"]
 
 MODES = ("constant", "smooth", "level")
-#: Selections up to this many values are returned as numpy arrays (larger ones as lazy views).
+#: Selections with an integer index up to this many values are read at once (larger ones stay lazy).
 EAGER_VALUES = 1 << 24
 #: ``numpy.asarray`` refuses views larger than this (1 GiB of float32).
 MAX_VALUES = 1 << 28
@@ -163,8 +170,10 @@ class _LazyArray:
         return self.shape[0]
 
     def __getitem__(self, key):
-        view = self._select(_expand_key(key, self.ndim))
-        if isinstance(view, _LazyArray) and view.size > self.eager_values:
+        items = _expand_key(key, self.ndim)
+        view = self._select(items)
+        if isinstance(view, _LazyArray) and (all(isinstance(k, slice) for k in items)
+                                             or view.size > self.eager_values):
             return view
         out = np.asarray(view)
         return out[()] if out.ndim == 0 else out  # a scalar for a single value, as numpy gives
@@ -186,6 +195,9 @@ class _LazyArray:
 
 # ----- one APR ----------------------------------------------------------------
 
+_SOURCE_KEYS = itertools.count()
+
+
 class _Source:
     """What a lazy reconstruction reads: an APR at one grid level in one mode, and a tile cache."""
 
@@ -195,10 +207,16 @@ class _Source:
         self.shape = level_shape(structure.shape, structure.level_max, level)
         self._derived: tuple | None = None
         self._lock = threading.Lock()
+        self._key = next(_SOURCE_KEYS)  # unique for the life of the process (an id() can be reused)
+        # the row tables, once per APR (cached on the structure): built now, typically in a worker,
+        # not on napari's first slice
+        _native.particle_table(structure)
+        if mode == "smooth" and level == structure.level_max:
+            _native.tree_table(structure)
 
     def read(self, region: tuple, step: tuple) -> np.ndarray:
         """Cells of ``region`` (per axis (start, stop)) every ``step`` cells, channels last (cached)."""
-        key = (id(self), region, step)
+        key = (self._key, region, step)
         out = self.cache.get(key)
         if out is None:
             structure, values, level = self.structure, self.values, self.level

@@ -133,13 +133,15 @@ int aprnet_reconstruct_constant(const aprnet_cell_table *parts, const float *val
 /* Checks n cells (levels (n,), coords (n, ndim)) of the grid shape (nz, ny,
  * nx) at level_max (reconstruct/cells.c): levels <= level_max, coordinates
  * inside their level grid, sorted by level then row-major without repeats.
- * Fills level_offsets (level_max + 2 entries) and *volume, the pixels the
- * cells cover (clipped to the image). APRNET_ERR_DATA: *bad is the first
- * offending cell and *problem 1 (level above level_max), 2 (levels not
+ * Fills level_offsets (level_max + 2 entries), *volume, the pixels the cells
+ * cover (clipped to the image), and, unless row_start is NULL, the row table
+ * of aprnet_cell_table: row_start (zeroed by the caller, sum over levels of
+ * nz_l * ny_l + 1 entries) laid out by row_base. APRNET_ERR_DATA: *bad is the
+ * first offending cell and *problem 1 (level above level_max), 2 (levels not
  * sorted), 3 (outside its level grid) or 4 (not row-major, or repeated). */
 int aprnet_cells_check(const int64_t shape[3], int ndim, int level_max, int64_t n, const uint8_t *levels,
-                       const int32_t *coords, int64_t *level_offsets, int64_t *volume, int64_t *bad,
-                       int32_t *problem);
+                       const int32_t *coords, int64_t *level_offsets, int64_t *volume, const int64_t *row_base,
+                       int64_t *row_start, int64_t *bad, int32_t *problem);
 
 /* APRNET_OK when no cell of t lies inside a coarser cell of t; else
  * APRNET_ERR_DATA with *first_nested the smallest index of such a cell

@@ -28,15 +28,17 @@ class CellTable:
         self.volume = volume
 
 
-def check_cells(shape, level_max: int, levels: np.ndarray, coords: np.ndarray,
-                what: str = "particles") -> tuple[np.ndarray, int]:
-    """:func:`napari_aprnet.structure.validate_cells` in one C pass; also the pixels the cells cover.
+def check_cells(shape, level_max: int, levels: np.ndarray, coords: np.ndarray, what: str = "particles",
+                rows: bool = False) -> tuple[np.ndarray, int, np.ndarray | None, np.ndarray | None]:
+    """:func:`napari_aprnet.structure.validate_cells` in one C pass; also the volume and the row table.
 
     Returns
     -------
     level_offsets : ndarray of int64 (level_max + 2,)
     volume : int
         Pixels covered by the cells, clipped to the image.
+    row_base, row_start : ndarray of int64, or None
+        The row table of ``aprnet_cell_table`` when ``rows`` is true.
     """
     shape, level_max, levels, coords = check_cell_arrays(shape, level_max, levels, coords, what)
     if int(np.prod(shape, dtype=object)) >= 1 << 62:
@@ -44,50 +46,40 @@ def check_cells(shape, level_max: int, levels: np.ndarray, coords: np.ndarray,
     levels = np.ascontiguousarray(levels, dtype=np.uint8)
     coords = np.ascontiguousarray(coords, dtype=np.int32)
     offsets = np.zeros(level_max + 2, dtype=np.int64)
+    row_base = row_start = None
+    if rows:
+        counts = [int(np.prod(((1,) * (3 - len(shape)) + level_shape(shape, level_max, lv))[:2])) + 1
+                  for lv in range(level_max + 1)]
+        row_base = np.concatenate([[0], np.cumsum(counts[:-1])]).astype(np.int64)
+        row_start = np.zeros(sum(counts), dtype=np.int64)
     shape_c = np.array(shape3(shape), dtype=np.int64)
     out = ffi.new("int64_t[2]")
     problem = ffi.new("int32_t *")
-    status = lib.aprnet_cells_check(ffi.cast("int64_t *", shape_c.ctypes.data), len(shape), level_max,
-                                    len(levels), ptr(levels, np.uint8, "levels"), ptr(coords, np.int32, "coords"),
-                                    ptr(offsets, np.int64, "offsets", writable=True), out, out + 1, problem)
+    status = lib.aprnet_cells_check(
+        ffi.cast("int64_t *", shape_c.ctypes.data), len(shape), level_max, len(levels),
+        ptr(levels, np.uint8, "levels"), ptr(coords, np.int32, "coords"),
+        ptr(offsets, np.int64, "offsets", writable=True), out, ffi.NULL if row_base is None else
+        ptr(row_base, np.int64, "row_base"), ffi.NULL if row_start is None else
+        ptr(row_start, np.int64, "row_start", writable=True), out + 1, problem)
     if status == lib.APRNET_ERR_DATA:
         level = int(levels[int(out[1])])
         grid = level_shape(shape, level_max, min(level, level_max))
         raise ValueError(f"{what}: " + _PROBLEMS[int(problem[0])].format(level=level, level_max=level_max, grid=grid))
     check(status, f"{what}: cell check")
-    return offsets, int(out[0])
+    return offsets, int(out[0]), row_base, row_start
 
 
 def cell_table(shape, level_max: int, levels: np.ndarray, coords: np.ndarray,
                what: str = "particles") -> CellTable:
-    """Check cells (:func:`check_cells`) and build their C row table."""
-
+    """Check cells and build their C row table in one C pass (:func:`check_cells`)."""
     shape = tuple(int(s) for s in shape)
-    ndim = len(shape)
-    coords = np.ascontiguousarray(coords, dtype=np.int32).reshape(-1, ndim)
+    coords = np.ascontiguousarray(coords, dtype=np.int32).reshape(-1, len(shape))
     levels = np.ascontiguousarray(levels, dtype=np.uint8)
-    offsets, volume = check_cells(shape, level_max, levels, coords, what)
-    row_base = np.zeros(level_max + 1, dtype=np.int64)
-    starts = []
-    total = 0
-    for level in range(level_max + 1):
-        grid = (1,) * (3 - ndim) + level_shape(shape, level_max, level)
-        nrows = grid[0] * grid[1]
-        lo, hi = int(offsets[level]), int(offsets[level + 1])
-        c = coords[lo:hi]
-        rows = c[:, -2].astype(np.int64) + (c[:, 0].astype(np.int64) * grid[1] if ndim == 3 else 0)
-        start = np.empty(nrows + 1, dtype=np.int64)
-        start[0] = lo
-        np.cumsum(np.bincount(rows, minlength=nrows), out=start[1:])
-        start[1:] += lo
-        row_base[level] = total
-        total += nrows + 1
-        starts.append(start)
-    row_start = np.concatenate(starts)
+    offsets, volume, row_base, row_start = check_cells(shape, level_max, levels, coords, what, rows=True)
     arrays = {"coords": coords, "level_offsets": offsets, "row_base": row_base, "row_start": row_start}
     c = ffi.new("aprnet_cell_table *")
     c.shape = list(shape3(shape))
-    c.ndim = ndim
+    c.ndim = len(shape)
     c.level_max = int(level_max)
     c.n = len(levels)
     c.coords = ptr(coords, np.int32, "coords")

@@ -21,7 +21,8 @@ __all__ = ["BackgroundTask", "PLUGIN", "Progress", "bundled_shapes_checkpoint", 
            "image_from_layer",
            "image_layers",
            "input_image_choices", "notify", "preselect_layer", "refresh_choices_on_layer_change",
-           "form", "open_widget", "register_widget", "row", "task_widgets", "text", "unwrap_viewer"]
+           "form", "open_widget", "register_widget", "row", "task_widgets", "text", "unwrap_viewer",
+           "warm_up_layers"]
 
 PLUGIN = "napari-aprnet"
 _REGISTRY: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
@@ -414,6 +415,24 @@ def load_checkpoint_in_background(task: BackgroundTask, field: Any, path: str | 
         return load(path)
 
     return task.start(job, on_return=on_return, on_finish=on_finish)
+_LAYERS_WARM = threading.Event()
+
+
+def warm_up_layers() -> None:
+    """Make a throwaway Image and Labels layer, once per process; call it from a worker thread.
+
+    napari imports pandas, scikit-image and scipy the first time a Labels
+    layer is made; when that happens as results arrive, the import stalls the
+    main thread (0.5 s of a 1.3 s stall measured on 2 loaded cores). napari's
+    layer models hold no Qt objects, so this is safe off the main thread.
+    """
+    if _LAYERS_WARM.is_set():
+        return
+    from napari.layers import Image, Labels
+
+    Labels(np.zeros((2, 2), dtype=np.uint8))
+    Image(np.zeros((2, 2), dtype=np.float32))
+    _LAYERS_WARM.set()
 
 
 def task_widgets(name: str) -> tuple[ProgressBar, Label, PushButton]:

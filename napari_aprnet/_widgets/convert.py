@@ -32,6 +32,7 @@ from napari_aprnet._widgets._common import (
     task_widgets,
     text,
     unwrap_viewer,
+    warm_up_layers,
 )
 from napari_aprnet._widgets._params import ParamsForm
 
@@ -94,6 +95,7 @@ def convert_job(image: np.ndarray, params, channel_axis: int | None, mode: str, 
 
     yield Progress(0, 3, f"reading the {'x'.join(map(str, image.shape))} image...")
     image = np.asarray(image)
+    warm_up_layers()  # napari's first-Labels imports here, not on the main thread
     n_lead = image.ndim - (1 if channel_axis is not None else 0) - (spatial or 0) if spatial else 0
     lead = image.shape[:n_lead]
     n = int(np.prod(lead)) if n_lead else 1

@@ -21,6 +21,7 @@ from napari_aprnet._widgets._common import (
     task_widgets,
     text,
     unwrap_viewer,
+    warm_up_layers,
 )
 from napari_aprnet._widgets._params import ParamsForm
 from napari_aprnet._widgets._plot import LinePlot
@@ -46,6 +47,7 @@ def sweep_job(image: np.ndarray, rel_errors: list[float], params, channel_axis: 
     n = len(rel_errors)
     yield Progress(0, n, "reading the image...")
     image = np.asarray(image)
+    warm_up_layers()  # napari's first-Labels imports here, not on the main thread
     yield Progress(0, n, f"converting at E = {rel_errors[0]:g} (1/{n})...")
     points = []
     for i, point in enumerate(sweep_rel_error(image, rel_errors, params=params, channel_axis=channel_axis,

@@ -15,8 +15,8 @@
 #include "cell_table.h"
 
 int aprnet_cells_check(const int64_t shape[3], int ndim, int level_max, int64_t n, const uint8_t *levels,
-                       const int32_t *coords, int64_t *level_offsets, int64_t *volume, int64_t *bad,
-                       int32_t *problem) {
+                       const int32_t *coords, int64_t *level_offsets, int64_t *volume, const int64_t *row_base,
+                       int64_t *row_start, int64_t *bad, int32_t *problem) {
     if (!shape || (ndim != 2 && ndim != 3) || level_max < 0 || level_max > 30 || n < 0 ||
         (n > 0 && (!levels || !coords)) || !level_offsets || !volume || !bad || !problem)
         return APRNET_ERR_ARG;
@@ -25,6 +25,7 @@ int aprnet_cells_check(const int64_t shape[3], int ndim, int level_max, int64_t 
     if (ndim == 2 && shape[0] != 1) return APRNET_ERR_ARG;
     *bad = -1;
     *problem = 0;
+    if (row_start && !row_base) return APRNET_ERR_ARG;
     for (int l = 0; l <= level_max + 1; ++l) level_offsets[l] = 0;
     int64_t vol = 0, prev_key = -1;
     int prev_level = -1;
@@ -34,11 +35,12 @@ int aprnet_cells_check(const int64_t shape[3], int ndim, int level_max, int64_t 
         if (l > level_max) why = 1;
         else if (l < prev_level) why = 2;
         const int sh = level_max - l;
-        int64_t key = 0, cells = 1;
+        int64_t key = 0, cells = 1, row = 0;
         for (int a = 3 - ndim; a < 3 && !why; ++a) {
             const int64_t c = coords[i * ndim + a - (3 - ndim)], m = ct_cells_along(shape[a], sh);
             if (c < 0 || c >= m) why = 3;
             key = key * m + c;
+            if (a < 2) row = row * m + c;
             const int64_t lo = c << sh, hi = (c + 1) << sh;
             cells *= (hi < shape[a] ? hi : shape[a]) - lo;
         }
@@ -50,10 +52,20 @@ int aprnet_cells_check(const int64_t shape[3], int ndim, int level_max, int64_t 
         }
         vol += cells; /* <= the pixel count, which is below 2^62 (checked by the caller) */
         level_offsets[l + 1] += 1;
+        if (row_start) row_start[row_base[l] + 1 + row] += 1; /* counts now, starts below */
         prev_level = l;
         prev_key = key;
     }
     for (int l = 0; l <= level_max; ++l) level_offsets[l + 1] += level_offsets[l];
+    if (row_start) {
+        for (int l = 0; l <= level_max; ++l) {
+            const int sh = level_max - l;
+            const int64_t nrows = ct_cells_along(shape[0], sh) * ct_cells_along(shape[1], sh);
+            int64_t *start = row_start + row_base[l];
+            start[0] = level_offsets[l];
+            for (int64_t r = 0; r < nrows; ++r) start[r + 1] += start[r];
+        }
+    }
     *volume = vol;
     return APRNET_OK;
 }

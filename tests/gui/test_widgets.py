@@ -161,6 +161,33 @@ def test_save_and_reader_round_trip(make_napari_viewer, qtbot, tmp_path):
     assert layers[1].metadata["aprnet"]["parameters"] == w.result.apr.parameters.to_dict()
 
 
+def test_convert_and_tune_add_lazy_layers_not_whole_reconstructions(make_napari_viewer, qtbot, notes):
+    from napari_aprnet.lazy import LazyReconstruction, LazyStack
+
+    viewer = make_napari_viewer()
+    vol = fluorescence_blobs((20, 512, 512), 30, seed=6)  # 5 Mi voxels: a two-level pyramid
+    layer = viewer.add_image(vol, name="vol")
+    w = open_widget(viewer, "Convert to APR")
+    w.auto_update.value = False
+    w.convert(layer)
+    wait_idle(qtbot, w)
+    recon, levels = viewer.layers["vol reconstruction"], viewer.layers["vol level map"]
+    assert recon.multiscale and levels.multiscale
+    assert [d.shape for d in recon.data] == [(20, 512, 512), (10, 256, 256)]
+    assert all(isinstance(d, LazyReconstruction) for d in list(recon.data) + list(levels.data))
+    direct = APR.from_image(vol, 0.1)
+    np.testing.assert_array_equal(recon.data[0][7], direct.reconstruct(region=((7, 8),))[0])
+    assert recon.metadata["aprnet"]["mean_error"] == pytest.approx(direct.reconstruction_error(vol)[0])
+    tune = open_widget(viewer, "Tune E")
+    tune.run(layer, "0.1, 0.3")
+    wait_idle(qtbot, tune)
+    stack = viewer.layers["vol E sweep"]
+    assert stack.data.shape == (2, 20, 512, 512) and isinstance(stack.data[0], LazyStack)
+    assert all(p.reconstruction is None and p.level_map is None for p in tune.points)  # no image per E kept
+    np.testing.assert_array_equal(stack.data[0][1, 3], APR.from_image(vol, 0.3).reconstruct(region=((3, 4),))[0])
+    assert not notes
+
+
 # ------------------------------------------------------------------- tune E
 def test_tune_sweep_stacks_along_e_axis(make_napari_viewer, qtbot, notes):
     viewer = make_napari_viewer()
