@@ -195,6 +195,8 @@ def _plot_finite(rows: list, path: Path, size: int) -> None:
             ax.plot(ns, lo, "--", color=colour, lw=0.8)
             ax.plot(ns, hi, "--", color=colour, lw=0.8)
         ax.set(xscale="log", xlabel="training images per class", title=title)
+        ax.set_xticks(FINITE_SIZES, [str(n) for n in FINITE_SIZES])
+        ax.xaxis.set_minor_locator(plt.NullLocator())
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("accuracy")
     axes[0].legend(loc="lower right")
