@@ -148,7 +148,9 @@ class TrainWidget(Container):
                                 tooltip="synthetic shapes (6 classes, generated on the fly) or a folder "
                                         "with one sub-folder per class (e.g. an Annotate export)")
         self.folder = FileEdit(label="dataset folder", mode="d", visible=False)
-        self.network = ComboBox(label="network", choices=model_choices(), value=DEFAULTS["network"],
+        # choices recomputed on every reset (napari resets them when layers change): the task's networks
+        self.network = ComboBox(label="network", choices=lambda *_: model_choices(self.segmenting),
+                                value=DEFAULTS["network"],
                                 tooltip="thesis networks: APR_* run on particles, Pix_* on pixels")
         self.steps = SpinBox(label="steps", value=DEFAULTS["steps"], min=1, max=10_000_000,
                              tooltip="synthetic shapes: number of batches (fresh images every batch)")
@@ -226,7 +228,7 @@ class TrainWidget(Container):
     def _task_changed(self, *_: Any) -> None:
         seg = self.segmenting
         self.segment_form.visible = seg
-        self.network.choices = model_choices(seg)
+        self.network.reset_choices()
         self.network.value = SEGMENT_DEFAULTS["network"] if seg else DEFAULTS["network"]
         defaults = SEGMENT_DEFAULTS if seg else DEFAULTS
         self.steps.value, self.batch.value = defaults["steps"], defaults["batch"]
@@ -406,8 +408,10 @@ class TrainWidget(Container):
             self.checkpoint = Path(ev.checkpoint) if ev.checkpoint else None
             metrics = ", ".join(f"{k} {v:.3g}" for k, v in ev.metrics.items()
                                 if isinstance(v, (int, float)))
+            val = self.history.get("val_accuracy")
+            last_val = f"\nlast validation {self._metric}: {val[-1]:.3f}" if val else ""
             self.result.value = (f"{'finished' if ev.phase == 'done' else 'stopped'} at step {ev.step}; "
-                                 f"checkpoint: {self.checkpoint}" + (f"\n{metrics}" if metrics else ""))
+                                 f"checkpoint: {self.checkpoint}" + (f"\n{metrics}" if metrics else "") + last_val)
 
     def _train_point(self, ev) -> None:
         if self._first is None:

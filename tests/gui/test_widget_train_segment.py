@@ -15,7 +15,7 @@ def drawn():
     """A nuclei image and a Labels layer with its objects drawn in the upper half only (an annotated area)."""
     from napari_aprnet.data.nuclei import make_nuclei
 
-    image, mask = make_nuclei(np.random.default_rng(4), (64, 64))
+    image, mask = make_nuclei(np.random.default_rng(5), (64, 96))
     labels = np.zeros_like(mask)
     labels[:40] = mask[:40]
     return image, labels
@@ -38,7 +38,7 @@ def test_train_from_layers_writes_a_checkpoint_that_segment_uses(make_napari_vie
     viewer.add_labels(drawn[1], name="drawn")
     w = _segment_mode(viewer, tmp_path)
     assert w.segment_form.image.value is image and w.segment_form.labels.value.name == "drawn"
-    assert not w.dataset.visible and w.segment_form.visible
+    assert w.dataset.native.isHidden() and not w.segment_form.native.isHidden()
     segment = open_widget(viewer, "Segment")
     assert w.start() is not None, w.status.value
     assert "objects drawn; validation on a held-out part" in w.result.value
@@ -69,7 +69,7 @@ def test_segment_mode_refusals(make_napari_viewer, qtbot, tmp_path, drawn, notes
     viewer.add_image(drawn[0], name="nuclei")
     w = _segment_mode(viewer, tmp_path)
     assert w.start() is None and "no Labels layer" in notes[-1][0]
-    empty = viewer.add_labels(np.zeros((64, 64), np.int32), name="empty")
+    empty = viewer.add_labels(np.zeros((64, 96), np.int32), name="empty")
     w.segment_form.labels.value = empty
     assert w.start() is None and "no labels are drawn" in notes[-1][0]
     viewer.add_labels(drawn[1][:50], name="short")
