@@ -15,7 +15,8 @@ on a fresh nuclei2d image; ``--seg-checkpoint``, default
 ``aprnet train --task segment --data nuclei2d --shape 128x128 --model APR_UNet
 --width 16 --depth 3 --steps 200 --batch-size 8 --lr 3e-3 --out out/seg_demo``),
 ``train_segment.png`` (Train in "segment from layers" mode after a run with
-its defaults on the nuclei drawn in one corner of an image) and
+``--seg-steps`` (default 60) and its other defaults on the nuclei drawn in
+one corner of an image) and
 ``train_segment_result.png`` (the Segment widget's result on the whole
 image with that checkpoint). ``--only train_segment`` makes just those.
 Without ``--checkpoint``, classify and annotate use the bundled shapes
@@ -217,8 +218,9 @@ def _drawn_nuclei(size: int = 256, corner: int = 112):
     return image, drawn
 
 
-def shot_train_segment(out: Path, run_dir: Path) -> None:
-    """train_segment.png: Train in "segment from layers" mode after a run on the drawn nuclei (widget defaults);
+def shot_train_segment(out: Path, run_dir: Path, steps: int) -> None:
+    """train_segment.png: Train in "segment from layers" mode after a run of ``steps`` on the drawn nuclei (the
+    widget's other defaults);
     train_segment_result.png: the Segment widget's instances of the whole image with that checkpoint."""
     image, drawn = _drawn_nuclei()
     viewer = new_viewer("Train segmentation from layers")
@@ -228,9 +230,10 @@ def shot_train_segment(out: Path, run_dir: Path) -> None:
     w.task_choice.value = "segment from layers"
     w.segment_form.labels.value = viewer.layers["drawn nuclei"]
     w.out_dir.value = run_dir
+    w.steps.value = steps
     if w.start() is None:
         raise RuntimeError(f"training did not start: {w.status.value}")
-    wait(w)
+    wait(w, timeout=3600)
     if w.checkpoint is None:
         raise RuntimeError(f"training did not write a checkpoint: {w.result.value}")
     save(viewer, out, "train_segment.png")
@@ -251,6 +254,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoint", type=Path, default=None,
                         help="checkpoint for classify/annotate (default: the bundled shapes classifier)")
     parser.add_argument("--steps", type=int, default=60, help="training steps for train.png (default 60)")
+    parser.add_argument("--seg-steps", type=int, default=60,
+                        help="training steps for train_segment.png (default 60)")
     parser.add_argument("--seg-checkpoint", type=Path,
                         default=Path(__file__).resolve().parents[1] / "out" / "seg_demo" / "checkpoint.pt",
                         help="segmentation checkpoint for segment.png (trained first if missing)")
@@ -276,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
         if "segment" in only:
             shot_segment(args.out, args.seg_checkpoint)
         if "train_segment" in only:
-            shot_train_segment(args.out, tmp / "seg_run")
+            shot_train_segment(args.out, tmp / "seg_run", args.seg_steps)
     return 0
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from napari_aprnet.cli import main
 from napari_aprnet.data import AnnotatedImages, CropDataset
 from napari_aprnet.data.annotated import MAX_VAL_CROPS
 from napari_aprnet.data.nuclei import make_nuclei
@@ -182,3 +183,8 @@ def test_annotation_run_errors(tmp_path):
     with pytest.raises(ValueError, match="another network"):
         run_training(TrainConfig(**{**base, "width": 8, "init_from": first.checkpoint}),
                      annotations=AnnotatedImages(image, labels))
+    # the command line fine-tunes too (here on synthetic nuclei, from the annotations' network)
+    assert main(["train", "--task", "segment", "--data", "nuclei2d", "--shape", "32x32", "--width", "4", "--depth",
+                 "2", "--steps", "1", "--batch-size", "2", "--n-test", "1", "--init-from", first.checkpoint,
+                 "--out", str(tmp_path / "cli")]) == 0
+    assert load_checkpoint(tmp_path / "cli" / "checkpoint.pt")["train"]["config"]["init_from"] == first.checkpoint
