@@ -71,6 +71,18 @@ def hide_dock(viewer, widget) -> None:
             d.hide()
 
 
+def show_in_dock(widget, child) -> None:
+    """Scroll the dock's scroll area holding ``widget`` so that ``child`` (a QWidget in it) is in view."""
+    from qtpy.QtWidgets import QApplication, QScrollArea
+
+    parent = widget.native.parentWidget()
+    while parent is not None and not isinstance(parent, QScrollArea):
+        parent = parent.parentWidget()
+    if parent is not None:
+        QApplication.processEvents()
+        parent.ensureWidgetVisible(child, 0, 0)
+
+
 def save(viewer, out: Path, name: str) -> Path:
     from qtpy.QtWidgets import QApplication
 
@@ -236,6 +248,7 @@ def shot_train_segment(out: Path, run_dir: Path, steps: int) -> None:
     wait(w, timeout=3600)
     if w.checkpoint is None:
         raise RuntimeError(f"training did not write a checkpoint: {w.result.value}")
+    show_in_dock(w, w.plot)  # the form is tall: scroll the dock to the plot
     save(viewer, out, "train_segment.png")
     w.open_in_classify()  # "Open checkpoint in Segment": loads it there
     segment = dock(viewer, "Segment")
