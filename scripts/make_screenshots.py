@@ -13,7 +13,12 @@ prediction beside the label) and ``segment.png`` (an APR U-Net's instances
 on a fresh nuclei2d image; ``--seg-checkpoint``, default
 ``out/seg_demo/checkpoint.pt``, trained first if missing with
 ``aprnet train --task segment --data nuclei2d --shape 128x128 --model APR_UNet
---width 16 --depth 3 --steps 200 --batch-size 8 --lr 3e-3 --out out/seg_demo``).
+--width 16 --depth 3 --steps 200 --batch-size 8 --lr 3e-3 --out out/seg_demo``),
+``train_segment.png`` (Train in "segment from layers" mode after a run with
+``--seg-steps`` (default 60) and its other defaults on the nuclei drawn in
+one corner of an image) and
+``train_segment_result.png`` (the Segment widget's result on the whole
+image with that checkpoint). ``--only train_segment`` makes just those.
 Without ``--checkpoint``, classify and annotate use the bundled shapes
 classifier preselected in the widgets, as a new user would: open the shapes sample, press Classify.
 """
@@ -27,6 +32,7 @@ import time
 from pathlib import Path
 
 PLUGIN = "napari-aprnet"
+SHOTS = ["convert", "tune", "train", "classify", "annotate", "segment", "train_segment"]
 SIZE = (1500, 950)
 
 
@@ -53,6 +59,28 @@ def new_viewer(title: str):
 
 def dock(viewer, name: str):
     return viewer.window.add_plugin_dock_widget(PLUGIN, name)[1]
+
+
+def hide_dock(viewer, widget) -> None:
+    """Hide the dock holding ``widget`` (to make room for the next one)."""
+    from qtpy.QtWidgets import QDockWidget
+
+    for d in viewer.window._qt_window.findChildren(QDockWidget):
+        inner = d.widget()
+        if inner is not None and (inner is widget.native or inner.isAncestorOf(widget.native)):
+            d.hide()
+
+
+def show_in_dock(widget, child) -> None:
+    """Scroll the dock's scroll area holding ``widget`` so that ``child`` (a QWidget in it) is in view."""
+    from qtpy.QtWidgets import QApplication, QScrollArea
+
+    parent = widget.native.parentWidget()
+    while parent is not None and not isinstance(parent, QScrollArea):
+        parent = parent.parentWidget()
+    if parent is not None:
+        QApplication.processEvents()
+        parent.ensureWidgetVisible(child, 0, 0)
 
 
 def save(viewer, out: Path, name: str) -> Path:
@@ -191,21 +219,65 @@ def shot_segment(out: Path, checkpoint: Path) -> None:
     viewer.close()
 
 
+def _drawn_nuclei(size: int = 256, corner: int = 112):
+    """A fresh nuclei image and what a user would draw: every nucleus touching the upper-left ``corner``."""
+    import numpy as np
+
+    from napari_aprnet.data.nuclei import make_nuclei
+
+    image, mask = make_nuclei(np.random.default_rng(20261130), (size, size))  # a seed never used in training
+    drawn = np.where(np.isin(mask, np.unique(mask[:corner, :corner])[1:]), mask, 0).astype(np.int32)
+    return image, drawn
+
+
+def shot_train_segment(out: Path, run_dir: Path, steps: int) -> None:
+    """train_segment.png: Train in "segment from layers" mode after a run of ``steps`` on the drawn nuclei (the
+    widget's other defaults);
+    train_segment_result.png: the Segment widget's instances of the whole image with that checkpoint."""
+    image, drawn = _drawn_nuclei()
+    viewer = new_viewer("Train segmentation from layers")
+    viewer.add_image(image, name="nuclei", colormap="gray")
+    viewer.add_labels(drawn, name="drawn nuclei", opacity=0.6)
+    w = dock(viewer, "Train")
+    w.task_choice.value = "segment from layers"
+    w.segment_form.labels.value = viewer.layers["drawn nuclei"]
+    w.out_dir.value = run_dir
+    w.steps.value = steps
+    if w.start() is None:
+        raise RuntimeError(f"training did not start: {w.status.value}")
+    wait(w, timeout=3600)
+    if w.checkpoint is None:
+        raise RuntimeError(f"training did not write a checkpoint: {w.result.value}")
+    show_in_dock(w, w.plot)  # the form is tall: scroll the dock to the plot
+    save(viewer, out, "train_segment.png")
+    w.open_in_classify()  # "Open checkpoint in Segment": loads it there
+    segment = dock(viewer, "Segment")
+    wait(segment)
+    hide_dock(viewer, w)
+    segment.segment(viewer.layers["nuclei"])
+    wait(segment, until=lambda: "nuclei instances" in viewer.layers and not segment.task.running)
+    viewer.layers["drawn nuclei"].visible = False
+    save(viewer, out, "train_segment_result.png")
+    viewer.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "screenshots")
     parser.add_argument("--checkpoint", type=Path, default=None,
                         help="checkpoint for classify/annotate (default: the bundled shapes classifier)")
     parser.add_argument("--steps", type=int, default=60, help="training steps for train.png (default 60)")
+    parser.add_argument("--seg-steps", type=int, default=60,
+                        help="training steps for train_segment.png (default 60)")
     parser.add_argument("--seg-checkpoint", type=Path,
                         default=Path(__file__).resolve().parents[1] / "out" / "seg_demo" / "checkpoint.pt",
                         help="segmentation checkpoint for segment.png (trained first if missing)")
     parser.add_argument("--only", nargs="*", default=None,
-                        choices=["convert", "tune", "train", "classify", "annotate", "segment"])
+                        choices=SHOTS)
     args = parser.parse_args(argv)
     os.environ.setdefault("NAPARI_APPLICATION_GUI_NOTIFICATION_LEVEL", "error")  # no toasts in the shots
     args.out.mkdir(parents=True, exist_ok=True)
-    only = set(args.only or ["convert", "tune", "train", "classify", "annotate", "segment"])
+    only = set(args.only or SHOTS)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         if "convert" in only:
@@ -221,6 +293,8 @@ def main(argv: list[str] | None = None) -> int:
             shot_annotate(args.out, args.checkpoint, tmp / "images")
         if "segment" in only:
             shot_segment(args.out, args.seg_checkpoint)
+        if "train_segment" in only:
+            shot_train_segment(args.out, tmp / "seg_run", args.seg_steps)
     return 0
 
 

@@ -18,6 +18,7 @@ from napari_aprnet._widgets._common import (
     input_image_choices,
     load_checkpoint_in_background,
     notify,
+    preselect_layer,
     refresh_choices_on_layer_change,
     register_widget,
     task_widgets,
@@ -119,6 +120,16 @@ class SegmentWidget(Container):
         register_widget(napari_viewer, "Segment", self)
 
     # -------------------------------------------------------------- load
+    def offer_checkpoint(self, path: str | Path, load: bool = False, layer=None) -> None:
+        """Put ``path`` in the checkpoint field (used by Train); the next Segment uses it. Pick ``layer``."""
+        self.checkpoint.value = Path(path)
+        self.segmenter = None
+        self.info.value = f"checkpoint from Train: {Path(path).name} (loaded when you segment)"
+        if layer is not None:
+            preselect_layer(self.viewer, self.layer, layer)
+        if load:
+            self.load()
+
     def load(self, path: str | Path | None = None):
         """Load a segmentation checkpoint in the background; return the worker or None."""
         def load(p):

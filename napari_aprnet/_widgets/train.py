@@ -1,4 +1,9 @@
-"""Dock widget "Train": train an APRNet in the background with a live loss/accuracy plot."""
+"""Dock widget "Train": train an APRNet in the background with a live loss/accuracy (or IoU) plot.
+
+Two tasks: classify (synthetic shapes or a folder of class folders) and
+segment from layers (an Image layer and a Labels layer drawn on it; the
+form is :class:`~napari_aprnet._widgets.train_segment.SegmentForm`).
+"""
 from __future__ import annotations
 
 import os
@@ -24,6 +29,7 @@ from napari_aprnet._widgets._common import (
     unwrap_viewer,
 )
 from napari_aprnet._widgets._plot import LinePlot
+from napari_aprnet._widgets.train_segment import ANNOTATION_RULE, SEGMENT_DEFAULTS, SegmentForm
 
 if TYPE_CHECKING:
     import napari
@@ -31,6 +37,7 @@ if TYPE_CHECKING:
 __all__ = ["TrainWidget", "model_choices", "train_job"]
 
 DATASETS = ("synthetic shapes", "folder")
+TASKS = ("classify shapes / folder", "segment from layers")
 #: Widget defaults: learn visibly within minutes on 2 cores (see benchmarks/RESULTS.md, "GUI defaults").
 DEFAULTS = {"network": "APR_B", "size": 128, "batch": 36, "steps": 600}
 #: Seconds per step measured on 2 cores, for the expected-time line (none measured yet: the time left
@@ -49,10 +56,12 @@ def eta_text(elapsed: float, done: int, left: int) -> str:
     return f", about {sec / 60:.0f} min left" if sec >= 90 else f", about {sec:.0f} s left"
 
 
-def model_choices() -> list[str]:
-    """Network names offered (base names and variants)."""
-    from napari_aprnet.models import MODEL_NAMES
+def model_choices(segment: bool = False) -> list[str]:
+    """Network names offered (base names and variants): classifiers, or with ``segment`` the U-Nets."""
+    from napari_aprnet.models import MODEL_NAMES, UNET_NAMES
 
+    if segment:
+        return list(UNET_NAMES)
     out = []
     for name in MODEL_NAMES:
         out.append(name)
@@ -60,10 +69,11 @@ def model_choices() -> list[str]:
     return out
 
 
-def train_job(config, out: Path, resume: bool = False, ended=None, nproc: int = 1, *, cancel):
+def train_job(config, out: Path, resume: bool = False, ended=None, nproc: int = 1, annotations=None, *, cancel):
     """Generator run in a worker: the events of :func:`napari_aprnet.train.train` (``ended`` set at the end).
 
-    With ``nproc`` > 1 the run uses that many local processes (the events are rank 0's).
+    With ``nproc`` > 1 the run uses that many local processes (the events are rank 0's);
+    ``annotations``: the images and labels of a segmentation run from layers.
     """
     from napari_aprnet.training import train
 
@@ -71,7 +81,7 @@ def train_job(config, out: Path, resume: bool = False, ended=None, nproc: int = 
         what = "resuming the stopped run" if resume else "preparing data and network"
         yield Progress(0, 0, what + (f" in {nproc} processes..." if nproc > 1 else "..."))
         last = None
-        for event in train(config, out, resume=resume, stop=cancel, nproc=nproc):
+        for event in train(config, out, resume=resume, stop=cancel, nproc=nproc, annotations=annotations):
             last = event
             yield event
         return last
@@ -115,7 +125,8 @@ def _set_quietly(widget, attr: str, value) -> None:
 
 
 class TrainWidget(Container):
-    """Train a classifier (synthetic shapes, a folder dataset or an annotation export).
+    """Train a classifier (synthetic shapes, a folder dataset or an annotation export), or a segmentation
+    network from an Image layer and a Labels layer drawn on it.
 
     The run folder receives ``checkpoint.pt`` (and ``best.pt`` for fixed
     datasets) and ``log.csv``. Several processes share each batch (data
@@ -129,11 +140,17 @@ class TrainWidget(Container):
     def __init__(self, napari_viewer: napari.Viewer):
         super().__init__(labels=False)
         self.viewer = unwrap_viewer(napari_viewer)
+        self.task_choice = ComboBox(label="task", choices=list(TASKS), value=TASKS[0],
+                                    tooltip="classify whole images, or segment objects drawn in a Labels layer")
+        self.segment_form = SegmentForm(self.viewer)
+        self.segment_form.visible = False
         self.dataset = ComboBox(label="dataset", choices=list(DATASETS), value=DATASETS[0],
                                 tooltip="synthetic shapes (6 classes, generated on the fly) or a folder "
                                         "with one sub-folder per class (e.g. an Annotate export)")
         self.folder = FileEdit(label="dataset folder", mode="d", visible=False)
-        self.network = ComboBox(label="network", choices=model_choices(), value=DEFAULTS["network"],
+        # choices recomputed on every reset (napari resets them when layers change): the task's networks
+        self.network = ComboBox(label="network", choices=lambda *_: model_choices(self.segmenting),
+                                value=DEFAULTS["network"],
                                 tooltip="thesis networks: APR_* run on particles, Pix_* on pixels")
         self.steps = SpinBox(label="steps", value=DEFAULTS["steps"], min=1, max=10_000_000,
                              tooltip="synthetic shapes: number of batches (fresh images every batch)")
@@ -168,7 +185,8 @@ class TrainWidget(Container):
         self.result = text("")
         self.classify_button = PushButton(text="Open checkpoint in Classify")
         self.classify_button.enabled = False
-        self.extend([form(self.dataset, self.folder, self.network, self.steps, self.epochs, self.size, self.batch,
+        self.extend([form(self.task_choice), self.segment_form,
+                     form(self.dataset, self.folder, self.network, self.steps, self.epochs, self.size, self.batch,
                           self.processes, self.lr, self.rel_error, self.out_dir), self.expected,
                      row(self.start_button, self.pause_button, self.stop_button), self.resume_button,
                      self.progress, self.status,
@@ -179,10 +197,12 @@ class TrainWidget(Container):
         self.run_dir: Path | None = None
         self.stopped = False
         self._first = None
+        self._metric = "accuracy"  # the task's score shown: accuracy, or IoU for segmentation
         self.dataset.changed.connect(self._dataset_changed)
+        self.task_choice.changed.connect(self._task_changed)
         self.start_button.changed.connect(lambda *_: self.start())
         self.resume_button.changed.connect(lambda *_: self.resume())
-        for w in (self.dataset, self.steps, self.epochs, self.size, self.batch, self.network):
+        for w in (self.task_choice, self.dataset, self.steps, self.epochs, self.size, self.batch, self.network):
             w.changed.connect(self._show_expected)
         self._show_expected()
         self.pause_button.changed.connect(lambda *_: self.toggle_pause())
@@ -195,11 +215,33 @@ class TrainWidget(Container):
         register_widget(napari_viewer, "Train", self)
 
     # ------------------------------------------------------------ config
+    @property
+    def segmenting(self) -> bool:
+        """True in "segment from layers" mode."""
+        return self.task_choice.value == TASKS[1]
+
     def _dataset_changed(self, *_: Any) -> None:
-        folder = self.dataset.value == "folder"
+        folder = self.dataset.value == "folder" and not self.segmenting
         self.folder.visible, self.epochs.visible, self.steps.visible = folder, folder, not folder
+        self.dataset.visible = self.size.visible = not self.segmenting
+
+    def _task_changed(self, *_: Any) -> None:
+        seg = self.segmenting
+        self.segment_form.visible = seg
+        self.network.reset_choices()
+        self.network.value = SEGMENT_DEFAULTS["network"] if seg else DEFAULTS["network"]
+        defaults = SEGMENT_DEFAULTS if seg else DEFAULTS
+        self.steps.value, self.batch.value = defaults["steps"], defaults["batch"]
+        self.lr.value = SEGMENT_DEFAULTS["lr"] if seg else 5e-4
+        self.plot.title = "training loss and IoU" if seg else "training loss and accuracy"
+        self.classify_button.text = f"Open checkpoint in {'Segment' if seg else 'Classify'}"
+        self._dataset_changed()
 
     def _show_expected(self, *_: Any) -> None:
+        if self.segmenting:
+            self.expected.value = (f"{self.steps.value} steps of {self.batch.value} random crops of the annotated "
+                                   f"area. {ANNOTATION_RULE}")
+            return
         if self.dataset.value == "folder":
             self.expected.value = (f"{self.epochs.value} epoch(s) over the folder's images, "
                                    f"batches of {self.batch.value}")
@@ -218,6 +260,11 @@ class TrainWidget(Container):
         """The :class:`TrainConfig` described by the widget (validated)."""
         from napari_aprnet.training import TrainConfig
 
+        if self.segmenting:
+            kw = {"steps": int(self.steps.value), "rel_error": float(self.rel_error.value),
+                  **self.segment_form.config_fields(self.network.value, int(self.steps.value))}
+            return TrainConfig(lr=float(self.lr.value), batch_size=int(self.batch.value),
+                               checkpoint_every=max(1, int(self.steps.value) // 4), **kw).validate()
         if self.dataset.value == "folder":
             folder = Path(self.folder.value)
             if str(self.folder.value).strip() in ("", "."):
@@ -250,16 +297,33 @@ class TrainWidget(Container):
             return None
         try:
             config = self.config()
+            annotations = self._annotations(config)
             out = self._run_dir()
-        except (ValueError, TypeError) as exc:
+        except (ValueError, TypeError, OSError) as exc:
             self.status.value = str(exc)
             notify(str(exc))
             return None
         self.run_dir, self.checkpoint = out, None
         self.history = {"step": [], "loss": [], "accuracy": []}
         self.plot.clear()
-        self.result.value = f"run folder: {out}"
-        return self._launch(config, out, resume=False)
+        self.result.value = f"run folder: {out}" + (f"\n{self._validation_note(config, annotations)}"
+                                                    if annotations is not None else "")
+        return self._launch(config, out, resume=False, annotations=annotations)
+
+    def _annotations(self, config):
+        """The drawn annotations of a segmentation run (None for classification); ValueError says what to do."""
+        if not self.segmenting:
+            return None
+        annotations = self.segment_form.annotations()
+        annotations.splits(config.image_shape, 1, config.seed, config.val_fraction)  # the crop fits the images
+        return annotations
+
+    @staticmethod
+    def _validation_note(config, annotations) -> str:
+        splits = annotations.splits(config.image_shape, 1, config.seed, config.val_fraction)
+        where = ("a held-out part of the annotations" if splits.held_out else
+                 "the training area (draw a larger area, or on more planes, to hold a part out)")
+        return f"{annotations.n_objects} objects drawn; validation on {where}"
 
     def resume(self):
         """Continue the stopped run in its folder (up to the steps/epochs in the form); return the worker or None."""
@@ -268,13 +332,14 @@ class TrainWidget(Container):
             return None
         try:
             config = self.config()
-        except (ValueError, TypeError) as exc:
+            annotations = self._annotations(config)
+        except (ValueError, TypeError, OSError) as exc:
             notify(str(exc))
             return None
         self.result.value = f"resuming the run in {self.run_dir}"
-        return self._launch(config, self.run_dir, resume=True)
+        return self._launch(config, self.run_dir, resume=True, annotations=annotations)
 
-    def _launch(self, config, out: Path, resume: bool):
+    def _launch(self, config, out: Path, resume: bool, annotations=None):
         import threading
 
         self.classify_button.enabled = False
@@ -284,7 +349,8 @@ class TrainWidget(Container):
         self.pause_button.enabled, self.pause_button.text = True, "Pause"
         self._ended = threading.Event()
         self._first = None  # (step, time) of this launch's first step, for the time left
-        return self.task.start(train_job, config, out, resume, self._ended, int(self.processes.value),
+        self._metric = "IoU" if config.task == "segment" else "accuracy"
+        return self.task.start(train_job, config, out, resume, self._ended, int(self.processes.value), annotations,
                                on_yield=self._event, on_finish=self._finished)
 
     def toggle_pause(self) -> None:
@@ -332,7 +398,7 @@ class TrainWidget(Container):
         if ev.phase == "train" and ev.loss is not None:
             self._train_point(ev)
         elif ev.phase in ("val", "test", "test_modified"):
-            self.result.value = f"{ev.phase}: loss {ev.loss:.3f}, accuracy {ev.accuracy:.3f}"
+            self.result.value = f"{ev.phase}: loss {ev.loss:.3f}, {self._metric} {ev.accuracy:.3f}"
             if ev.phase == "val":
                 self.history.setdefault("val_step", []).append(ev.step)
                 self.history.setdefault("val_accuracy", []).append(ev.accuracy)
@@ -342,8 +408,10 @@ class TrainWidget(Container):
             self.checkpoint = Path(ev.checkpoint) if ev.checkpoint else None
             metrics = ", ".join(f"{k} {v:.3g}" for k, v in ev.metrics.items()
                                 if isinstance(v, (int, float)))
+            val = self.history.get("val_accuracy")
+            last_val = f"\nlast validation {self._metric}: {val[-1]:.3f}" if val else ""
             self.result.value = (f"{'finished' if ev.phase == 'done' else 'stopped'} at step {ev.step}; "
-                                 f"checkpoint: {self.checkpoint}" + (f"\n{metrics}" if metrics else ""))
+                                 f"checkpoint: {self.checkpoint}" + (f"\n{metrics}" if metrics else "") + last_val)
 
     def _train_point(self, ev) -> None:
         if self._first is None:
@@ -358,7 +426,7 @@ class TrainWidget(Container):
             return  # keep "stopping..." on screen
         left = eta_text(time.monotonic() - self._first[1], ev.step - self._first[0], ev.total_steps - ev.step)
         self.status.value = (f"step {ev.step}/{ev.total_steps}  loss {ev.loss:.3f}  "
-                             f"accuracy {ev.accuracy:.2f}  {ev.elapsed:.0f} s{left}")
+                             f"{self._metric} {ev.accuracy:.2f}  {ev.elapsed:.0f} s{left}")
 
     def _plot_history(self) -> None:
         from napari_aprnet._widgets._plot import running_mean
@@ -369,10 +437,10 @@ class TrainWidget(Container):
         self.plot.set_series("loss (mean)", steps, running_mean(h["loss"], window), "#ff8a65", "left",
                              label=f"loss (mean of {window})")
         self.plot.set_series("accuracy (mean)", steps, running_mean(h["accuracy"], window), "#81c784", "right",
-                             label=f"accuracy (mean of {window})")
+                             label=f"{self._metric} (mean of {window})")
         if h.get("val_step"):
             self.plot.set_series("validation", h["val_step"], h["val_accuracy"], "#fff176", "right", style="o",
-                                 label="validation accuracy")
+                                 label=f"validation {self._metric}")
 
     def _finished(self) -> None:
         self.start_button.enabled = True
@@ -381,14 +449,27 @@ class TrainWidget(Container):
                                           and (self.run_dir / "checkpoint.pt").is_file())
         if self.checkpoint is not None and self.checkpoint.exists():
             self.classify_button.enabled = True
-            classify = find_widget(self.viewer, "Classify")
-            if classify is not None:
-                classify.offer_checkpoint(self.checkpoint)
+            user = find_widget(self.viewer, self._user_widget)
+            if user is not None:
+                user.offer_checkpoint(self.checkpoint, **self._offer_kwargs())
             self.status.value = f"checkpoint saved: {self.checkpoint}"
+            if self._metric == "IoU":
+                self.segment_form.offer_start(self.checkpoint)
+                self.status.value += ("\nSegment with it, correct the result in its Labels layer, pick that "
+                                      "layer and Start again: the run continues from this checkpoint")
+
+    @property
+    def _user_widget(self) -> str:
+        """The widget that uses the checkpoints of the current task."""
+        return "Segment" if self._metric == "IoU" else "Classify"
+
+    def _offer_kwargs(self) -> dict:
+        return {"layer": self.segment_form.image.value} if self._metric == "IoU" else {}
 
     def open_in_classify(self) -> None:
-        """Open the Classify widget with the last checkpoint loaded."""
+        """Open the Classify (or, for segmentation, Segment) widget with the last checkpoint loaded."""
         if self.checkpoint is None:
             notify("no checkpoint yet: train first")
             return
-        open_widget(self.viewer, "Classify").offer_checkpoint(self.checkpoint, load=True)
+        open_widget(self.viewer, self._user_widget).offer_checkpoint(self.checkpoint, load=True,
+                                                                     **self._offer_kwargs())

@@ -15,6 +15,7 @@ from napari_aprnet.models import ModelSpec, parse_model_name
 CSV_FIELDS = ("phase", "step", "epoch", "loss", "accuracy", "lr", "elapsed")  # accuracy: the task's score
 TASKS = ("classify", "segment")
 SYNTHETIC_DATA = {"shapes": "classify", "nuclei2d": "segment", "nuclei3d": "segment"}  # and their task
+ANNOTATIONS = "annotations"  # data: in-memory images with drawn labels, given to train() (segmentation)
 SHAPES_MEAN, SHAPES_STD = 0.5, 0.2887  # uniform [0, 1] intensities
 
 
@@ -31,8 +32,12 @@ class TrainConfig:
     data : str
         Classification: ``"shapes"`` (synthetic) or a folder with one
         sub-folder per class. Segmentation: ``"nuclei2d"``, ``"nuclei3d"``
-        (synthetic) or a folder with ``images/`` and ``masks/``. Folders may
-        have ``train/``, ``val/``, ``test/`` sub-folders, each laid out so.
+        (synthetic), a folder with ``images/`` and ``masks/``, or
+        ``"annotations"``: crops of in-memory images with drawn labels
+        (:class:`~napari_aprnet.data.AnnotatedImages`, passed to ``train``;
+        a run of ``steps`` batches of fresh crops, validated every
+        ``eval_every`` steps). Folders may have ``train/``, ``val/``,
+        ``test/`` sub-folders, each laid out so.
     steps : int, optional
         Streaming mode (shapes): number of batches. In fixed mode: an upper limit.
     epochs : int, optional
@@ -59,7 +64,8 @@ class TrainConfig:
         Fixed shapes datasets: images per class. Nuclei: images (``n_test``
         also sets the test images evaluated at the end of streaming runs).
     image_shape : list of int, optional
-        Nuclei: the generated image shape (default 256x256, or 64x128x128 for ``nuclei3d``).
+        Nuclei: the generated image shape (default 256x256, or 64x128x128 for
+        ``nuclei3d``). Annotations: the crop shape (default 64 per side).
     nuclei_params : dict, optional
         :class:`~napari_aprnet.data.NucleiParams` as a dict (e.g. ``{"coverage": [0.03, 0.08]}``).
     boundary : bool
@@ -92,6 +98,10 @@ class TrainConfig:
         channels of the first stage, doubled at every pooling (default 16).
     depth : int, optional
         U-Nets: number of poolings (default 3).
+    init_from : str, optional
+        A checkpoint of the same network (model, width, depth, classes) whose
+        weights start the run: fine-tuning, e.g. after correcting labels.
+        The optimizer and the step count start afresh.
     normalisation : {"image", "dataset"}
         Input normalisation (see :class:`napari_aprnet.data.InputSpec`):
         per-image standardisation (default) or one mean/std for the dataset.
@@ -134,6 +144,7 @@ class TrainConfig:
     nuclei_params: dict | None = None
     boundary: bool = False
     dice_weight: float = 0.0
+    init_from: str | None = None
     model_spec: ModelSpec | None = field(default=None, compare=False, repr=False)
 
     @property
@@ -154,9 +165,9 @@ class TrainConfig:
             raise ValueError(f"{self.model} cannot be trained to {self.task}; choose {which}")
         if model.family != "unet" and self.depth is not None:
             raise ValueError("depth applies to the U-Nets only")
-        wanted = SYNTHETIC_DATA.get(self.data)
+        wanted = SYNTHETIC_DATA.get(self.data, "segment" if self.data == ANNOTATIONS else None)
         if wanted is not None and wanted != self.task:
-            raise ValueError(f"the synthetic data {self.data!r} is for the {wanted!r} task, not {self.task!r}; "
+            raise ValueError(f"the data {self.data!r} is for the {wanted!r} task, not {self.task!r}; "
                              f"choose " + " or ".join(repr(k) for k, v in SYNTHETIC_DATA.items() if v == self.task))
         if self.task == "segment" and self.augment:
             raise ValueError("augmentation is not available for segmentation yet; leave augment off")
@@ -177,7 +188,13 @@ class TrainConfig:
             if v is not None and v < 1:
                 raise ValueError(f"{name} must be >= 1, got {v}")
         self._check_task(model_spec)
-        if self.data not in SYNTHETIC_DATA and self.epochs is None:
+        epochs = self.epochs
+        if self.data == ANNOTATIONS:
+            if self.steps is None or self.epochs not in (None, 1):
+                raise ValueError("annotations are trained for a number of steps (fresh crops every batch); "
+                                 "give steps, not epochs")
+            epochs = 1  # one pass over steps x batch_size random crops
+        elif self.data not in SYNTHETIC_DATA and self.epochs is None:
             raise ValueError("folder datasets are trained for a number of epochs; give epochs")
         if self.batch_size < 1 or not self.lr > 0:
             raise ValueError(f"need batch_size >= 1 and lr > 0, got {self.batch_size}, {self.lr}")
@@ -187,6 +204,7 @@ class TrainConfig:
         return replace(
             self,
             model_spec=model_spec,
+            epochs=epochs,
             weight_decay=(1e-4 if fixed else 0.0) if self.weight_decay is None else float(self.weight_decay),
             dropout=(0.5 if fixed else 0.0) if self.dropout is None else float(self.dropout),
             spatial_dropout=(0.3 if fixed else 0.0) if self.spatial_dropout is None else float(self.spatial_dropout),

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from napari_aprnet.data import (
     NUCLEI_DATASETS,
+    AnnotatedImages,
     FolderDataset,
     InputSpec,
     NucleiDataset,
@@ -20,7 +21,7 @@ from napari_aprnet.data import (
     split_indices,
 )
 from napari_aprnet.data.nuclei import default_shape
-from napari_aprnet.training.config import SHAPES_MEAN, SHAPES_STD, TrainConfig
+from napari_aprnet.training.config import ANNOTATIONS, SHAPES_MEAN, SHAPES_STD, TrainConfig
 from napari_aprnet.training.tasks import SEGMENTATION_CLASSES
 
 
@@ -31,6 +32,7 @@ class _Data:
     train: object
     val: object = None
     tests: dict = field(default_factory=dict)
+    held_out: bool = True  # the validation data is not trained on
 
 
 def _level_channel(config: TrainConfig) -> bool:
@@ -54,12 +56,35 @@ def _folder_splits(root: Path, make, config: TrainConfig):
     return train_set, val_set, tests
 
 
-def _setup_segmentation(config: TrainConfig) -> _Data:
-    """Segmentation data: synthetic nuclei (a stream, or fixed splits) or an images/masks folder."""
+#: Default side of the training crops of annotations.
+ANNOTATION_CROP = 64
+
+
+def _annotation_splits(config: TrainConfig, annotations: AnnotatedImages | None):
+    """(train crops, validation crops, crop shape, held out) of in-memory annotations."""
+    if annotations is None:
+        raise ValueError("this run trains on annotations in memory: pass them to train() as annotations= "
+                         "(a resumed run needs them again)")
+    if annotations.channels != config.model_spec.image_channels:
+        raise ValueError(f"{config.model} takes {config.model_spec.image_channels}-channel images, the annotated "
+                         f"images have {annotations.channels}")
+    crop = tuple(config.image_shape or (ANNOTATION_CROP,) * annotations.ndim)
+    if len(crop) != annotations.ndim:
+        raise ValueError(f"the crop {list(crop)} has {len(crop)} sides but the images are {annotations.ndim}D")
+    splits = annotations.splits(crop, config.steps * config.batch_size, config.seed, config.val_fraction)
+    return splits.train, splits.val, crop, splits.held_out
+
+
+def _setup_segmentation(config: TrainConfig, annotations: AnnotatedImages | None = None) -> _Data:
+    """Segmentation data: synthetic nuclei (a stream, or fixed splits), an images/masks folder or annotations."""
     model = config.model_spec
     channels = model.image_channels
     names = SEGMENTATION_CLASSES[config.n_seg_classes]
-    if config.data in NUCLEI_DATASETS:
+    held_out = True
+    if config.data == ANNOTATIONS:
+        train_set, val_set, shape, held_out = _annotation_splits(config, annotations)
+        tests: dict = {}
+    elif config.data in NUCLEI_DATASETS:
         shape = tuple(config.image_shape or default_shape(NUCLEI_DATASETS[config.data]))
         if len(shape) != NUCLEI_DATASETS[config.data]:
             raise ValueError(f"{config.data} images have {NUCLEI_DATASETS[config.data]} dimensions, got image_shape "
@@ -77,7 +102,7 @@ def _setup_segmentation(config: TrainConfig) -> _Data:
         shape = train_set[0][1].shape
     spec = InputSpec(model.mode, max(shape), channels, config.rel_error, config.apr_params, _level_channel(config),
                      [0.5] * channels, [0.25] * channels, "image", ndim=len(shape), resize=False)
-    return _Data(names, spec, train_set, val_set, tests)
+    return _Data(names, spec, train_set, val_set, tests, held_out)
 
 
 def _existing_folder(config: TrainConfig, what: str) -> Path:
@@ -88,10 +113,10 @@ def _existing_folder(config: TrainConfig, what: str) -> Path:
     return root
 
 
-def _setup_data(config: TrainConfig) -> _Data:
-    """The data of a validated ``config`` (its ``model_spec`` set)."""
+def _setup_data(config: TrainConfig, annotations: AnnotatedImages | None = None) -> _Data:
+    """The data of a validated ``config`` (its ``model_spec`` set); ``annotations`` for ``data="annotations"``."""
     if config.task == "segment":
-        return _setup_segmentation(config)
+        return _setup_segmentation(config, annotations)
     model = config.model_spec
     mode = model.mode
     channels = model.image_channels

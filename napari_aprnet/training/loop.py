@@ -42,7 +42,8 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
-from napari_aprnet.data import APRCache, epoch_batches, make_loader, stream_batches
+from napari_aprnet.bundled import resolve_checkpoint
+from napari_aprnet.data import AnnotatedImages, APRCache, epoch_batches, make_loader, stream_batches
 from napari_aprnet.io._atomic import atomic_write_bytes
 from napari_aprnet.models import build_model
 from napari_aprnet.training.checkpoint import load_checkpoint, save_checkpoint
@@ -122,15 +123,18 @@ class _Run:
     """The state of one training run; :meth:`events` is the step loop, in small methods."""
 
     def __init__(self, config: TrainConfig, out: Path | None, stored: dict | None, cache_dir,
-                 dist: Local | None = None):
+                 dist: Local | None = None, annotations=None):
         self.config, self.out, self.stored = config, out, stored
         self.dist = dist if dist is not None else Local()
         self.ckpt_path = out / "checkpoint.pt" if out is not None else None
-        self.data = _setup_data(config)
+        self.data = _setup_data(config, annotations)
         self.spec, self.n_classes = self.data.spec, len(self.data.class_names)
         self.task = task_for(config.task, self.n_classes, config.dice_weight)
         torch.manual_seed(config.seed)
-        self.model = self.dist.setup_model(build_network(config, self.spec, self.n_classes))
+        network = build_network(config, self.spec, self.n_classes)
+        if config.init_from is not None and stored is None:
+            _load_start_weights(network, config.init_from)
+        self.model = self.dist.setup_model(network)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         if config.streaming:
             self.steps_per_epoch = config.steps + 1  # one never-ending "epoch"
@@ -332,6 +336,19 @@ class _Run:
             self.log.close()
 
 
+def _load_start_weights(model: torch.nn.Module, path: str) -> None:
+    """Start ``model`` from the weights of the checkpoint at ``path`` (``init_from``: fine-tuning)."""
+    stored = load_checkpoint(resolve_checkpoint(path))
+    if stored["model"] != model.config:
+        differ = sorted(k for k in set(stored["model"]) | set(model.config)
+                        if stored["model"].get(k) != model.config.get(k))
+        theirs = ", ".join(f"{k} {stored['model'].get(k)}" for k in differ)
+        ours = ", ".join(f"{k} {model.config.get(k)}" for k in differ)
+        raise ValueError(f"the checkpoint {path} holds another network ({theirs}) than this run ({ours}); "
+                         "train with the checkpoint's network settings, or start afresh")
+    model.load_state_dict(stored["state_dict"])
+
+
 def _prepare(config: TrainConfig, out: Path | None, resume: bool) -> tuple[TrainConfig, dict | None]:
     """The run's config and, with ``resume``, the stored checkpoint (checks the output folder)."""
     ckpt_path = out / "checkpoint.pt" if out is not None else None
@@ -350,18 +367,18 @@ def _prepare(config: TrainConfig, out: Path | None, resume: bool) -> tuple[Train
 
 
 def _rank_events(group: Group, config: TrainConfig, out: Path | None, resume: bool, cache_dir,
-                 stop=None) -> Iterator[TrainEvent]:
+                 stop=None, annotations=None) -> Iterator[TrainEvent]:
     """One process of a run of several: rank 0 reads the checkpoint and writes the files; all train."""
     config, stored = group.from_main(lambda: _prepare(config, out, resume))
-    run = _Run(config.validate(), out if group.is_main else None, stored, cache_dir, group)
+    run = _Run(config.validate(), out if group.is_main else None, stored, cache_dir, group, annotations)
     yield from run.events(_as_stop(stop))
 
 
-def _torchrun_events(world, config, out, resume, stop, cache_dir, device) -> Iterator[TrainEvent]:
+def _torchrun_events(world, config, out, resume, stop, cache_dir, device, annotations) -> Iterator[TrainEvent]:
     """This process's part of a ``torchrun`` launch; only rank 0 yields events."""
     group = Group(*world, device)
     try:
-        for event in _rank_events(group, config, out, resume, cache_dir, stop):
+        for event in _rank_events(group, config, out, resume, cache_dir, stop, annotations):
             if group.is_main:
                 yield event
     finally:
@@ -370,7 +387,8 @@ def _torchrun_events(world, config, out, resume, stop, cache_dir, device) -> Ite
 
 def train(config: TrainConfig, out: str | Path | None = None, *, resume: bool = False,
           stop: Callable[[], bool] | threading.Event | None = None,
-          cache_dir: str | Path | None = None, nproc: int = 1, device: str | None = None) -> Iterator[TrainEvent]:
+          cache_dir: str | Path | None = None, nproc: int = 1, device: str | None = None,
+          annotations: AnnotatedImages | None = None) -> Iterator[TrainEvent]:
     """Train a network; a generator of :class:`TrainEvent`.
 
     Parameters
@@ -399,6 +417,9 @@ def train(config: TrainConfig, out: str | Path | None = None, *, resume: bool = 
     device : {"cpu", "cuda", "auto"}, optional
         Where each process trains (default the CPU; ``"cuda"``: one GPU per
         process, NCCL between processes).
+    annotations : AnnotatedImages, optional
+        The images and drawn labels of a run with ``data="annotations"``
+        (also when resuming it: they are not stored in the run folder).
 
     Raises
     ------
@@ -414,16 +435,16 @@ def train(config: TrainConfig, out: str | Path | None = None, *, resume: bool = 
     if int(nproc) < 1 or (world is not None and int(nproc) > 1):
         raise ValueError(f"nproc must be >= 1, and 1 under torchrun (which starts the processes), got {nproc}")
     if world is not None:
-        yield from _torchrun_events(world, config, out, resume, stop, cache_dir, device)
+        yield from _torchrun_events(world, config, out, resume, stop, cache_dir, device, annotations)
     elif nproc > 1:
         if not resume and config.validate().batch_size < nproc:
             raise ValueError(f"the global batch of {config.batch_size} images cannot be shared by {nproc} "
                              "processes; use a batch size of at least the number of processes")
-        yield from launch(_rank_events, (config, out, resume, cache_dir), int(nproc), device=device,
+        yield from launch(_rank_events, (config, out, resume, cache_dir, None, annotations), int(nproc), device=device,
                           should_stop=_as_stop(stop))
     else:
         config, stored = _prepare(config, out, resume)
-        run = _Run(config.validate(), out, stored, cache_dir, Local(device))
+        run = _Run(config.validate(), out, stored, cache_dir, Local(device), annotations)
         yield from run.events(_as_stop(stop))
 
 
