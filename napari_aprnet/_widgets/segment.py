@@ -1,6 +1,7 @@
 """Dock widget "Segment": run a trained segmentation network on an image layer, add Labels and probabilities."""
 from __future__ import annotations
 
+import hashlib
 import queue
 import threading
 from pathlib import Path
@@ -83,6 +84,29 @@ def segment_job(segmenter, data: np.ndarray, tile: int | None, *, cancel: thread
         fg.append(result.foreground.astype(np.float32))
     shape = lead + labels[0].shape
     return np.stack(labels).reshape(shape), np.stack(fg).reshape(shape)
+
+
+def _digest(labels: np.ndarray) -> str:
+    """Content digest of a label image (to tell whether the user has edited a layer we wrote)."""
+    return hashlib.blake2b(np.ascontiguousarray(labels).view(np.uint8), digest_size=16).hexdigest()
+
+
+def _unedited_name(viewer: napari.Viewer, name: str) -> str:
+    """``name`` if no layer has it or ours is unedited; else the first free ``"name [k]"``.
+
+    A Labels layer the user has corrected (for the next training round) is
+    never overwritten by segmenting again.
+    """
+    k = 1
+    candidate = name
+    while candidate in viewer.layers:
+        layer = viewer.layers[candidate]
+        written = layer.metadata.get(METADATA_KEY, {}).get("written")
+        if written is not None and layer._type_string == "labels" and _digest(np.asarray(layer.data)) == written:
+            return candidate
+        k += 1
+        candidate = f"{name} [{k}]"
+    return candidate
 
 
 class SegmentWidget(Container):
@@ -204,7 +228,9 @@ class SegmentWidget(Container):
                       {"name": f"{layer.name} foreground probability", "colormap": "magma",
                        "contrast_limits": (0.0, 1.0), "blending": "additive", "visible": False, "metadata": meta,
                        **common}, "image")
-        update_or_add(self.viewer, labels, {"name": f"{layer.name} instances", "opacity": 0.5, "metadata": meta,
-                                            **common}, "labels")
+        name = _unedited_name(self.viewer, f"{layer.name} instances")
+        labels_meta = {METADATA_KEY: {**meta[METADATA_KEY], "written": _digest(labels)}}
+        update_or_add(self.viewer, labels, {"name": name, "opacity": 0.5, "metadata": labels_meta, **common},
+                      "labels")
         n = int(labels.max()) if labels.size else 0
-        self.status.value = f"{n} objects (largest label) in {layer.name}; probability layer added (hidden)"
+        self.status.value = f"{n} objects (largest label) in {name}; probability layer added (hidden)"

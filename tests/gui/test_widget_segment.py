@@ -48,6 +48,16 @@ def test_segment_adds_labels_and_probability_equal_to_the_segmenter(make_napari_
     np.testing.assert_allclose(viewer.layers["nuclei foreground probability"].data, expected.foreground, atol=1e-6)
     assert tuple(labels.scale) == (0.5, 0.5) and type(labels).__name__ == "Labels"
 
+    _run(qtbot, w, w.segment())  # unedited: segmenting again replaces the layer
+    assert [ly.name for ly in viewer.layers if "instances" in ly.name] == ["nuclei instances"]
+    corrected = labels.data.copy()
+    corrected[:4, :4] = 7
+    labels.data = corrected  # the user corrects the result for the next training round
+    _run(qtbot, w, w.segment())
+    qtbot.waitUntil(lambda: "nuclei instances [2]" in viewer.layers, timeout=WAIT)
+    np.testing.assert_array_equal(viewer.layers["nuclei instances"].data, corrected)  # the correction is kept
+    np.testing.assert_array_equal(viewer.layers["nuclei instances [2]"].data, expected.labels)
+
 
 def test_segment_stack_plane_by_plane_and_refusals(make_napari_viewer, qtbot, seg_checkpoint, nuclei, notes):
     from napari_aprnet.training.segment import Segmenter
