@@ -40,11 +40,11 @@ import numpy as np
 
 from napari_aprnet import _native
 from napari_aprnet._blockwise_tasks import LevelJob, level_task, portable, read_block, run_tasks, sample_task
-from napari_aprnet.formation import _ROUNDOFF, MAX_ABS_VALUE, _CancelWatch, estimate_memory
+from napari_aprnet.formation import _ROUNDOFF, MAX_ABS_VALUE, _available_memory, _CancelWatch, estimate_memory
 from napari_aprnet.params import APRParameters
 from napari_aprnet.structure import APRStructure, level_max_for_shape
 
-__all__ = ["form_apr_blockwise", "TiffPages", "parse_memory", "halo_planes", "needs_blocks"]
+__all__ = ["form_apr_blockwise", "TiffPages", "parse_memory", "halo_planes", "needs_blocks", "default_budget"]
 
 _STAGE1_BYTES_PER_PIXEL = 8  # input copy (<= 2 for uint16) + float32 work + half-resolution grad/sigma/smooth
 _MIN_CORE = 8
@@ -80,6 +80,12 @@ def halo_planes(params: APRParameters) -> int:
     w1, w2 = (1, 1, 1, 2, 2, 3)[min(params.psf_pixels, 6) - 1], (2, 3, 4, 4, 5, 6)[min(params.psf_pixels, 6) - 1]
     halo = spline + 2 * (w1 + w2) + 4
     return halo + (halo % 2)
+
+
+def default_budget() -> int | None:
+    """Half the memory available now (None where unknown): the budget the Convert widget converts within."""
+    avail = _available_memory()
+    return None if avail is None else avail // 2
 
 
 def needs_blocks(shape: tuple[int, ...], max_memory: int) -> bool:
