@@ -11,8 +11,15 @@ dask array) a block of z-planes at a time:
    map of the block's own planes is kept (uint8, an eighth of the pixels);
 3. the pulling scheme on the whole half-resolution level map (as the
    whole-volume conversion does);
-4. per block, the sums of the pixels of every particle cell, accumulated in
-   float64 and divided by the cell sizes.
+4. per block, the particle values: blocks are a multiple of the tallest
+   cell's height, so every cell lies in one block and the whole-volume C
+   sampler gives the same float32 means; cells taller than a block (a budget
+   too small for them) are summed across blocks in float64.
+
+Stages 2 and 4 are independent per block: ``workers=N`` runs them in N
+processes (a memmap or :class:`TiffPages` is reopened by path there), or any
+:class:`concurrent.futures.Executor` runs them, e.g. a dask cluster's
+``distributed.Client(...).get_executor()``. The result does not depend on it.
 
 Tolerance
 ---------
@@ -23,16 +30,17 @@ with the distance ``d`` (``rho ~ 0.58`` for ``lambda_ = 3``). The halo is
 chosen so that ``rho**halo <= 1e-3`` plus the reach of the local intensity
 scale, so gradients near block borders differ by about 1e-3 of the
 intensity, which moves a cell across a level boundary only rarely (measured:
-well under 0.5 % of the particles; ``benchmarks/bench_blockwise.py``). The
+well under 0.5 % of the particles; ``benchmarks/results/blockwise.md``). The
 round-off floor of the gradient uses the image range instead of the range
-of the smoothed image. Particle values are means computed in float64, equal
-to the whole-volume means to float32 rounding. ``auto_parameters`` needs
-statistics of the whole image and is refused.
+of the smoothed image. Particle values equal the whole-volume ones (those of
+cells taller than a sampling block to float32 rounding).
+``auto_parameters`` needs statistics of the whole image and is refused.
 """
 from __future__ import annotations
 
 import math
 import multiprocessing
+import os
 from concurrent.futures import Executor, ProcessPoolExecutor
 from typing import Any, Callable
 
@@ -97,11 +105,13 @@ class TiffPages:
     """A multi-page TIFF as a read-only ``(pages, y, x)`` array-like read page by page (tifffile).
 
     Only slicing along the first axis with step 1 (``stack[z0:z1]``) reads data.
+    Pickling keeps the path only (a worker process reopens the file).
     """
 
     def __init__(self, path):
         import tifffile
 
+        self._path = os.fspath(path)
         self._tif = tifffile.TiffFile(path)
         pages = self._tif.pages
         first = pages[0]
@@ -123,6 +133,12 @@ class TiffPages:
     def close(self) -> None:
         """Close the file."""
         self._tif.close()
+
+    def __getstate__(self) -> dict:
+        return {"path": self._path}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["path"])
 
 
 def _range(image, rows: int, watch) -> tuple[float, float]:

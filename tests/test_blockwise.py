@@ -1,6 +1,7 @@
 """Blockwise conversion of volumes larger than memory (napari_aprnet.blockwise)."""
 from __future__ import annotations
 
+import pickle
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -63,7 +64,10 @@ def test_tiff_pages_and_api(tmp_path, volume):
     with pytest.raises(TypeError, match="slices of pages"):
         pages[3]
     apr = APR.from_image(pages, params=PARAMS, max_memory=_budget(volume, 12))
+    copy = pickle.loads(pickle.dumps(pages))  # by path: what a worker process gets
+    np.testing.assert_array_equal(copy[60:64], volume[60:64])
     pages.close()
+    copy.close()
     whole = APR.from_image(volume, params=PARAMS)
     np.testing.assert_array_equal(apr.coords, whole.coords)
     assert APR.from_image(volume, params=PARAMS, max_memory="1GiB").equals(whole)  # fits: whole-volume path
