@@ -120,19 +120,19 @@ def _cell_keys(levels: np.ndarray, coords: np.ndarray) -> np.ndarray:
     return key
 
 
-def _compare(a, b) -> tuple[float, float]:
-    """Fraction of cells in only one of the results (of a's count), and the largest value difference of the rest."""
+def _compare(a, b) -> tuple[int, int, float]:
+    """Cells in only one of the results, a's count, and the largest value difference of the common cells."""
     ka, kb = _cell_keys(a["levels"], a["coords"]), _cell_keys(b["levels"], b["coords"])
     common, ia, ib = np.intersect1d(ka, kb, assume_unique=True, return_indices=True)
     differing = len(ka) + len(kb) - 2 * len(common)
     vmax = float(np.abs(a["values"][ia] - b["values"][ib]).max()) if len(common) else float("nan")
-    return differing / len(ka), vmax
+    return differing, len(ka), vmax
 
 
-def _table(args, rows: dict, diff: float | None, vmax: float | None) -> str:
+def _table(args, rows: dict, diff: tuple | None, vmax: float | None) -> str:
     shape = "x".join(map(str, args.shape))
     lines = ["| shape | tool | max_memory | workers | wall s | CPU s | wall / whole | CPU / whole | peak RSS MiB | "
-             "particles | cells not in both (% of whole) | max value diff |",
+             "particles | cells not in both (of whole's) | max value diff |",
              "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     w = rows.get("whole")
     for mode, r in rows.items():
@@ -141,7 +141,8 @@ def _table(args, rows: dict, diff: float | None, vmax: float | None) -> str:
         rss = f"{r['peak_rss'] / 2**20:.0f}"
         if mode == "blocks" and args.workers > 1:
             rss += f" (+ {args.workers} workers of <= {r['worker_peak_rss'] / 2**20:.0f})"
-        extra = f"{100 * diff:.4f} | {vmax:.3g}" if mode == "blocks" and diff is not None else "- | -"
+        extra = (f"{diff[0]:,} ({100 * diff[0] / diff[1]:.2g} %) | {vmax:.3g}" if mode == "blocks" and diff
+                 else "- | -")
         lines.append(f"| {shape} | {mode} | {args.max_memory if mode == 'blocks' else '-'} | "
                      f"{args.workers if mode == 'blocks' else 1} | {r['seconds']:.1f} | {r['cpu']:.1f} | {ratio} | "
                      f"{rss} | {r['particles']:,} | {extra} |")
@@ -185,7 +186,7 @@ def main() -> None:
                 print(f"{m}: {json.dumps(rows[m])}", file=sys.stderr, flush=True)
             diff = vmax = None
             if "whole" in rows and "blocks" in rows:
-                diff, vmax = _compare(np.load(outs["whole"]), np.load(outs["blocks"]))
+                *diff, vmax = _compare(np.load(outs["whole"]), np.load(outs["blocks"]))
         finally:
             if not args.keep:
                 os.remove(path)
