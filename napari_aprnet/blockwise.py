@@ -164,19 +164,22 @@ class _Runner:
             raise ValueError(f"workers must be a positive number of processes or an Executor, got {workers}")
         if not self.own and not isinstance(workers, Executor):
             raise TypeError(f"workers must be an int or a concurrent.futures.Executor, got {type(workers).__name__}")
-        self.parallel = 1 if self.own and workers == 1 else (workers if self.own else 1)
-        self.executor = None if self.own and workers == 1 else workers
+        self.parallel = int(workers) if self.own else 1  # blocks in memory at a time on this machine
+        self.executor = None if self.own else workers
+        # tasks waiting at a time: each holds a block of pixels when they are sent (in-memory arrays)
+        self.in_flight = 2 * (self.parallel if self.own else getattr(workers, "_max_workers", 8))
         self.image = image
-        self.source = portable(image, sends_blocks=self.executor is not None)
+        self.source = portable(image, sends_blocks=not self.own or self.parallel > 1)
 
     def __enter__(self):
-        if self.own and self.executor is not None:
+        if self.own and self.parallel > 1:
             self.executor = ProcessPoolExecutor(self.parallel, mp_context=multiprocessing.get_context("spawn"))
         return self
 
     def __exit__(self, *exc):
         if self.own and self.executor is not None:
             self.executor.shutdown(wait=True, cancel_futures=True)
+            self.executor = None
 
     def read_args(self, e0: int, e1: int) -> tuple:
         """The ``(source, e0, e1)`` a task reads its planes with (the pixels themselves for in-memory arrays)."""
@@ -185,8 +188,7 @@ class _Runner:
         return self.source, e0, e1
 
     def run(self, fn, args, on_result, watch) -> None:
-        run_tasks(self.executor, fn, args, 2 * self.parallel if self.executor else 1, on_result, watch.check,
-                  watch.flag)
+        run_tasks(self.executor, fn, args, self.in_flight, on_result, watch.check, watch.flag)
 
 
 def _level_map(runner: _Runner, params: APRParameters, level_max: int, offset: float, span: float, core: int,
