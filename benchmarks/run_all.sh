@@ -13,6 +13,7 @@ $PY benchmarks/bench_convert.py
 $PY benchmarks/bench_reconstruct.py
 $PY benchmarks/bench_layers.py
 $PY benchmarks/bench_lazy_view.py
+OMP_NUM_THREADS=1 $PY benchmarks/bench_blockwise.py   # prints the rows of results/blockwise.md (1 thread)
 xvfb-run -a -s "-screen 0 1600x1000x24" $PY benchmarks/bench_gui_freeze.py --markdown benchmarks/results/gui_freeze.md
 $PY benchmarks/bench_train_step.py --steps 9
 $PY benchmarks/bench_train_step.py --steps 9 --tune-malloc

@@ -28,6 +28,7 @@ Reconstruction modes
 from __future__ import annotations
 
 import os
+from concurrent.futures import Executor
 from dataclasses import replace
 from typing import Any, Callable, Sequence
 
@@ -112,7 +113,8 @@ class APR:
     @classmethod
     def from_image(cls, image, rel_error: float | None = None, *, params: APRParameters | None = None,
                    channel_axis: int | None = None, cancel: Callable[[], bool] | None = None,
-                   max_memory: int | str | None = None, **param_overrides) -> "APR":
+                   max_memory: int | str | None = None, workers: int | Executor = 1,
+                   **param_overrides) -> "APR":
         """Form the APR of a 2D or 3D image (LibAPR's pipeline, thesis section 2.3).
 
         Parameters
@@ -136,6 +138,10 @@ class APR:
             along z without being read whole (numpy memmap,
             :class:`napari_aprnet.blockwise.TiffPages`, zarr, dask); see
             :mod:`napari_aprnet.blockwise` for the tolerance.
+        workers : int or concurrent.futures.Executor
+            With ``max_memory``: processes converting blocks at the same time,
+            or an executor (e.g. a dask cluster's); see
+            :func:`napari_aprnet.blockwise.form_apr_blockwise`.
         **param_overrides
             Any other ``APRParameters`` field, e.g. ``lambda_=2.0``.
 
@@ -153,7 +159,8 @@ class APR:
             params = replace(params, **param_overrides)
         if max_memory is not None and channel_axis is None and len(getattr(image, "shape", ())) == 3 \
                 and needs_blocks(image.shape, parse_memory(max_memory)):
-            structure, values = form_apr_blockwise(image, params, max_memory=max_memory, cancel=cancel)
+            structure, values = form_apr_blockwise(image, params, max_memory=max_memory, workers=workers,
+                                                   cancel=cancel)
         else:
             structure, values = form_apr(image, params, channel_axis=channel_axis, cancel=cancel)
         return cls(structure, values, params)

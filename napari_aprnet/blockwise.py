@@ -11,8 +11,15 @@ dask array) a block of z-planes at a time:
    map of the block's own planes is kept (uint8, an eighth of the pixels);
 3. the pulling scheme on the whole half-resolution level map (as the
    whole-volume conversion does);
-4. per block, the sums of the pixels of every particle cell, accumulated in
-   float64 and divided by the cell sizes.
+4. per block, the particle values: blocks are a multiple of the tallest
+   cell's height, so every cell lies in one block and the whole-volume C
+   sampler gives the same float32 means; cells taller than a block (a budget
+   too small for them) are summed across blocks in float64.
+
+Stages 2 and 4 are independent per block: ``workers=N`` runs them in N
+processes (a memmap or :class:`TiffPages` is reopened by path there), or any
+:class:`concurrent.futures.Executor` runs them, e.g. a dask cluster's
+``distributed.Client(...).get_executor()``. The result does not depend on it.
 
 Tolerance
 ---------
@@ -23,29 +30,31 @@ with the distance ``d`` (``rho ~ 0.58`` for ``lambda_ = 3``). The halo is
 chosen so that ``rho**halo <= 1e-3`` plus the reach of the local intensity
 scale, so gradients near block borders differ by about 1e-3 of the
 intensity, which moves a cell across a level boundary only rarely (measured:
-well under 0.5 % of the particles; ``benchmarks/bench_blockwise.py``). The
+well under 0.5 % of the particles; ``benchmarks/results/blockwise.md``). The
 round-off floor of the gradient uses the image range instead of the range
-of the smoothed image. Particle values are means computed in float64, equal
-to the whole-volume means to float32 rounding. ``auto_parameters`` needs
-statistics of the whole image and is refused.
+of the smoothed image. Particle values equal the whole-volume ones (those of
+cells taller than a sampling block to float32 rounding).
+``auto_parameters`` needs statistics of the whole image and is refused.
 """
 from __future__ import annotations
 
 import math
-import mmap
+import multiprocessing
+import os
+from concurrent.futures import Executor, ProcessPoolExecutor
 from typing import Any, Callable
 
 import numpy as np
 
 from napari_aprnet import _native
-from napari_aprnet.formation import _ROUNDOFF, MAX_ABS_VALUE, _CancelWatch, estimate_memory
+from napari_aprnet._blockwise_tasks import LevelJob, level_task, portable, read_block, run_tasks, sample_task
+from napari_aprnet.formation import _ROUNDOFF, MAX_ABS_VALUE, _available_memory, _CancelWatch, estimate_memory
 from napari_aprnet.params import APRParameters
 from napari_aprnet.structure import APRStructure, level_max_for_shape
 
-__all__ = ["form_apr_blockwise", "TiffPages", "parse_memory", "halo_planes", "needs_blocks"]
+__all__ = ["form_apr_blockwise", "TiffPages", "parse_memory", "halo_planes", "needs_blocks", "default_budget"]
 
 _STAGE1_BYTES_PER_PIXEL = 8  # input copy (<= 2 for uint16) + float32 work + half-resolution grad/sigma/smooth
-_SAMPLE_BYTES_PER_PIXEL = 16  # float64 block + its first yx reduction (4) and the next level's z sums
 _MIN_CORE = 8
 
 
@@ -81,6 +90,12 @@ def halo_planes(params: APRParameters) -> int:
     return halo + (halo % 2)
 
 
+def default_budget() -> int | None:
+    """Half the memory available now (None where unknown): the budget the Convert widget converts within."""
+    avail = _available_memory()
+    return None if avail is None else avail // 2
+
+
 def needs_blocks(shape: tuple[int, ...], max_memory: int) -> bool:
     """True if whole-volume formation of ``shape`` would need more than ``max_memory`` bytes."""
     return estimate_memory(tuple(int(s) for s in shape)) > max_memory
@@ -90,11 +105,13 @@ class TiffPages:
     """A multi-page TIFF as a read-only ``(pages, y, x)`` array-like read page by page (tifffile).
 
     Only slicing along the first axis with step 1 (``stack[z0:z1]``) reads data.
+    Pickling keeps the path only (a worker process reopens the file).
     """
 
     def __init__(self, path):
         import tifffile
 
+        self._path = os.fspath(path)
         self._tif = tifffile.TiffFile(path)
         pages = self._tif.pages
         first = pages[0]
@@ -117,24 +134,18 @@ class TiffPages:
         """Close the file."""
         self._tif.close()
 
+    def __getstate__(self) -> dict:
+        return {"path": self._path}
 
-def _read(image, z0: int, z1: int) -> np.ndarray:
-    return np.ascontiguousarray(np.asarray(image[z0:z1]))
-
-
-def _release(image) -> None:
-    """Drop the pages a numpy memmap has read from this process's resident memory (they stay in the page cache)."""
-    mm = getattr(image, "_mmap", None)
-    if isinstance(image, np.memmap) and isinstance(mm, mmap.mmap) and hasattr(mm, "madvise"):
-        mm.madvise(mmap.MADV_DONTNEED)
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["path"])
 
 
 def _range(image, rows: int, watch) -> tuple[float, float]:
     lo, hi = math.inf, -math.inf
     for z0 in range(0, image.shape[0], rows):
-        block = _read(image, z0, min(z0 + rows, image.shape[0]))
+        block = read_block(image, z0, min(z0 + rows, image.shape[0]))
         b_lo, b_hi = float(block.min()), float(block.max())  # NaN propagates through min and max
-        _release(image)
         if not (math.isfinite(b_lo) and math.isfinite(b_hi)):
             raise ValueError("image contains NaN or Inf values; replace them (e.g. np.nan_to_num) first")
         lo, hi = min(lo, b_lo), max(hi, b_hi)
@@ -144,68 +155,147 @@ def _range(image, rows: int, watch) -> tuple[float, float]:
     return lo, hi
 
 
-def _level_map(image, params: APRParameters, level_max: int, offset: float, span: float, core: int,
+class _Runner:
+    """Where the blocks go: this process, ``workers`` spawned processes, or a user's executor (e.g. dask's)."""
+
+    def __init__(self, image, workers: int | Executor):
+        self.own = isinstance(workers, (int, np.integer)) and not isinstance(workers, bool)
+        if self.own and workers < 1:
+            raise ValueError(f"workers must be a positive number of processes or an Executor, got {workers}")
+        if not self.own and not isinstance(workers, Executor):
+            raise TypeError(f"workers must be an int or a concurrent.futures.Executor, got {type(workers).__name__}")
+        self.parallel = int(workers) if self.own else 1  # blocks in memory at a time on this machine
+        self.executor = None if self.own else workers
+        # tasks waiting at a time: each holds a block of pixels when they are sent (in-memory arrays)
+        self.in_flight = 2 * (self.parallel if self.own else getattr(workers, "_max_workers", 8))
+        self.image = image
+        self.source = portable(image, sends_blocks=not self.own or self.parallel > 1)
+
+    def __enter__(self):
+        if self.own and self.parallel > 1:
+            self.executor = ProcessPoolExecutor(self.parallel, mp_context=multiprocessing.get_context("spawn"))
+        return self
+
+    def __exit__(self, *exc):
+        if self.own and self.executor is not None:
+            self.executor.shutdown(wait=True, cancel_futures=True)
+            self.executor = None
+
+    def read_args(self, e0: int, e1: int) -> tuple:
+        """The ``(source, e0, e1)`` a task reads its planes with (the pixels themselves for in-memory arrays)."""
+        if self.source is None:
+            return read_block(self.image, e0, e1), 0, e1 - e0
+        return self.source, e0, e1
+
+    def run(self, fn, args, on_result, watch) -> None:
+        run_tasks(self.executor, fn, args, self.in_flight, on_result, watch.check, watch.flag)
+
+
+def _level_map(runner: _Runner, params: APRParameters, level_max: int, offset: float, span: float, core: int,
                watch) -> np.ndarray:
     """Stage 1 + 2 block by block: the uint8 half-resolution level map of the whole image."""
-    nz = image.shape[0]
+    shape = runner.image.shape
+    nz = shape[0]
     halo = halo_planes(params)
-    level_ds = np.empty(tuple(-(-int(s) // 2) for s in image.shape), np.uint8)
+    level_ds = np.empty(tuple(-(-int(s) // 2) for s in shape), np.uint8)
     spacing = params.spacing(3)
     h_min = min(spacing)
-    grad_th = max(params.grad_th * h_min, _ROUNDOFF * span)
-    for z0 in range(0, nz, core):
-        z1 = min(z0 + core, nz)
-        e0, e1 = max(z0 - halo, 0), min(z1 + halo, nz)
-        block = _read(image, e0, e1)
-        _release(image)
-        if block.dtype not in (np.uint8, np.uint16, np.float32):
-            block = block.astype(np.float32)
-        if offset != 0:
-            block = np.subtract(block, block.dtype.type(offset), dtype=block.dtype)
-        grad, sigma, smooth = _native.formation_grad_sigma(block, tuple(h / h_min for h in spacing),
-                                                           params.lambda_, params.psf_pixels, watch.flag)
-        del block
-        watch.check()
-        a, b = (z0 - e0) // 2, (z0 - e0) // 2 + (-(-(z1 - z0) // 2))
-        level_ds[z0 // 2: z0 // 2 + (b - a)] = _native.formation_levels(
-            grad[a:b], sigma[a:b], smooth[a:b], ip_th=params.Ip_th - offset, sigma_th=params.sigma_th,
-            sigma_th_max=params.sigma_th_max, grad_th=grad_th, rel_error=params.rel_error,
-            level_max=level_max, h_min=1.0, cancel_flag=watch.flag)
-        watch.check()
+    job = LevelJob(tuple(h / h_min for h in spacing), params.lambda_, params.psf_pixels, offset,
+                   dict(ip_th=params.Ip_th - offset, sigma_th=params.sigma_th, sigma_th_max=params.sigma_th_max,
+                        grad_th=max(params.grad_th * h_min, _ROUNDOFF * span), rel_error=params.rel_error,
+                        level_max=level_max, h_min=1.0))
+
+    def tasks():
+        for z0 in range(0, nz, core):
+            z1 = min(z0 + core, nz)
+            h0 = max(z0 - halo, 0)
+            source, e0, e1 = runner.read_args(h0, min(z1 + halo, nz))
+            yield z0, (source, e0, e1, z0 - h0 + e0, z1 - h0 + e0, job)  # planes of source[e0:e1]
+
+    def store(z0, block_levels):
+        level_ds[z0 // 2: z0 // 2 + len(block_levels)] = block_levels
+
+    runner.run(level_task, tasks(), store, watch)
     return level_ds
 
 
-def _sample(image, structure: APRStructure, rows: int, watch) -> np.ndarray:
-    """Mean of the pixels of every particle cell, from blocks of ``rows`` planes (float64 sums)."""
-    lmax = structure.level_max
-    off = structure.level_offsets
-    sums = np.zeros(structure.n_particles, np.float64)
-    zc_all = structure.coords[:, 0]
-    nz = structure.shape[0]
-    for z0 in range(0, nz, rows):
-        z1 = min(z0 + rows, nz)
-        red = _read(image, z0, z1).astype(np.float64)
-        _release(image)
-        for level in range(lmax, structure.level_min - 1, -1):
-            k = lmax - level
-            if level < lmax:  # 2x2 sums of the finer level's yx reduction
-                red = np.add.reduceat(np.add.reduceat(red, np.arange(0, red.shape[1], 2), axis=1),
-                                      np.arange(0, red.shape[2], 2), axis=2)
-            lo, hi = off[level], off[level + 1]
-            if lo == hi:
-                continue
-            c_lo, c_hi = z0 >> k, (z1 - 1) >> k
-            starts = np.maximum(np.arange(c_lo, c_hi + 1) << k, z0) - z0
-            zsum = red if k == 0 else np.add.reduceat(red, starts, axis=0)
-            zc = zc_all[lo:hi]
-            i0, i1 = lo + np.searchsorted(zc, c_lo), lo + np.searchsorted(zc, c_hi, side="right")
-            c = structure.coords[i0:i1]
-            sums[i0:i1] += zsum[c[:, 0] - c_lo, c[:, 1], c[:, 2]]
-        watch.check()
-    return (sums / structure.pixel_counts).astype(np.float32)
+def _z_starts(structure: APRStructure) -> list[np.ndarray]:
+    """Per level: the index of the first particle of each z-row of cells (and the level's end), int64."""
+    off, lmax, nz = structure.level_offsets, structure.level_max, structure.shape[0]
+    starts = []
+    for level in range(lmax + 1):
+        lo, hi = int(off[level]), int(off[level + 1])
+        counts = np.zeros(((nz - 1) >> (lmax - level)) + 1, np.int64)
+        for a in range(lo, hi, 1 << 22):  # chunks: no copy of a whole level's z column
+            counts += np.bincount(structure.coords[a: min(a + (1 << 22), hi), 0], minlength=len(counts))
+        starts.append(np.concatenate([[lo], lo + np.cumsum(counts)]))
+    return starts
+
+
+def _sample_rows(structure: APRStructure, rows_max: int) -> int:
+    """Planes per sampling block: a multiple of the tallest cell if that fits, else a power of two."""
+    present = np.flatnonzero(np.diff(structure.level_offsets))
+    tallest = 1 << (structure.level_max - int(present.min())) if len(present) else 1
+    if tallest <= rows_max:
+        return rows_max // tallest * tallest
+    return 1 << (rows_max.bit_length() - 1)
+
+
+def _sample(runner: _Runner, structure: APRStructure, rows_max: int, watch) -> np.ndarray:
+    """Particle values block by block: cells inside a block by the C sampler, taller ones by float64 sums."""
+    lmax, nz = structure.level_max, structure.shape[0]
+    rows = _sample_rows(structure, rows_max)
+    starts = _z_starts(structure)
+    values = np.empty(structure.n_particles, np.float32)
+    tall_levels = [lv for lv in range(lmax + 1) if (1 << (lmax - lv)) > rows]
+    sums = {lv: np.zeros(int(starts[lv][-1] - starts[lv][0]), np.float64) for lv in tall_levels}
+
+    def tasks():
+        for z0 in range(0, nz, rows):
+            z1 = min(z0 + rows, nz)
+            spans, levels, coords, tall = [], [], [], []
+            for level in range(lmax + 1):
+                k = lmax - level
+                c0, c1 = z0 >> k, ((z1 - 1) >> k) + 1
+                i0, i1 = int(starts[level][c0]), int(starts[level][c1])
+                if i0 == i1:
+                    continue
+                spans.append((level, i0, i1))
+                if level in sums:
+                    tall.append((k, structure.coords[i0:i1, 1:]))
+                else:
+                    levels.append(structure.levels[i0:i1])
+                    coords.append(structure.coords[i0:i1] - np.array([c0, 0, 0], np.int32))
+            source, e0, e1 = runner.read_args(z0, z1)
+            empty = (np.zeros(0, np.uint8), np.zeros((0, 3), np.int32))
+            yield spans, (source, e0, e1, lmax, np.concatenate(levels or [empty[0]]),
+                          np.concatenate(coords or [empty[1]]), tall)
+
+    def store(spans, result):
+        block_values, tall_sums = result
+        n, t = 0, 0
+        for level, i0, i1 in spans:
+            if level in sums:
+                sums[level][i0 - starts[level][0]: i1 - starts[level][0]] += tall_sums[t]
+                t += 1
+            else:
+                values[i0:i1] = block_values[n: n + i1 - i0]
+                n += i1 - i0
+
+    runner.run(sample_task, tasks(), store, watch)
+    for level, s in sums.items():
+        lo, hi = int(starts[level][0]), int(starts[level][-1])
+        steps = np.int64(1) << (lmax - level)
+        counts = np.ones(hi - lo, np.float64)
+        for axis, n in enumerate(structure.shape):
+            first = structure.coords[lo:hi, axis].astype(np.int64) * steps
+            counts *= np.minimum(first + steps, n) - first
+        values[lo:hi] = s / counts
+    return values
 
 
 def form_apr_blockwise(image: Any, params: APRParameters | None = None, *, max_memory: int | str = "1GiB",
+                       workers: int | Executor = 1,
                        cancel: Callable[[], bool] | None = None) -> tuple[APRStructure, np.ndarray]:
     """Form the APR of a 3D volume block by block along z within a memory budget.
 
@@ -217,10 +307,18 @@ def form_apr_blockwise(image: Any, params: APRParameters | None = None, *, max_m
     params : APRParameters, optional
         ``auto_parameters`` is refused (it needs the whole image).
     max_memory : int or str
-        Budget for the conversion's arrays (e.g. ``"600MiB"``); the
-        interpreter and the input's own cache are not counted.
+        Budget for the conversion's arrays (e.g. ``"600MiB"``), shared by the
+        worker processes; the interpreter, the input's own cache and the
+        particles of the result are not counted.
+    workers : int or concurrent.futures.Executor
+        Number of processes converting blocks at the same time (1: this
+        process), or an executor to submit the blocks to, e.g. a dask
+        cluster's ``distributed.Client(...).get_executor()``; each of its
+        workers then needs up to ``max_memory`` and the image's path (a
+        memmap, :class:`TiffPages`, zarr or dask array; an in-memory numpy
+        array is sent block by block). The result does not depend on it.
     cancel : callable, optional
-        Polled between blocks and inside the C code.
+        Polled between blocks and inside the C code (of this process).
 
     Returns
     -------
@@ -243,28 +341,34 @@ def form_apr_blockwise(image: Any, params: APRParameters | None = None, *, max_m
         raise ValueError(f"blockwise conversion needs a (z, y, x) volume, got shape {shape}")
     if dtype.kind not in "uif":
         raise TypeError(f"image must have a real numeric dtype, got {dtype}")
-    budget = parse_memory(max_memory)
+    with _Runner(image, workers) as runner:
+        core, rows = _block_planes(shape, dtype, params, parse_memory(max_memory), runner.parallel)
+        level_max = level_max_for_shape(shape)
+        level_min = min(1, level_max)
+        with _CancelWatch(cancel) as watch:
+            lo, hi = _range(image, rows, watch)
+            level_ds = _level_map(runner, params, level_max, lo, hi - lo, core, watch)
+            levels, coords = _native.pulling_scheme(level_ds, shape, level_max, level_min,
+                                                    params.neighborhood_optimization, watch.flag)
+            del level_ds
+            watch.check()
+            structure = APRStructure(shape, level_max, levels, coords, level_min)
+            values = _sample(runner, structure, rows, watch)
+    return structure, values
+
+
+def _block_planes(shape: tuple, dtype: np.dtype, params: APRParameters, budget: int, parallel: int):
+    """Core planes per level-map block and planes per sampling block for ``parallel`` blocks at a time."""
     plane = shape[1] * shape[2]
     fixed = -(-plane // 4) * -(-shape[0] // 2)  # the half-resolution level map (and its pulling tree share)
     halo = halo_planes(params)
-    core = (budget - 2 * fixed) // (_STAGE1_BYTES_PER_PIXEL * plane) - 2 * halo
+    share = (budget - 2 * fixed) // parallel
+    core = share // (_STAGE1_BYTES_PER_PIXEL * plane) - 2 * halo
     core -= core % 2
     if core < _MIN_CORE:
-        need = 2 * fixed + (_MIN_CORE + 2 * halo) * _STAGE1_BYTES_PER_PIXEL * plane
-        raise ValueError(f"max_memory {budget / 2**20:.0f} MiB is too small for planes of {shape[1]}x{shape[2]}: "
-                         f"blocks of {_MIN_CORE} planes and a halo of {halo} need about {need / 2**20:.0f} MiB")
-    rows = max(1, min(shape[0], (budget - 2 * fixed) // (_SAMPLE_BYTES_PER_PIXEL * plane)))
-    level_max = level_max_for_shape(shape)
-    level_min = min(1, level_max)
-    with _CancelWatch(cancel) as watch:
-        lo, hi = _range(image, rows, watch)
-        offset = lo  # subtracted like form_apr does (exact for integers)
-        level_ds = _level_map(image, params, level_max, offset, hi - lo, core, watch)
-        levels, coords = _native.pulling_scheme(level_ds, shape, level_max, level_min,
-                                                params.neighborhood_optimization, watch.flag)
-        del level_ds
-        watch.check()
-        structure = APRStructure(shape, level_max, levels, coords, level_min)
-        values = _sample(image, structure, rows, watch)
-    return structure, values
-
+        need = 2 * fixed + parallel * (_MIN_CORE + 2 * halo) * _STAGE1_BYTES_PER_PIXEL * plane
+        raise ValueError(f"max_memory {budget / 2**20:.0f} MiB is too small for planes of {shape[1]}x{shape[2]}"
+                         f"{f' and {parallel} workers' if parallel > 1 else ''}: blocks of {_MIN_CORE} planes and "
+                         f"a halo of {halo} need about {need / 2**20:.0f} MiB")
+    rows = max(1, min(shape[0], share // ((2 * dtype.itemsize + 5) * plane)))
+    return core, rows

@@ -68,12 +68,14 @@ def apr_error_stats(apr, image, mode: str = "constant", tally: ErrorTally | None
 
     Only a block of about :data:`BLOCK_VALUES` values of the reconstruction
     exists at a time. ``image`` has the APR's shape (channels last, as the
-    reconstruction). Pass a ``tally`` to add this image to others (a stack).
+    reconstruction), any array-like read block by block (e.g. a memmap).
+    Pass a ``tally`` to add this image to others (a stack).
     """
     tally = ErrorTally() if tally is None else tally
-    image = np.asarray(image)
+    if not hasattr(image, "shape"):
+        image = np.asarray(image)
     rows = max(1, BLOCK_VALUES // max(1, int(np.prod(image.shape[1:]))))
     for start in range(0, image.shape[0], rows):
-        block = (slice(start, min(start + rows, image.shape[0])),)
-        tally.add(image[block], apr.reconstruct(mode=mode, region=block))
+        block = slice(start, min(start + rows, image.shape[0]))
+        tally.add(np.asarray(image[block]), apr.reconstruct(mode=mode, region=(block,)))
     return tally.result()

@@ -1,14 +1,25 @@
 """Blockwise conversion of volumes larger than memory (napari_aprnet.blockwise)."""
 from __future__ import annotations
 
+import pickle
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import pytest
 import tifffile
 
 from napari_aprnet import APR
-from napari_aprnet.blockwise import TiffPages, form_apr_blockwise, halo_planes, needs_blocks, parse_memory
+from napari_aprnet.blockwise import (
+    TiffPages,
+    _Runner,
+    _sample,
+    form_apr_blockwise,
+    halo_planes,
+    needs_blocks,
+    parse_memory,
+)
 from napari_aprnet.cli import main
-from napari_aprnet.formation import form_apr
+from napari_aprnet.formation import _CancelWatch, form_apr
 from napari_aprnet.params import APRParameters
 
 PARAMS = APRParameters(sigma_th=20.0, grad_th=2.0)
@@ -53,7 +64,10 @@ def test_tiff_pages_and_api(tmp_path, volume):
     with pytest.raises(TypeError, match="slices of pages"):
         pages[3]
     apr = APR.from_image(pages, params=PARAMS, max_memory=_budget(volume, 12))
+    copy = pickle.loads(pickle.dumps(pages))  # by path: what a worker process gets
+    np.testing.assert_array_equal(copy[60:64], volume[60:64])
     pages.close()
+    copy.close()
     whole = APR.from_image(volume, params=PARAMS)
     np.testing.assert_array_equal(apr.coords, whole.coords)
     assert APR.from_image(volume, params=PARAMS, max_memory="1GiB").equals(whole)  # fits: whole-volume path
@@ -84,3 +98,41 @@ def test_cli_convert_max_memory(tmp_path, volume, capsys):
                "--grad-th", "2", "--max-memory", str(_budget(volume, 10))])
     assert rc == 0 and "particles:" in capsys.readouterr().out
     np.testing.assert_array_equal(APR.load(tmp_path / "v.apr").coords, APR.from_image(volume, params=PARAMS).coords)
+
+
+def _memmap(tmp_path, volume):
+    np.save(tmp_path / "v.npy", volume)
+    return np.load(tmp_path / "v.npy", mmap_mode="r")
+
+
+def test_workers_and_executors_give_the_same_result(tmp_path, volume):
+    """Blocks in 2 spawned processes (memmap reopened by path), on a thread pool, from a dask array: same APR."""
+    import dask.array as da
+
+    mm = _memmap(tmp_path, volume)
+    budget = 2 * _budget(volume, 10)
+    one_s, one_v = form_apr_blockwise(mm, PARAMS, max_memory=budget)
+    two_s, two_v = form_apr_blockwise(mm, PARAMS, max_memory=budget, workers=2)
+    np.testing.assert_array_equal(two_s.coords, one_s.coords)
+    np.testing.assert_array_equal(two_s.levels, one_s.levels)
+    np.testing.assert_array_equal(two_v, one_v)
+    with ThreadPoolExecutor(2) as pool:  # any Executor, e.g. distributed.Client(...).get_executor()
+        for image in (volume, da.from_array(volume, chunks=(16, 24, 20))):  # in memory: sent block by block
+            s, v = form_apr_blockwise(image, PARAMS, max_memory=_budget(volume, 10), workers=pool)
+            np.testing.assert_array_equal(s.coords, one_s.coords)
+            np.testing.assert_array_equal(v, one_v)
+    with pytest.raises(ValueError, match="workers"):
+        form_apr_blockwise(mm, PARAMS, max_memory=budget, workers=0)
+    with pytest.raises(TypeError, match="Executor"):
+        form_apr_blockwise(mm, PARAMS, max_memory=budget, workers="2")
+
+
+def test_cells_taller_than_a_sampling_block(volume):
+    """A budget for fewer planes than the tallest cell: those cells are summed across blocks (float64)."""
+    whole_s, whole_v = form_apr(volume, PARAMS)
+    tallest = 1 << (whole_s.level_max - int(whole_s.levels.min()))
+    assert tallest >= 8
+    runner = _Runner(volume, 1)
+    with _CancelWatch(None) as watch:
+        v = _sample(runner, whole_s, tallest // 2 - 1, watch)  # blocks of tallest / 4 planes
+    np.testing.assert_allclose(v, whole_v, rtol=1e-6)

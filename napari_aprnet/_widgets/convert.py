@@ -91,21 +91,28 @@ def convert_job(image: np.ndarray, params, channel_axis: int | None, mode: str, 
     (``scale``, ``translate``, ``axis_labels``...) of the result layers.
     """
     from napari_aprnet.apr import APR
+    from napari_aprnet.blockwise import default_budget, needs_blocks
     from napari_aprnet.metrics import ErrorTally, apr_error_stats
 
-    yield Progress(0, 3, f"reading the {'x'.join(map(str, image.shape))} image...")
-    image = np.asarray(image)
+    budget = default_budget()
+    blocks = (budget is not None and channel_axis is None and len(image.shape) == 3 and spatial in (None, 3)
+              and needs_blocks(image.shape, budget))  # would not fit: block by block, never read whole
+    yield Progress(0, 3, f"converting the {'x'.join(map(str, image.shape))} image block by block within "
+                         f"{budget / 2**30:.1f} GiB (half the free memory)..." if blocks else
+                   f"reading the {'x'.join(map(str, image.shape))} image...")
+    if not blocks:
+        image = np.asarray(image)
     warm_up_layers()  # napari's first-Labels imports here, not on the main thread
-    n_lead = image.ndim - (1 if channel_axis is not None else 0) - (spatial or 0) if spatial else 0
+    n_lead = len(image.shape) - (1 if channel_axis is not None else 0) - (spatial or 0) if spatial else 0
     lead = image.shape[:n_lead]
     n = int(np.prod(lead)) if n_lead else 1
     aprs, tally = [], ErrorTally()
     for i, index in enumerate(np.ndindex(*lead) if n_lead else [()]):
-        part = image[index]
+        part = image[index] if n_lead else image
         yield Progress(i, n + 1, f"converting a {'x'.join(map(str, part.shape))} image to an APR"
                                  + (f" ({i + 1}/{n})..." if n_lead else "..."))
         apr = APR.from_image(part, params.rel_error, params=params, channel_axis=channel_axis,
-                             cancel=cancel.is_set)
+                             cancel=cancel.is_set, max_memory=budget if blocks else None)
         if cancel.is_set():
             return None
         aprs.append(apr)

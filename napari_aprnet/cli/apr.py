@@ -152,7 +152,7 @@ def _convert_blockwise(args) -> int:
     params = _params_from_args(args, args.rel_error)
     _progress(f"converting {args.image} ({_describe(image)}) within {args.max_memory} ...")
     t0 = time.perf_counter()
-    apr = APR.from_image(image, params=params, max_memory=args.max_memory)
+    apr = APR.from_image(image, params=params, max_memory=args.max_memory, workers=args.workers)
     t_form = time.perf_counter() - t0
     apr.save(args.output)
     print(f"image: {args.image} ({_describe(image)})")
@@ -227,6 +227,8 @@ def register(subparsers) -> None:
     p.add_argument("--max-memory", metavar="SIZE", default=None,
                    help="convert block by block along z within SIZE (e.g. 600MiB) when the volume needs more; "
                         "reads .tif page by page and .npy memory-mapped")
+    p.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="with --max-memory: N processes convert blocks at the same time, sharing SIZE (default 1)")
     p.set_defaults(func=_cmd_convert)
 
     p = subparsers.add_parser("info", help="describe an .apr file",
