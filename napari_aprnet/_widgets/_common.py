@@ -9,10 +9,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from magicgui.widgets import Container, Label, ProgressBar, PushButton
-from napari.utils.notifications import show_error, show_info, show_warning
 
 from napari_aprnet._layer_data import METADATA_KEY
-from napari_aprnet._widgets._task import BackgroundTask, Progress, TaskError
+from napari_aprnet._widgets._task import BackgroundTask, Progress, TaskError, notify
 from napari_aprnet.bundled import bundled_checkpoint
 
 if TYPE_CHECKING:
@@ -26,11 +25,6 @@ __all__ = ["BackgroundTask", "PLUGIN", "Progress", "TaskError", "bundled_shapes_
 
 PLUGIN = "napari-aprnet"
 _REGISTRY: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
-
-
-def notify(message: str, level: str = "error") -> None:
-    """Show a napari notification (``level`` is "error", "warning" or "info")."""
-    {"error": show_error, "warning": show_warning, "info": show_info}[level](message)
 
 
 def unwrap_viewer(viewer: napari.Viewer) -> napari.Viewer:

@@ -12,8 +12,15 @@ from collections.abc import Callable, Generator
 from typing import Any
 
 from magicgui.widgets import Label, ProgressBar, PushButton
+from napari.utils.notifications import show_error, show_info, show_warning
+from qtpy.QtCore import QTimer
 
-__all__ = ["BackgroundTask", "Progress", "TaskError"]
+__all__ = ["BackgroundTask", "Progress", "TaskError", "notify"]
+
+
+def notify(message: str, level: str = "error") -> None:
+    """Show a napari notification (``level`` is "error", "warning" or "info")."""
+    {"error": show_error, "warning": show_warning, "info": show_info}[level](message)
 
 
 class TaskError(Exception):
@@ -109,16 +116,12 @@ class BackgroundTask:
         as running until the last step ran, and ``on_finish`` waits for it.
         If the widget is deleted meanwhile, the remaining steps are dropped.
         """
-        from qtpy.QtCore import QTimer
-
         start = not self._turns
         self._turns.extend(steps)
         if start and self._turns:
             QTimer.singleShot(0, self._next_turn)
 
     def _next_turn(self) -> None:
-        from qtpy.QtCore import QTimer
-
         if not self._turns:
             return
         step = self._turns.popleft()
@@ -162,8 +165,6 @@ class BackgroundTask:
         def errored(exc):
             if self.cancel_event.is_set():  # the core raised because we cancelled
                 return
-            from napari_aprnet._widgets._common import notify
-
             self.error = exc
             self.status.value = f"{self.name} failed: {exc}"
             notify(f"{self.name} failed: {exc}")

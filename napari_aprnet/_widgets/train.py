@@ -24,6 +24,7 @@ from napari_aprnet._widgets._common import (
     unwrap_viewer,
 )
 from napari_aprnet._widgets._plot import LinePlot
+from napari_aprnet._widgets._step_time import StepTimeEstimate
 
 if TYPE_CHECKING:
     import napari
@@ -33,9 +34,6 @@ __all__ = ["TrainWidget", "model_choices", "train_job"]
 DATASETS = ("synthetic shapes", "folder")
 #: Widget defaults: learn visibly within minutes on 2 cores (see benchmarks/RESULTS.md, "GUI defaults").
 DEFAULTS = {"network": "APR_B", "size": 128, "batch": 36, "steps": 600}
-#: Seconds per step measured on 2 cores, for the expected-time line (none measured yet: the time left
-#: is shown from the run's own pace once it runs).
-SECONDS_PER_STEP: dict[tuple[str, int, int], float] = {}
 LEARNING_NOTE = ("Chance is 83 % error (six classes); the error shown should fall well below it as the run "
                  "goes (APR_B at 256 px reaches ~4 % after 1000-1500 steps). Below 128 px the ripples of "
                  "the fuzzy shapes vanish and fuzzy vs regular cannot be told apart.")
@@ -182,7 +180,8 @@ class TrainWidget(Container):
         self.dataset.changed.connect(self._dataset_changed)
         self.start_button.changed.connect(lambda *_: self.start())
         self.resume_button.changed.connect(lambda *_: self.resume())
-        for w in (self.dataset, self.steps, self.epochs, self.size, self.batch, self.network):
+        self.estimate = StepTimeEstimate(self._timing_config, self._show_expected)
+        for w in (self.dataset, self.steps, self.epochs, self.size, self.batch, self.network, self.rel_error):
             w.changed.connect(self._show_expected)
         self._show_expected()
         self.pause_button.changed.connect(lambda *_: self.toggle_pause())
@@ -205,9 +204,20 @@ class TrainWidget(Container):
                                    f"batches of {self.batch.value}")
             return
         steps = int(self.steps.value)
-        per = SECONDS_PER_STEP.get((self.network.value, int(self.size.value), int(self.batch.value)))
-        eta = f", about {steps * per / 60:.0f} min on 2 cores" if per else ""
-        self.expected.value = (f"{steps} steps of {self.batch.value} fresh images{eta}. {LEARNING_NOTE}")
+        made = self._timing_config()
+        eta = self.estimate.text(steps, made[1] if made else None)
+        self.expected.value = f"{steps} steps of {self.batch.value} fresh images{': ' + eta if eta else ''}. " \
+                              f"{LEARNING_NOTE}"
+
+    def _timing_config(self):
+        """The config and key timed for the expected time (synthetic shapes, not while training), or None."""
+        if self.dataset.value == "folder" or self.task.running:
+            return None
+        try:
+            config = self.config()
+        except (ValueError, TypeError):
+            return None
+        return config, (config.model, config.size, config.batch_size, config.rel_error)
 
     def offer_folder(self, folder: str | Path) -> None:
         """Select ``folder`` as the dataset (used by Annotate's export)."""
@@ -277,6 +287,7 @@ class TrainWidget(Container):
     def _launch(self, config, out: Path, resume: bool):
         import threading
 
+        self.estimate.cancel()  # a timing of the expected time would only slow the run down
         self.classify_button.enabled = False
         self.start_button.enabled = False
         self.resume_button.visible = False
@@ -317,6 +328,7 @@ class TrainWidget(Container):
             self._ended.wait(timeout)
 
     def _stop_silently(self, *_: Any) -> None:
+        self.estimate.cancel()
         if self.task.worker is not None:
             self.task.cancel_event.set()
 

@@ -104,6 +104,29 @@ def test_train_defaults_and_expected_steps_and_folder_refusal(make_napari_viewer
     assert "needs a dataset folder" in notes[-1][0] and not w.task.running
 
 
+def test_train_expected_time_is_timed_here_before_start(make_napari_viewer, qtbot, notes):
+    from napari_aprnet._widgets._step_time import duration_text
+
+    viewer = make_napari_viewer()
+    w = open_widget(viewer, "Train")
+    w.network.value = "APR_A"
+    w.steps.value, w.size.value, w.batch.value = 50, 32, 4
+    assert "estimating the time" in w.expected.value  # honest while nothing is measured
+    qtbot.waitUntil(lambda: "per step" in w.expected.value, timeout=WAIT)
+    key = ("APR_A", 32, 4, w.rel_error.value)
+    per = w.estimate.seconds[key]
+    assert per > 0 and f"{per:.2f} s per step" in w.expected.value
+    assert duration_text(50 * per) in w.expected.value
+    w.steps.value = 5000  # same setting: no new timing, the time scales with the steps
+    assert duration_text(5000 * per) in w.expected.value and w.estimate.worker is None
+    w.size.value = 48  # another setting is timed anew
+    assert "estimating the time" in w.expected.value
+    assert duration_text(1000) == "about 17 min" and duration_text(30) == "about 30 s"
+    w.estimate.cancel()
+    qtbot.waitUntil(lambda: w.estimate.worker is None, timeout=WAIT)
+    assert not notes
+
+
 def _start_endless_run(viewer, qtbot, run_dir, steps_done: int):
     """Start a small, practically endless APR_A run in the Train widget; return it after ``steps_done`` steps."""
     w = open_widget(viewer, "Train")
