@@ -2,17 +2,22 @@
 
 No table of constants: the seconds per step depend on the network, image
 size, batch, E and the machine (and its load), so they are measured here, on
-this machine, with :func:`napari_aprnet.training.timing.time_training_steps`
-once the settings have rested for a second, and kept per setting.
+this machine, once the settings have rested for a second, and kept per
+setting. The timing runs in a separate process
+(``python -m napari_aprnet.training.timing``, see
+:func:`napari_aprnet.training.timing.time_training_steps`): it cannot race
+the widget's own torch threads, and cancelling it (a new setting, Start,
+closing) kills it at once.
 """
 from __future__ import annotations
 
-import threading
+import json
+import sys
 from collections.abc import Callable
 from typing import Any
 
-from napari.qt.threading import create_worker
-from qtpy.QtCore import QTimer
+from qtpy.QtCore import QProcess, QTimer
+from qtpy.QtWidgets import QApplication
 
 __all__ = ["StepTimeEstimate", "duration_text"]
 
@@ -30,7 +35,7 @@ def duration_text(seconds: float) -> str:
 
 
 class StepTimeEstimate:
-    """Seconds per training step of the widget's settings, timed in a worker thread.
+    """Seconds per training step of the widget's settings, timed in a child process.
 
     Parameters
     ----------
@@ -49,13 +54,20 @@ class StepTimeEstimate:
         self.make_config, self.changed = make_config, changed
         self.seconds: dict[tuple, float] = {}
         self.failed: dict[tuple, str] = {}
-        self.worker = None
+        self.process: QProcess | None = None
         self._key: tuple | None = None
-        self._stop = threading.Event()
         self._timer = QTimer()
         self._timer.setSingleShot(True)
         self._timer.setInterval(delay_ms)
         self._timer.timeout.connect(self._start)
+        app = QApplication.instance()
+        if app is not None:
+            app.aboutToQuit.connect(self.cancel)
+
+    @property
+    def running(self) -> bool:
+        """True while a timing process runs."""
+        return self.process is not None
 
     def text(self, steps: int, key: tuple | None) -> str:
         """The expected time of ``steps`` steps for ``key`` (timing it soon if not known yet)."""
@@ -75,12 +87,14 @@ class StepTimeEstimate:
     def cancel(self) -> None:
         """Stop a pending or running timing (e.g. when training starts); its result is dropped."""
         self._timer.stop()
-        self._stop.set()
         self._key = None
+        process, self.process = self.process, None
+        if process is not None:
+            process.finished.disconnect()
+            process.kill()
+            process.waitForFinished(2000)
 
     def _start(self) -> None:
-        from napari_aprnet.training.timing import time_training_steps
-
         try:
             made = self.make_config()
         except RuntimeError:  # the widget was closed meanwhile
@@ -88,31 +102,25 @@ class StepTimeEstimate:
         if made is None or made[1] in self.seconds:
             return
         config, key = made
-        if self.worker is not None:  # the previous one is still stopping: try again later
-            self._timer.start()
-            return
-        self._key, self._stop = key, threading.Event()
-        stop = self._stop
-        worker = create_worker(time_training_steps, config, TIMED_STEPS, stop, _start_thread=False,
-                               _ignore_errors=True)
-        worker.returned.connect(lambda sec: self._ended(key, stop, sec, None))
-        worker.errored.connect(lambda exc: self._ended(key, stop, None, str(exc) or type(exc).__name__))
-        worker.finished.connect(self._finished)
-        self.worker = worker
-        worker.start()
+        self._key = key
+        process = QProcess()
+        process.setProcessChannelMode(QProcess.SeparateChannels)
+        process.finished.connect(lambda *_: self._ended(process, key))
+        self.process = process
+        process.start(sys.executable, ["-m", "napari_aprnet.training.timing", json.dumps(config.to_dict()),
+                                       str(TIMED_STEPS)])
 
-    def _ended(self, key: tuple, stop: threading.Event, seconds: float | None, error: str | None) -> None:
-        if stop.is_set():
+    def _ended(self, process: QProcess, key: tuple) -> None:
+        if process is not self.process:
             return
-        if seconds is not None:
-            self.seconds[key] = seconds
-        else:
-            self.failed[key] = error or "no training step ran"
-        self._key = None
+        self.process, self._key = None, None
+        out = bytes(process.readAllStandardOutput()).decode(errors="replace").strip().splitlines()
+        try:
+            self.seconds[key] = float(out[-1])
+        except (IndexError, ValueError):
+            err = bytes(process.readAllStandardError()).decode(errors="replace").strip().splitlines()
+            self.failed[key] = err[-1] if err else f"exit code {process.exitCode()}"
         try:
             self.changed()
         except RuntimeError:  # the widget was closed meanwhile
             pass
-
-    def _finished(self) -> None:
-        self.worker = None

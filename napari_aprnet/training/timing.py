@@ -37,3 +37,21 @@ def time_training_steps(config: TrainConfig, steps: int = 3,
     if len(times) <= steps:  # the run is shorter than the timing: all its steps count
         return statistics.median(times) if times else None
     return statistics.median(times[1:])
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m napari_aprnet.training.timing CONFIG_JSON [STEPS]``: print the seconds per step (or "none")."""
+    import json
+    import sys
+
+    from napari_aprnet.training.config import TrainConfig
+
+    args = sys.argv[1:] if argv is None else argv
+    config = TrainConfig.from_dict(json.loads(args[0])).validate()
+    seconds = time_training_steps(config, int(args[1]) if len(args) > 1 else 2)
+    print("none" if seconds is None else repr(seconds), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
