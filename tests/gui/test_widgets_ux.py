@@ -91,6 +91,7 @@ def test_level_colours_follow_cell_size_and_map_sits_beside(make_napari_viewer, 
     assert w.legend.value.count("pixel cells") == len(present)  # only the levels present
     assert "1x1-pixel cells" in w.legend.value
     w.level_display.value = "over the image"
+    qtbot.waitUntil(lambda: not w.task.running, timeout=WAIT)  # results are shown in event-loop turns
     assert viewer.layers["blobs level map"].translate[-1] == 0 and layer.translate[-1] == 0
 
 
