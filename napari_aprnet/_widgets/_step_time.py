@@ -82,7 +82,7 @@ class StepTimeEstimate:
         if self._key != key:
             self.cancel()
             self._timer.start()
-        return "estimating the time (timing a few steps in the background)..."
+        return "estimating the time (timing a few steps in a background process)"
 
     def cancel(self) -> None:
         """Stop a pending or running timing (e.g. when training starts); its result is dropped."""

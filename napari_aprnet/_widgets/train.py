@@ -295,8 +295,10 @@ class TrainWidget(Container):
         self.pause_button.enabled, self.pause_button.text = True, "Pause"
         self._ended = threading.Event()
         self._first = None  # (step, time) of this launch's first step, for the time left
-        return self.task.start(train_job, config, out, resume, self._ended, int(self.processes.value),
-                               on_yield=self._event, on_finish=self._finished)
+        worker = self.task.start(train_job, config, out, resume, self._ended, int(self.processes.value),
+                                 on_yield=self._event, on_finish=self._finished)
+        self._show_expected()  # no "estimating..." left on screen while the run shows its own pace
+        return worker
 
     def toggle_pause(self) -> None:
         """Pause (between steps) or resume the run."""

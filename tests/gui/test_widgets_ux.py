@@ -126,6 +126,10 @@ def test_train_expected_time_is_timed_here_before_start(make_napari_viewer, qtbo
     assert duration_text(1000) == "about 17 min" and duration_text(30) == "about 30 s"
     w.estimate.cancel()  # what Start and closing the widget do
     assert not w.estimate.running
+    w.task.worker = object()  # while a run runs, no timing and no "estimating" on screen
+    w._show_expected()
+    assert "estimating" not in w.expected.value and not w.estimate.running
+    w.task.worker = None
     assert not notes
 
 
