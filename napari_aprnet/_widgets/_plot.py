@@ -4,6 +4,11 @@
 a left and a right y axis, a vertical marker. :class:`BarPlot`: labelled
 horizontal bars of values in [0, 1]. Both keep their data in plain attributes
 (``series``, ``marker``, ``labels``, ``values``) and redraw lazily.
+
+Drawing runs on the main thread, so it is kept cheap: the axes and lines are
+made once and only their data change, margins are fixed in pixels (no layout
+engine runs at each draw: matplotlib's constrained layout was 70 % of a
+redraw), and log axes get plain tick labels (no mathtext).
 """
 from __future__ import annotations
 
@@ -12,13 +17,16 @@ from dataclasses import dataclass
 import numpy as np
 from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullLocator
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QSizePolicy
 
 __all__ = ["BarPlot", "LinePlot", "running_mean"]
 
 _FG, _BG, _GRID = "#e6e6e6", "#262930", "#4a4d55"
+_DPI = 90
+#: Room for tick labels and an axis label beside a y axis (pixels).
+_Y_AXIS_PX = 58
 
 
 def running_mean(ys, window: int) -> np.ndarray:
@@ -31,6 +39,10 @@ def running_mean(ys, window: int) -> np.ndarray:
     lo = np.maximum(i - int(window), 0)
     with np.errstate(invalid="ignore", divide="ignore"):
         return (c[i] - c[lo]) / (n[i] - n[lo])
+
+
+def _plain(value: float, _pos=None) -> str:
+    return f"{value:g}"
 
 
 @dataclass
@@ -46,11 +58,13 @@ class _Series:
 
 class _Canvas(FigureCanvasQTAgg):
     def __init__(self, title: str, height: float = 2.6):
-        fig = Figure(figsize=(4.0, height), dpi=90, facecolor=_BG, layout="constrained")
-        super().__init__(fig)
-        self.title = title
-        self.setMinimumHeight(int(height * 90))
+        super().__init__(Figure(figsize=(4.0, height), dpi=_DPI, facecolor=_BG))
+        self.setMinimumHeight(int(height * _DPI))
         self.setSizePolicy(QSizePolicy.Expanding, QSizePolicy.Preferred)
+        self.ax = self.figure.add_subplot(111)
+        self._style(self.ax)
+        self.ax.set_title(title, color=_FG, fontsize=9)
+        self._empty = self.ax.text(0.5, 0.5, "", color=_FG, ha="center", va="center", transform=self.ax.transAxes)
         self._timer = QTimer(self)  # coalesces redraws: at most one per 150 ms on the main thread
         self._timer.setSingleShot(True)
         self._timer.setInterval(150)
@@ -64,13 +78,23 @@ class _Canvas(FigureCanvasQTAgg):
     def redraw(self) -> None:  # pragma: no cover - overridden
         raise NotImplementedError
 
-    def _fresh_axes(self):
-        """Clear the figure and return one styled, titled axes."""
-        self.figure.clear()
-        ax = self.figure.add_subplot(111)
-        self._style(ax)
-        ax.set_title(self.title, color=_FG, fontsize=9)
-        return ax
+    def margins(self) -> tuple[int, int, int, int]:
+        """Left, right, bottom and top margins around the axes, in pixels."""
+        return _Y_AXIS_PX, 14, 34, 22
+
+    def _place_axes(self) -> None:
+        """Position the axes by :meth:`margins` (cheap; on resize and when the margins change)."""
+        w, h = self.figure.bbox.width, self.figure.bbox.height
+        if w < 2 or h < 2:
+            return
+        left, right, bottom, top = self.margins()
+        x0, x1 = min(left / w, 0.45), max(1 - right / w, 0.55)
+        y0, y1 = min(bottom / h, 0.45), max(1 - top / h, 0.55)
+        self.figure.subplots_adjust(left=x0, right=x1, bottom=y0, top=y1)
+
+    def resizeEvent(self, event) -> None:  # noqa: N802 (Qt name)
+        super().resizeEvent(event)
+        self._place_axes()
 
     def _style(self, ax) -> None:
         ax.set_facecolor(_BG)
@@ -97,7 +121,21 @@ class LinePlot(_Canvas):
         self.xlabel, self.log_x = xlabel, log_x
         self.series: dict[str, _Series] = {}
         self.marker: float | None = None
-        self.note = ""
+        self.right = None  # the right y axis, made with the first series on it
+        self._lines: dict[str, object] = {}
+        self._legend_key: tuple = ()
+        ax = self.ax
+        ax.set_xlabel(xlabel, fontsize=8)
+        ax.grid(True, color=_GRID, linewidth=0.5)
+        if log_x:
+            ax.set_xscale("log")
+            ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+            ax.xaxis.set_major_formatter(FuncFormatter(_plain))
+            ax.xaxis.set_minor_locator(NullLocator())
+        else:
+            ax.xaxis.set_major_locator(MaxNLocator(nbins=6, integer=True, steps=[1, 2, 2.5, 5, 10]))
+        ax.yaxis.set_major_locator(MaxNLocator(nbins=5, steps=[1, 2, 2.5, 5, 10]))
+        self._marker_line = ax.axvline(1.0, color="#ffd54f", linewidth=1, linestyle="--", visible=False)
         self.redraw()
 
     def set_series(self, name: str, xs, ys, color: str = "#4fc3f7", axis: str = "left", style: str = "-",
@@ -122,42 +160,80 @@ class LinePlot(_Canvas):
         self.marker = None
         self.request_redraw()
 
+    def margins(self) -> tuple[int, int, int, int]:
+        left, right, bottom, top = super().margins()
+        return left, _Y_AXIS_PX if self._right_used() else right, bottom, top
+
+    def _right_used(self) -> bool:
+        return any(s.axis == "right" for s in self.series.values())
+
+    def _right_axis(self):
+        if self.right is None:
+            self.right = self.ax.twinx()
+            self._style(self.right)
+            self.right.yaxis.set_major_locator(MaxNLocator(nbins=5, steps=[1, 2, 2.5, 5, 10]))
+        return self.right
+
+    def _line(self, name: str, s: _Series):
+        """The Line2D of series ``name`` on its axis (made once; remade if it moved axis)."""
+        a = self._right_axis() if s.axis == "right" else self.ax
+        line = self._lines.get(name)
+        if line is not None and line.axes is not a:
+            line.remove()
+            line = None
+        if line is None:
+            line = a.plot([], [])[0]
+            self._lines[name] = line
+        line.set_data(s.xs, s.ys)
+        line.set(color=s.color, alpha=s.alpha, label=s.label, linestyle="none" if s.style == "o" else s.style,
+                 marker="o" if s.style == "o" else "None", markersize=4, linewidth=1.4)
+        return line
+
     def redraw(self) -> None:
-        ax = self._fresh_axes()
-        ax.set_xlabel(self.xlabel, fontsize=8)
-        if self.log_x:
-            ax.set_xscale("log")
-        ax.grid(True, color=_GRID, linewidth=0.5)
-        axes = {"left": ax}
-        if any(s.axis == "right" for s in self.series.values()):
-            axes["right"] = ax.twinx()
-            self._style(axes["right"])
-        handles = []
-        for s in self.series.values():
-            a = axes[s.axis]
-            if s.style == "o":
-                h = a.plot(s.xs, s.ys, "o", color=s.color, alpha=s.alpha, markersize=4, label=s.label)[0]
-            else:
-                h = a.plot(s.xs, s.ys, s.style, color=s.color, alpha=s.alpha, linewidth=1.4, label=s.label)[0]
-            if s.label and not s.label.startswith("_"):
-                handles.append(h)
+        for name in [n for n in self._lines if n not in self.series]:
+            self._lines.pop(name).remove()
+        handles = [self._line(name, s) for name, s in self.series.items()]
+        axes = {"left": self.ax, "right": self._right_axis() if self._right_used() else None}
+        if self.right is not None:
+            self.right.set_visible(axes["right"] is not None)
         for side, a in axes.items():
-            ys = [s.ys[np.isfinite(s.ys)] for s in self.series.values() if s.axis == side]
-            ys = np.concatenate(ys) if ys else np.zeros(0)
-            if len(ys) and ys.min() >= 0:  # counts, errors, ratios: never below zero
-                a.set_ylim(bottom=0, top=max(float(ys.max()) * 1.08, 1e-9))
-            a.yaxis.set_major_locator(MaxNLocator(nbins=5, steps=[1, 2, 2.5, 5, 10]))
-            names = [s.label for s in self.series.values() if s.axis == side and not s.label.startswith("_")]
-            a.set_ylabel(", ".join(names), fontsize=8)
-        if not self.log_x:
-            ax.xaxis.set_major_locator(MaxNLocator(nbins=6, integer=True, steps=[1, 2, 2.5, 5, 10]))
+            if a is not None:
+                self._limits(side, a)
         if self.marker is not None:
-            ax.axvline(self.marker, color="#ffd54f", linewidth=1, linestyle="--")
-        if handles:
-            ax.legend(handles=handles, fontsize=7, facecolor=_BG, edgecolor=_GRID, labelcolor=_FG, loc="best")
-        if not self.series:
-            ax.text(0.5, 0.5, "no data yet", color=_FG, ha="center", va="center", transform=ax.transAxes)
+            self._marker_line.set_xdata([self.marker, self.marker])
+        self._marker_line.set_visible(self.marker is not None)
+        self._update_legend([h for h in handles if h.get_label() and not h.get_label().startswith("_")])
+        self._empty.set_text("" if self.series else "no data yet")
+        self._place_axes()
         self.draw_idle()
+
+    def _limits(self, side: str, a) -> None:
+        """Axis limits of ``side`` from its series: y from 0 for non-negative data, x over all series."""
+        chosen = [s for s in self.series.values() if s.axis == side]
+        ys = np.concatenate([s.ys[np.isfinite(s.ys)] for s in chosen]) if chosen else np.zeros(0)
+        if len(ys) and ys.min() >= 0:  # counts, errors, ratios: never below zero
+            a.set_ylim(bottom=0, top=max(float(ys.max()) * 1.08, 1e-9))
+        elif len(ys):
+            pad = 0.05 * (float(ys.max() - ys.min()) or 1.0)
+            a.set_ylim(float(ys.min()) - pad, float(ys.max()) + pad)
+        a.set_ylabel(", ".join(s.label for s in chosen if not s.label.startswith("_")), fontsize=8)
+        xs = np.concatenate([s.xs[np.isfinite(s.xs)] for s in self.series.values()]) if self.series else []
+        if side == "left" and len(xs):
+            lo, hi = float(np.min(xs)), float(np.max(xs))
+            if self.log_x and lo > 0:
+                a.set_xlim(lo / 1.15, hi * 1.15)
+            elif not self.log_x:
+                a.set_xlim(lo - 0.5, hi + 0.5) if hi == lo else a.set_xlim(lo, hi)
+
+    def _update_legend(self, handles: list) -> None:
+        key = tuple((h.get_label(), id(h)) for h in handles)
+        if key == self._legend_key:
+            return
+        self._legend_key = key
+        if self.ax.get_legend() is not None:
+            self.ax.get_legend().remove()
+        if handles:
+            self.ax.legend(handles=handles, fontsize=7, facecolor=_BG, edgecolor=_GRID, labelcolor=_FG, loc="best")
 
 
 class BarPlot(_Canvas):
@@ -167,6 +243,7 @@ class BarPlot(_Canvas):
         super().__init__(title, height=2.4)
         self.labels: list[str] = []
         self.values = np.zeros(0)
+        self.ax.set_xlim(0, 1.18)
         self.redraw()
 
     def set_bars(self, labels, values) -> None:
@@ -177,21 +254,27 @@ class BarPlot(_Canvas):
         self.labels, self.values = [str(s) for s in labels], values
         self.request_redraw()
 
+    def margins(self) -> tuple[int, int, int, int]:
+        _, right, bottom, top = super().margins()
+        return 12 + 6 * max((len(s) for s in self.labels), default=0), right, bottom, top
+
     def redraw(self) -> None:
-        ax = self._fresh_axes()
+        ax = self.ax
+        for artist in list(ax.patches) + [t for t in ax.texts if t is not self._empty]:
+            artist.remove()
+        self._empty.set_text("" if len(self.values) else "no prediction yet")
         if not len(self.values):
-            ax.text(0.5, 0.5, "no prediction yet", color=_FG, ha="center", va="center", transform=ax.transAxes)
             ax.set_xticks([])
             ax.set_yticks([])
-            self.draw_idle()
-            return
-        v = np.clip(np.nan_to_num(self.values), 0, 1)
-        best = int(np.argmax(v))
-        y = np.arange(len(v))[::-1]
-        ax.barh(y, v, color=["#ffb74d" if i == best else "#4fc3f7" for i in range(len(v))])
-        ax.set_yticks(y, self.labels, fontsize=8)
-        ax.set_xlim(0, 1.18)
-        ax.set_xticks([0, 0.25, 0.5, 0.75, 1.0], ["0", "25", "50", "75", "100 %"])
-        for yi, vi in zip(y, v):
-            ax.text(vi + 0.01, yi, f"{100 * vi:.1f}%", color=_FG, va="center", fontsize=8)
+        else:
+            v = np.clip(np.nan_to_num(self.values), 0, 1)
+            best = int(np.argmax(v))
+            y = np.arange(len(v))[::-1]
+            ax.barh(y, v, color=["#ffb74d" if i == best else "#4fc3f7" for i in range(len(v))])
+            ax.set_yticks(y, self.labels, fontsize=8)
+            ax.set_ylim(-0.6, len(v) - 0.4)
+            ax.set_xticks([0, 0.25, 0.5, 0.75, 1.0], ["0", "25", "50", "75", "100 %"])
+            for yi, vi in zip(y, v):
+                ax.text(vi + 0.01, yi, f"{100 * vi:.1f}%", color=_FG, va="center", fontsize=8)
+        self._place_axes()
         self.draw_idle()

@@ -1,6 +1,7 @@
 """Dock widget "Convert to APR": image layer -> reconstruction + level map layers."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -39,7 +40,7 @@ from napari_aprnet._widgets._params import ParamsForm
 if TYPE_CHECKING:
     import napari
 
-__all__ = ["ConvertResult", "ConvertWidget", "convert_job", "update_or_add"]
+__all__ = ["ConvertResult", "ConvertWidget", "convert_job", "layer_steps", "update_or_add"]
 
 #: Images up to this many pixels are re-converted automatically when E changes.
 AUTO_PIXELS = 512 * 512
@@ -152,6 +153,22 @@ def update_or_add(viewer: napari.Viewer, data, kwargs: dict, layer_type: str):
             return layer
         viewer.layers.remove(name)
     return getattr(viewer, f"add_{layer_type}")(data, **kwargs)
+
+
+def layer_steps(viewer: napari.Viewer, data, kwargs: dict, layer_type: str) -> list[Callable[[], None]]:
+    """Steps that show one result layer, for ``BackgroundTask.in_turns`` (one event-loop turn each).
+
+    An existing layer of that name is updated in one step (:func:`update_or_add`).
+    A new one is added hidden in one turn (napari makes its visuals and
+    controls) and shown in the next (napari slices and draws it), so the two
+    costs stall the GUI separately.
+    """
+    if kwargs["name"] in viewer.layers:
+        return [lambda: update_or_add(viewer, data, kwargs, layer_type)]
+    visible = kwargs.get("visible", True)
+    added = []
+    return [lambda: added.append(update_or_add(viewer, data, {**kwargs, "visible": False}, layer_type)),
+            lambda: setattr(added[0], "visible", visible)]
 
 
 def _level_counts(aprs) -> tuple[np.ndarray, int, int]:
@@ -297,12 +314,13 @@ class ConvertWidget(Container):
         self.convert()
 
     def _show(self, result: ConvertResult | None) -> None:
+        """Show a conversion: each layer in its own event-loop turns, then the summary (see ``in_turns``)."""
         if result is None:
             return
         self.result = result
-        apr, layer = result.apr, self._source
-        aprs = result.aprs or [apr]
+        layer = self._source
         beside = self.level_display.value == LEVEL_DISPLAYS[0]
+        steps = []
         for data, kwargs, kind in result.layers:
             if kind == "image" and not layer.rgb:
                 kwargs = {**kwargs, "colormap": layer.colormap.name, "contrast_limits": layer.contrast_limits}
@@ -311,7 +329,11 @@ class ConvertWidget(Container):
                     tuple(layer.translate)
                 kwargs = {**kwargs, "opacity": 1.0 if beside else 0.5,
                           "translate": tuple(layer.translate[:-1]) + where[-1:]}
-            update_or_add(self.viewer, data, kwargs, kind)
+            steps += layer_steps(self.viewer, data, kwargs, kind)
+        self.task.in_turns(*steps, lambda: self._show_cells(result, layer), lambda: self._summarise(result, layer))
+
+    def _show_cells(self, result: ConvertResult, layer) -> None:
+        apr, aprs = result.apr, result.aprs or [result.apr]
         cells_name = f"{layer.name} particle cells"
         if self.show_cells.value and len(aprs) == 1 and apr.n_particles <= MAX_CELL_POINTS:
             centres, sides, levels = particle_cells(apr)
@@ -326,6 +348,9 @@ class ConvertWidget(Container):
         elif self.show_cells.value:
             notify(f"{apr.n_particles:,} particles are too many to draw as points "
                    f"(limit {MAX_CELL_POINTS:,}); use the level map", "info")
+
+    def _summarise(self, result: ConvertResult, layer) -> None:
+        apr, aprs = result.apr, result.aprs or [result.apr]
         meta = result.layers[0][1]["metadata"][METADATA_KEY]
         each = f" in {len(aprs)} images converted one by one" if len(aprs) > 1 else ""
         self.results.value = (f"particles: {meta['n_particles']:,}{each}   CR: {meta['computational_ratio']:.2f}\n"

@@ -29,6 +29,7 @@ from napari_aprnet._widgets._common import (
     unwrap_viewer,
 )
 from napari_aprnet._widgets._plot import LinePlot
+from napari_aprnet._widgets._step_time import StepTimeEstimate
 from napari_aprnet._widgets.train_segment import ANNOTATION_RULE, SEGMENT_DEFAULTS, SegmentForm
 
 if TYPE_CHECKING:
@@ -40,9 +41,6 @@ DATASETS = ("synthetic shapes", "folder")
 TASKS = ("classify shapes / folder", "segment from layers")
 #: Widget defaults: learn visibly within minutes on 2 cores (see benchmarks/RESULTS.md, "GUI defaults").
 DEFAULTS = {"network": "APR_B", "size": 128, "batch": 36, "steps": 600}
-#: Seconds per step measured on 2 cores, for the expected-time line (none measured yet: the time left
-#: is shown from the run's own pace once it runs).
-SECONDS_PER_STEP: dict[tuple[str, int, int], float] = {}
 LEARNING_NOTE = ("Chance is 83 % error (six classes); the error shown should fall well below it as the run "
                  "goes (APR_B at 256 px reaches ~4 % after 1000-1500 steps). Below 128 px the ripples of "
                  "the fuzzy shapes vanish and fuzzy vs regular cannot be told apart.")
@@ -202,7 +200,9 @@ class TrainWidget(Container):
         self.task_choice.changed.connect(self._task_changed)
         self.start_button.changed.connect(lambda *_: self.start())
         self.resume_button.changed.connect(lambda *_: self.resume())
-        for w in (self.task_choice, self.dataset, self.steps, self.epochs, self.size, self.batch, self.network):
+        self.estimate = StepTimeEstimate(self._timing_config, self._show_expected)
+        for w in (self.task_choice, self.dataset, self.steps, self.epochs, self.size, self.batch, self.network,
+                  self.rel_error):
             w.changed.connect(self._show_expected)
         self._show_expected()
         self.pause_button.changed.connect(lambda *_: self.toggle_pause())
@@ -247,9 +247,20 @@ class TrainWidget(Container):
                                    f"batches of {self.batch.value}")
             return
         steps = int(self.steps.value)
-        per = SECONDS_PER_STEP.get((self.network.value, int(self.size.value), int(self.batch.value)))
-        eta = f", about {steps * per / 60:.0f} min on 2 cores" if per else ""
-        self.expected.value = (f"{steps} steps of {self.batch.value} fresh images{eta}. {LEARNING_NOTE}")
+        made = self._timing_config()
+        eta = self.estimate.text(steps, made[1] if made else None)
+        self.expected.value = f"{steps} steps of {self.batch.value} fresh images{': ' + eta if eta else ''}. " \
+                              f"{LEARNING_NOTE}"
+
+    def _timing_config(self):
+        """The config and key timed for the expected time (synthetic shapes, not while training), or None."""
+        if self.segmenting or self.dataset.value == "folder" or self.task.running:
+            return None
+        try:
+            config = self.config()
+        except (ValueError, TypeError):
+            return None
+        return config, (config.model, config.size, config.batch_size, config.rel_error)
 
     def offer_folder(self, folder: str | Path) -> None:
         """Select ``folder`` as the dataset (used by Annotate's export)."""
@@ -342,6 +353,7 @@ class TrainWidget(Container):
     def _launch(self, config, out: Path, resume: bool, annotations=None):
         import threading
 
+        self.estimate.cancel()  # a timing of the expected time would only slow the run down
         self.classify_button.enabled = False
         self.start_button.enabled = False
         self.resume_button.visible = False
@@ -350,8 +362,10 @@ class TrainWidget(Container):
         self._ended = threading.Event()
         self._first = None  # (step, time) of this launch's first step, for the time left
         self._metric = "IoU" if config.task == "segment" else "accuracy"
-        return self.task.start(train_job, config, out, resume, self._ended, int(self.processes.value), annotations,
-                               on_yield=self._event, on_finish=self._finished)
+        worker = self.task.start(train_job, config, out, resume, self._ended, int(self.processes.value), annotations,
+                                 on_yield=self._event, on_finish=self._finished)
+        self._show_expected()  # no "estimating..." left on screen while the run shows its own pace
+        return worker
 
     def toggle_pause(self) -> None:
         """Pause (between steps) or resume the run."""
@@ -383,6 +397,7 @@ class TrainWidget(Container):
             self._ended.wait(timeout)
 
     def _stop_silently(self, *_: Any) -> None:
+        self.estimate.cancel()
         if self.task.worker is not None:
             self.task.cancel_event.set()
 

@@ -25,7 +25,7 @@ from napari_aprnet._widgets._common import (
 )
 from napari_aprnet._widgets._params import ParamsForm
 from napari_aprnet._widgets._plot import LinePlot
-from napari_aprnet._widgets.convert import update_or_add
+from napari_aprnet._widgets.convert import layer_steps
 
 if TYPE_CHECKING:
     import napari
@@ -165,12 +165,15 @@ class TuneWidget(Container):
         kwargs = {"name": f"{layer.name} E sweep", "rgb": rgb, **common}
         if not rgb:
             kwargs["contrast_limits"] = layer.contrast_limits
-        update_or_add(self.viewer, recon, kwargs, "image")
         lmin = min(int(p.apr.level_min) for p in pts)
         lmax = max(int(p.apr.level_max) for p in pts)
-        update_or_add(self.viewer, levels,
-                      {"name": f"{layer.name} E sweep levels", "opacity": 0.5,
-                       "colormap": level_color_dict(lmin, lmax), **common}, "labels")
+        level_kwargs = {"name": f"{layer.name} E sweep levels", "opacity": 0.5,
+                        "colormap": level_color_dict(lmin, lmax), **common}
+        self.task.in_turns(*layer_steps(self.viewer, recon, kwargs, "image"),
+                           *layer_steps(self.viewer, levels, level_kwargs, "labels"),
+                           lambda: self._sweep_shown(labels))
+
+    def _sweep_shown(self, labels: tuple[str, ...]) -> None:
         self._label_dims(labels)
         self.use_button.enabled = True
         self._dims_changed()

@@ -91,6 +91,7 @@ def test_level_colours_follow_cell_size_and_map_sits_beside(make_napari_viewer, 
     assert w.legend.value.count("pixel cells") == len(present)  # only the levels present
     assert "1x1-pixel cells" in w.legend.value
     w.level_display.value = "over the image"
+    qtbot.waitUntil(lambda: not w.task.running, timeout=WAIT)  # results are shown in event-loop turns
     assert viewer.layers["blobs level map"].translate[-1] == 0 and layer.translate[-1] == 0
 
 
@@ -102,6 +103,34 @@ def test_train_defaults_and_expected_steps_and_folder_refusal(make_napari_viewer
     w.dataset.value = "folder"
     assert w.start() is None
     assert "needs a dataset folder" in notes[-1][0] and not w.task.running
+
+
+def test_train_expected_time_is_timed_here_before_start(make_napari_viewer, qtbot, notes):
+    from napari_aprnet._widgets._step_time import duration_text
+
+    viewer = make_napari_viewer()
+    w = open_widget(viewer, "Train")
+    w.network.value = "APR_A"
+    w.steps.value, w.size.value, w.batch.value = 50, 32, 4
+    assert "estimating the time" in w.expected.value  # honest while nothing is measured
+    # a child process imports torch and times 3 steps: seconds on an idle machine, minutes on a loaded one
+    qtbot.waitUntil(lambda: "per step" in w.expected.value, timeout=5 * WAIT)
+    key = ("APR_A", 32, 4, w.rel_error.value)
+    per = w.estimate.seconds[key]
+    assert per > 0 and f"{per:.2f} s per step" in w.expected.value
+    assert duration_text(50 * per) in w.expected.value
+    w.steps.value = 5000  # same setting: no new timing, the time scales with the steps
+    assert duration_text(5000 * per) in w.expected.value and not w.estimate.running
+    w.size.value = 48  # another setting is timed anew
+    assert "estimating the time" in w.expected.value
+    assert duration_text(1000) == "about 17 min" and duration_text(30) == "about 30 s"
+    w.estimate.cancel()  # what Start and closing the widget do
+    assert not w.estimate.running
+    w.task.worker = object()  # while a run runs, no timing and no "estimating" on screen
+    w._show_expected()
+    assert "estimating" not in w.expected.value and not w.estimate.running
+    w.task.worker = None
+    assert not notes
 
 
 def _start_endless_run(viewer, qtbot, run_dir, steps_done: int):
