@@ -203,7 +203,7 @@ def _goals(rows: dict) -> list[str]:
         lines.append(f"- nuclei2d 128x128 after {a['steps']} steps: APR_UNet IoU {a['iou']:.3f} vs Pix_UNet "
                      f"{p['iou']:.3f} (goal: >= 0.8 and within 0.02): **{'met' if ok else 'not met'}**"
                      f"{'' if ARGS.steps >= 300 else ' (a short run: the goal is for 300 steps)'}.")
-    for case in ("3d", "3d_sparse"):
+    for case in (c for c in CASES if len(CASES[c][1]) == 3):
         a, p = rows.get((case, "APR_UNet")), rows.get((case, "Pix_UNet"))
         if a and p:
             speed = p["step_s"] / a["step_s"]
