@@ -95,6 +95,14 @@ def _config(case: str, model: str, steps: int) -> TrainConfig:
                        seed=ARGS.seed, n_test=ARGS.eval_n, checkpoint_every=25)
 
 
+def _same_settings(config: dict | None) -> dict | None:
+    """A stored run's settings with fields added to TrainConfig since then at their defaults (steps aside)."""
+    if config is None:
+        return None
+    return {**TrainConfig.from_dict({k: v for k, v in config.items() if v is not None}).to_dict(),
+            "steps": None, "workers": None}
+
+
 def _steps(case: str) -> int:
     """Training steps of ``case``: ``--steps-3d`` for the 3D cases when given, else ``--steps``."""
     return ARGS.steps_3d if ARGS.steps_3d is not None and len(CASES[case][1]) == 3 else ARGS.steps
@@ -111,15 +119,15 @@ def learn(case: str, model: str) -> dict:
     same_run = {**config.to_dict(), "steps": None, "workers": None}
     if result.is_file():
         stored = json.loads(result.read_text())
-        if stored.get("steps") == steps and stored.get("config") == same_run:
+        if stored.get("steps") == steps and _same_settings(stored.get("config")) == same_run:
             return stored
     resume = (out / "checkpoint.pt").is_file()
     if resume:
         train_state = load_checkpoint(out / "checkpoint.pt")["train"]
         stored_config = {**TrainConfig.from_dict(train_state["config"]).to_dict(), "steps": None, "workers": None}
         if stored_config != same_run or int(train_state["step"]) > steps:
-            raise SystemExit(f"{out} holds another run (other settings, or more than {steps} steps) "
-                             f"steps); use another --out")
+            raise SystemExit(f"{out} holds another run (other settings, or more than {steps} steps); "
+                             "use another --out")
     t0 = time.perf_counter()
     last = run_training(config, out, resume=resume)
     test = last.metrics["test"]
