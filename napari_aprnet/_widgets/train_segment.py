@@ -51,7 +51,7 @@ def segment_network(ndim: int) -> str:
 
     With the finest level's own kernel, APR_UNet stalls at IoU 0.46 on sparse 3D
     nuclei (every finest-level particle labelled foreground) where
-    APR_UNet-same reaches 0.85 (benchmarks/results/segmentation.md); in 2D both learn.
+    APR_UNet-same reaches 0.89 in 100 steps (benchmarks/results/segmentation.md); in 2D both learn.
     """
     return "APR_UNet-same" if ndim == 3 else SEGMENT_DEFAULTS["network"]
 
