@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from napari_aprnet import APR
 from napari_aprnet.data import NucleiDataset
+from napari_aprnet.training import TrainConfig
 from napari_aprnet.training.seg_metrics import SegmentationCounts, label_instances
 from napari_aprnet.training.tasks import SegmentationTask, mask_classes
 
@@ -92,6 +93,24 @@ def test_weighted_loss_equals_the_dense_pixel_loss(items, dice_weight):
     torch.testing.assert_close(g, g_ref)
     if not dice_weight:  # unweighted, each particle would count once: another loss on a real APR
         assert abs(float(F.cross_entropy(logits, targets.classes)) - float(expected)) > 1e-3
+
+
+@pytest.mark.parametrize("dice_weight", [0.0, 0.7])
+def test_particle_weighting_counts_every_particle_once(items, dice_weight):
+    task = SegmentationTask(2, dice_weight=dice_weight, loss_weighting="particles")
+    targets = task.targets([task.item_target(mask, apr) for apr, mask in items])
+    logits = torch.randn(len(targets.classes), 2, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    expected = F.cross_entropy(logits, targets.classes)
+    if dice_weight:
+        fg, truth = torch.softmax(logits, 1)[:, 1], (targets.classes > 0).double()
+        expected = expected + dice_weight * (1 - (2 * (fg * truth).sum() + 1) / (fg.sum() + truth.sum() + 1))
+    torch.testing.assert_close(task.loss(logits, targets), expected)
+    pixels = SegmentationTask(2, dice_weight=dice_weight)  # the default differs on a multi-level APR
+    assert abs(float(pixels.loss(logits, targets)) - float(expected)) > 1e-3
+    with pytest.raises(ValueError, match="loss_weighting"):
+        SegmentationTask(2, loss_weighting="cells")
+    with pytest.raises(ValueError, match="loss_weighting"):
+        TrainConfig(task="segment", model="APR_UNet", data="nuclei2d", steps=1, loss_weighting="cells").validate()
 
 
 def test_pixel_loss_is_plain_cross_entropy(items):

@@ -68,6 +68,9 @@ def register(subparsers) -> None:
     p.add_argument("--boundary", action="store_true",
                    help="segment: learn background / interior / boundary, to split touching objects")
     p.add_argument("--dice-weight", type=float, default=0.0, help="segment: weight of a soft Dice loss term")
+    p.add_argument("--loss-weighting", choices=("pixels", "particles"), default="pixels",
+                   help="segment, APR nets: a particle's loss counts for its cell's pixels, or once "
+                        "('particles' learns sparse 3D volumes)")
     p.add_argument("--init-from", default=None, metavar="CHECKPOINT",
                    help="start from this checkpoint's weights (fine-tuning; same network settings)")
     p.add_argument("--workers", type=int, default=0, help="data-loading worker processes (per training process)")
@@ -148,7 +151,8 @@ def _train(args) -> int:
                          n_test=args.n_test, classes=args.classes.split(",") if args.classes else None,
                          augment=args.augment, seed=args.seed, workers=args.workers, eval_every=args.eval_every,
                          width=args.width, depth=args.depth, image_shape=_shape(args.shape), boundary=args.boundary,
-                         dice_weight=args.dice_weight, init_from=args.init_from)
+                         dice_weight=args.dice_weight, loss_weighting=args.loss_weighting,
+                         init_from=args.init_from)
     tty = sys.stderr.isatty()
     gen = train(config, args.out, resume=args.resume, cache_dir=args.cache_dir, nproc=args.nproc,
                 device=args.device)

@@ -74,6 +74,10 @@ class TrainConfig:
         default two, background and foreground.
     dice_weight : float
         Segmentation: weight of the soft Dice term added to the cross entropy.
+    loss_weighting : {"pixels", "particles"}
+        Segmentation on APRs: a particle's loss counts for the pixels of its
+        cell (default) or once ("particles"; learns sparse 3D data, see
+        :class:`~napari_aprnet.training.tasks.SegmentationTask`).
     val_fraction : float
         Folders without ``val/``: fraction held out for validation.
     level_channel : bool, optional
@@ -144,6 +148,7 @@ class TrainConfig:
     nuclei_params: dict | None = None
     boundary: bool = False
     dice_weight: float = 0.0
+    loss_weighting: str = "pixels"
     init_from: str | None = None
     model_spec: ModelSpec | None = field(default=None, compare=False, repr=False)
 
@@ -177,6 +182,8 @@ class TrainConfig:
             raise ValueError(f"image_shape must be 2 or 3 sides of at least 16 pixels, got {self.image_shape}")
         if not self.dice_weight >= 0:
             raise ValueError(f"dice_weight must be >= 0, got {self.dice_weight}")
+        if self.loss_weighting not in ("pixels", "particles"):
+            raise ValueError(f"loss_weighting must be 'pixels' or 'particles', got {self.loss_weighting!r}")
 
     def validate(self) -> "TrainConfig":
         """Check values, parse the model name and fill the mode defaults; returns a new config."""

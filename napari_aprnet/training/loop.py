@@ -129,7 +129,7 @@ class _Run:
         self.ckpt_path = out / "checkpoint.pt" if out is not None else None
         self.data = _setup_data(config, annotations)
         self.spec, self.n_classes = self.data.spec, len(self.data.class_names)
-        self.task = task_for(config.task, self.n_classes, config.dice_weight)
+        self.task = task_for(config.task, self.n_classes, config.dice_weight, config.loss_weighting)
         torch.manual_seed(config.seed)
         network = build_network(config, self.spec, self.n_classes)
         if config.init_from is not None and stored is None:

@@ -30,6 +30,9 @@ from napari_aprnet.training.seg_metrics import SegmentationCounts, label_instanc
 __all__ = ["Task", "Tally", "ClassificationTask", "SegmentationTask", "SegmentationTargets", "SEGMENTATION_CLASSES",
            "mask_classes", "task_for"]
 
+#: How particles count in the segmentation loss: by the pixels of their cells, or once each.
+LOSS_WEIGHTINGS = ("pixels", "particles")
+
 #: Class names of the segmentation targets, by number of classes.
 SEGMENTATION_CLASSES = {2: ("background", "foreground"), 3: ("background", "interior", "boundary")}
 
@@ -183,19 +186,27 @@ class SegmentationTask:
     made of a few large cells is not under-weighted against the many small
     cells along object edges. With ``dice_weight`` > 0 the loss adds
     ``dice_weight * (1 - soft Dice)`` of the foreground probability (with
-    the same weights). Score: foreground IoU (weighted the same way).
+    the same weights). ``loss_weighting="particles"`` counts every particle
+    once instead (the mean over particles): on sparse 3D volumes, where the
+    finest-level particles are most of the particles but few of the pixels,
+    the pixel-weighted loss stalls APR_UNet (IoU 0.46) and this one learns
+    (0.95 after 60 steps; benchmarks/RESULTS.md, "Segmentation").
+    Score: foreground IoU (weighted by pixels).
     :meth:`tally` measures on the pixel grid (predictions painted with
     :func:`napari_aprnet.labels.paint_labels`): foreground IoU and Dice,
     object F1 at IoU 0.5, pixel accuracy and the pixel confusion matrix.
     """
 
-    def __init__(self, n_classes: int = 2, dice_weight: float = 0.0):
+    def __init__(self, n_classes: int = 2, dice_weight: float = 0.0, loss_weighting: str = "pixels"):
         if n_classes not in SEGMENTATION_CLASSES:
             raise ValueError(f"segmentation has 2 classes (background, foreground) or 3 (with boundaries), "
                              f"got {n_classes}")
         if not dice_weight >= 0:
             raise ValueError(f"dice_weight must be >= 0, got {dice_weight}")
+        if loss_weighting not in LOSS_WEIGHTINGS:
+            raise ValueError(f"loss_weighting must be one of {LOSS_WEIGHTINGS}, got {loss_weighting!r}")
         self.n_classes, self.dice_weight = int(n_classes), float(dice_weight)
+        self.loss_weighting = loss_weighting
 
     # ----- targets -----
     def item_target(self, mask, item) -> _SegmentationItem:
@@ -229,6 +240,8 @@ class SegmentationTask:
 
     def loss(self, outputs: torch.Tensor, targets: SegmentationTargets) -> torch.Tensor:
         logits, classes, weights = self._flat(outputs, targets)
+        if self.loss_weighting == "particles":
+            weights = None
         ce = F.cross_entropy(logits, classes, reduction="none")
         loss = ce.mean() if weights is None else (ce * weights).sum() / weights.sum()
         if self.dice_weight:
@@ -291,10 +304,10 @@ class _SegmentationTally:
                           iou=self.counts.iou, dice=self.counts.dice, f1=self.counts.f1)
 
 
-def task_for(name: str, n_classes: int, dice_weight: float = 0.0):
+def task_for(name: str, n_classes: int, dice_weight: float = 0.0, loss_weighting: str = "pixels"):
     """The task called ``name`` (``"classify"`` or ``"segment"``) for ``n_classes`` outputs."""
     if name == "classify":
         return ClassificationTask(n_classes)
     if name == "segment":
-        return SegmentationTask(n_classes, dice_weight)
+        return SegmentationTask(n_classes, dice_weight, loss_weighting)
     raise ValueError(f"unknown task {name!r}; choose 'classify' or 'segment'")
