@@ -42,6 +42,7 @@ import tempfile
 import time
 
 import numpy as np
+from _memory import reset_peak, status_kib
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CACHE = os.path.join(tempfile.gettempdir(), "aprnet_bench_cache")
@@ -99,14 +100,6 @@ def get_image(name: str) -> np.ndarray:
 
 # ----- measurement (worker side) ---------------------------------------------------
 
-def _status_kib(key: str) -> int:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(key):
-                return int(line.split()[1])
-    return 0
-
-
 def peak_worker(spec: dict) -> dict:
     """One conversion in this fresh process: peak RSS (VmHWM) minus the RSS before it.
 
@@ -119,15 +112,11 @@ def peak_worker(spec: dict) -> dict:
 
     import napari_aprnet.formation  # noqa: F401
 
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-    except OSError:
-        pass
-    base = _status_kib("VmRSS:")
+    reset_peak()
+    base = status_kib("VmRSS:")
     run = run_ours if spec["tool"] == "ours" else run_pyapr
     res = run(img, spec["sigma_th"], spec["grad_th"], spec["auto"])
-    peak = _status_kib("VmHWM:")
+    peak = status_kib("VmHWM:")
     del res
     return {"peak_mib": (peak - base) / 1024}
 

@@ -36,6 +36,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _memory import status_kib
 
 #: Canvas sides (pixels) of the first pictures; napari shows a coarser level only when the plane is
 #: more than twice the canvas (a 2048 plane: level 0 on 2048 and 1024, level 1 on 1000).
@@ -50,8 +51,7 @@ def _rss() -> int:
 
 def _peak() -> int:
     """Peak RSS of this process (VmHWM: unlike ru_maxrss it is not inherited from the parent at exec)."""
-    with open("/proc/self/status") as fh:
-        return next(int(line.split()[1]) * 1024 for line in fh if line.startswith("VmHWM"))
+    return status_kib("VmHWM:") * 1024
 
 
 def _timed(fn):

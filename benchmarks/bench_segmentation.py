@@ -74,6 +74,7 @@ os.environ.setdefault("OMP_NUM_THREADS", str(ARGS.threads))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from _memory import reset_peak, status_kib  # noqa: E402
 
 from napari_aprnet import _native  # noqa: E402
 from napari_aprnet.data import make_loader  # noqa: E402
@@ -141,14 +142,6 @@ def learn(case: str, model: str) -> dict:
 
 # ----- speed and memory (worker side) -------------------------------------------------
 
-def _status_kib(key: str) -> int:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(key):
-                return int(line.split()[1])
-    return 0
-
-
 def time_worker(case: str, model: str) -> dict:
     """Median training-step time and peak memory of one network, in this (fresh) process."""
     config = _config(case, model, 1).validate()
@@ -162,12 +155,8 @@ def time_worker(case: str, model: str) -> dict:
     source = [data.train.image(i) for i in range(n * batch)]  # generated before timing
     batches = [list(range(k * batch, (k + 1) * batch)) for k in range(n)]
     loader = iter(make_loader(source, data.spec, batches, targets=task.targets, item_target=task.item_target))
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-    except OSError:
-        pass
-    base = _status_kib("VmRSS:")
+    reset_peak()
+    base = status_kib("VmRSS:")
     times, converts, ratios = [], [], []
     for _ in range(n):
         t0 = time.perf_counter()
@@ -181,7 +170,7 @@ def time_worker(case: str, model: str) -> dict:
         converts.append(t1 - t0)
         if data.spec.mode == "apr":
             ratios.append(sum(s.n_pixels for s in b.inputs.structures) / int(b.inputs.offsets[-1]))
-    peak = _status_kib("VmHWM:")
+    peak = status_kib("VmHWM:")
     return {"step_s": statistics.median(times[1:]), "convert_s": statistics.median(converts[1:]),
             "peak_mib": (peak - base) / 1024, "cr": float(np.mean(ratios)) if ratios else 1.0}
 
