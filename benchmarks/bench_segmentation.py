@@ -6,7 +6,9 @@ For every case (nuclei2d 128x128 and 256x256, nuclei3d 64x128x128, and
 nuclei3d with sparse nuclei, 3-8 % of the volume) and both networks, in one run:
 
 1. *Learning*: the same training loop as ``aprnet train --task segment``
-   (streaming: every batch is fresh, so the APR net converts every image),
+   (streaming: every batch is fresh, so the APR net converts every image;
+   ``NAME@pixels`` in ``--models`` weights each particle's loss by its
+   cell's pixels instead of counting it once, the default),
    the same number of steps, batch size, learning rate and seed for both
    networks; then foreground IoU, Dice and object F1 at IoU 0.5 on
    ``--eval-n`` fresh test images (the run's test set). Runs are saved under
@@ -52,7 +54,9 @@ def _parse(argv=None):
                     help="training steps of the 3D cases (default: --steps; a 3D Pix_UNet step is ~16 s on 1 core)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--cases", default=",".join(CASES), help=f"comma-separated subset of {', '.join(CASES)}")
-    ap.add_argument("--models", default=",".join(MODELS))
+    ap.add_argument("--models", default=",".join(MODELS),
+                    help="comma-separated networks; NAME@pixels weights each particle's loss by its cell's pixels "
+                         "(TrainConfig.loss_weighting; default: each particle counts once)")
     ap.add_argument("--width", type=int, default=None, help="U-Net first-stage channels (default: the model's)")
     ap.add_argument("--depth", type=int, default=None, help="U-Net depth (default: the model's)")
     ap.add_argument("--lr", type=float, default=1e-3)
@@ -90,7 +94,8 @@ _native.set_num_threads(ARGS.threads)
 
 def _config(case: str, model: str, steps: int) -> TrainConfig:
     data, shape, batch, nuclei = CASES[case]
-    return TrainConfig(model=model, task="segment", data=data, image_shape=list(shape), nuclei_params=nuclei,
+    model, _, weighting = model.partition("@")
+    return TrainConfig(model=model, task="segment", **({"loss_weighting": weighting} if weighting else {}), data=data, image_shape=list(shape), nuclei_params=nuclei,
                        steps=steps, batch_size=batch, lr=ARGS.lr, rel_error=ARGS.rel_error,
                        apr_params=json.loads(ARGS.apr_params) or None, width=ARGS.width, depth=ARGS.depth,
                        seed=ARGS.seed, n_test=ARGS.eval_n, checkpoint_every=25)

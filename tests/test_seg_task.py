@@ -77,7 +77,7 @@ def _painted(items, targets, logits):
 
 @pytest.mark.parametrize("dice_weight", [0.0, 0.7])
 def test_weighted_loss_equals_the_dense_pixel_loss(items, dice_weight):
-    task = SegmentationTask(2, dice_weight=dice_weight)
+    task = SegmentationTask(2, dice_weight=dice_weight, loss_weighting="pixels")
     targets = task.targets([task.item_target(mask, apr) for apr, mask in items])
     logits = torch.randn(len(targets.classes), 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0),
                          requires_grad=True)
@@ -97,7 +97,8 @@ def test_weighted_loss_equals_the_dense_pixel_loss(items, dice_weight):
 
 @pytest.mark.parametrize("dice_weight", [0.0, 0.7])
 def test_particle_weighting_counts_every_particle_once(items, dice_weight):
-    task = SegmentationTask(2, dice_weight=dice_weight, loss_weighting="particles")
+    task = SegmentationTask(2, dice_weight=dice_weight)  # the default: each particle once
+    assert task.loss_weighting == "particles"
     targets = task.targets([task.item_target(mask, apr) for apr, mask in items])
     logits = torch.randn(len(targets.classes), 2, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     expected = F.cross_entropy(logits, targets.classes)
@@ -105,12 +106,17 @@ def test_particle_weighting_counts_every_particle_once(items, dice_weight):
         fg, truth = torch.softmax(logits, 1)[:, 1], (targets.classes > 0).double()
         expected = expected + dice_weight * (1 - (2 * (fg * truth).sum() + 1) / (fg.sum() + truth.sum() + 1))
     torch.testing.assert_close(task.loss(logits, targets), expected)
-    pixels = SegmentationTask(2, dice_weight=dice_weight)  # the default differs on a multi-level APR
+    pixels = SegmentationTask(2, dice_weight=dice_weight, loss_weighting="pixels")  # differs on a multi-level APR
     assert abs(float(pixels.loss(logits, targets)) - float(expected)) > 1e-3
     with pytest.raises(ValueError, match="loss_weighting"):
         SegmentationTask(2, loss_weighting="cells")
     with pytest.raises(ValueError, match="loss_weighting"):
         TrainConfig(task="segment", model="APR_UNet", data="nuclei2d", steps=1, loss_weighting="cells").validate()
+    # runs stored before the option existed weighted by pixels, and resume so
+    stored = TrainConfig(task="segment", model="APR_UNet", data="nuclei2d", steps=1).to_dict()
+    assert TrainConfig.from_dict(stored).loss_weighting == "particles"
+    del stored["loss_weighting"]
+    assert TrainConfig.from_dict(stored).loss_weighting == "pixels"
 
 
 def test_pixel_loss_is_plain_cross_entropy(items):

@@ -30,7 +30,7 @@ from napari_aprnet._widgets._common import (
 )
 from napari_aprnet._widgets._plot import LinePlot
 from napari_aprnet._widgets._step_time import StepTimeEstimate
-from napari_aprnet._widgets.train_segment import ANNOTATION_RULE, SEGMENT_DEFAULTS, SegmentForm, segment_network
+from napari_aprnet._widgets.train_segment import ANNOTATION_RULE, SEGMENT_DEFAULTS, SegmentForm
 
 if TYPE_CHECKING:
     import napari
@@ -198,7 +198,6 @@ class TrainWidget(Container):
         self._metric = "accuracy"  # the task's score shown: accuracy, or IoU for segmentation
         self.dataset.changed.connect(self._dataset_changed)
         self.task_choice.changed.connect(self._task_changed)
-        self.segment_form.dims.changed.connect(self._dims_changed)
         self.start_button.changed.connect(lambda *_: self.start())
         self.resume_button.changed.connect(lambda *_: self.resume())
         self.estimate = StepTimeEstimate(self._timing_config, self._show_expected)
@@ -226,16 +225,11 @@ class TrainWidget(Container):
         self.folder.visible, self.epochs.visible, self.steps.visible = folder, folder, not folder
         self.dataset.visible = self.size.visible = not self.segmenting
 
-    def _dims_changed(self, *_: Any) -> None:
-        """A default U-Net follows the 2D/3D choice (a network the user picked stays)."""
-        if self.segmenting and self.network.value in (segment_network(2), segment_network(3)):
-            self.network.value = segment_network(self.segment_form.ndim)
-
     def _task_changed(self, *_: Any) -> None:
         seg = self.segmenting
         self.segment_form.visible = seg
         self.network.reset_choices()
-        self.network.value = segment_network(self.segment_form.ndim) if seg else DEFAULTS["network"]
+        self.network.value = SEGMENT_DEFAULTS["network"] if seg else DEFAULTS["network"]
         defaults = SEGMENT_DEFAULTS if seg else DEFAULTS
         self.steps.value, self.batch.value = defaults["steps"], defaults["batch"]
         self.lr.value = SEGMENT_DEFAULTS["lr"] if seg else 5e-4

@@ -25,7 +25,7 @@ from napari_aprnet._widgets._common import (
 if TYPE_CHECKING:
     import napari
 
-__all__ = ["SegmentForm", "SEGMENT_DEFAULTS", "ANNOTATION_RULE", "segment_network"]
+__all__ = ["SegmentForm", "SEGMENT_DEFAULTS", "ANNOTATION_RULE"]
 
 #: Widget defaults of segmentation from layers: a small U-Net (on the nuclei drawn in one corner of a synthetic image
 #: it reached a training IoU of 0.9 within 30 steps; scripts/make_screenshots.py --only train_segment).
@@ -44,16 +44,6 @@ def _labels_choices(viewer: napari.Viewer):
         return [(layer.name, layer) for layer in viewer.layers if isinstance(layer, Labels)]
 
     return choices
-
-
-def segment_network(ndim: int) -> str:
-    """The default U-Net for ``ndim``-D images: one kernel for all levels in 3D.
-
-    With the finest level's own kernel, APR_UNet stalls at IoU 0.46 on sparse 3D
-    nuclei (every finest-level particle labelled foreground) where
-    APR_UNet-same reaches 0.89 in 100 steps (benchmarks/results/segmentation.md); in 2D both learn.
-    """
-    return "APR_UNet-same" if ndim == 3 else SEGMENT_DEFAULTS["network"]
 
 
 class SegmentForm(Container):

@@ -68,9 +68,9 @@ def register(subparsers) -> None:
     p.add_argument("--boundary", action="store_true",
                    help="segment: learn background / interior / boundary, to split touching objects")
     p.add_argument("--dice-weight", type=float, default=0.0, help="segment: weight of a soft Dice loss term")
-    p.add_argument("--loss-weighting", choices=("pixels", "particles"), default="pixels",
-                   help="segment, APR nets: a particle's loss counts for its cell's pixels, or once "
-                        "('particles' learns sparse 3D volumes)")
+    p.add_argument("--loss-weighting", choices=("particles", "pixels"), default="particles",
+                   help="segment, APR nets: every particle's loss counts once (default; learns sparse 3D "
+                        "volumes), or for its cell's pixels")
     p.add_argument("--init-from", default=None, metavar="CHECKPOINT",
                    help="start from this checkpoint's weights (fine-tuning; same network settings)")
     p.add_argument("--workers", type=int, default=0, help="data-loading worker processes (per training process)")

@@ -75,9 +75,10 @@ class TrainConfig:
     dice_weight : float
         Segmentation: weight of the soft Dice term added to the cross entropy.
     loss_weighting : {"pixels", "particles"}
-        Segmentation on APRs: a particle's loss counts for the pixels of its
-        cell (default) or once ("particles"; learns sparse 3D data, see
-        :class:`~napari_aprnet.training.tasks.SegmentationTask`).
+        Segmentation on APRs: every particle's loss counts once (default;
+        learns sparse 3D data) or for the pixels of its cell (see
+        :class:`~napari_aprnet.training.tasks.SegmentationTask`). Runs stored
+        before the option existed read as "pixels".
     val_fraction : float
         Folders without ``val/``: fraction held out for validation.
     level_channel : bool, optional
@@ -148,7 +149,7 @@ class TrainConfig:
     nuclei_params: dict | None = None
     boundary: bool = False
     dice_weight: float = 0.0
-    loss_weighting: str = "pixels"
+    loss_weighting: str = "particles"
     init_from: str | None = None
     model_spec: ModelSpec | None = field(default=None, compare=False, repr=False)
 
@@ -225,8 +226,10 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
         names = {f.name for f in fields(cls)} - {"model_spec"}
-        # runs stored before per-image normalisation existed used the dataset's mean/std
-        return cls(**{"normalisation": "dataset", **{k: v for k, v in d.items() if k in names}})
+        # runs stored before per-image normalisation existed used the dataset's mean/std, and runs stored
+        # before loss_weighting existed weighted particles by their pixels
+        return cls(**{"normalisation": "dataset", "loss_weighting": "pixels",
+                      **{k: v for k, v in d.items() if k in names}})
 
 
 @dataclass

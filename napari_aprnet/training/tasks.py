@@ -177,27 +177,26 @@ class SegmentationTask:
     class is the majority class of its cell's pixels
     (:func:`napari_aprnet.labels.particle_labels`).
 
-    Loss: cross entropy per particle, weighted by the number of pixels of
-    the particle's cell (:attr:`APRStructure.pixel_counts`), divided by the
-    total weight. A coarse particle thus counts for all the pixels it
-    stands for, and the loss equals the mean per-pixel cross entropy of the
-    painted prediction against the painted targets: the APR and pixel
-    networks minimise the same pixel-level objective, and a background
-    made of a few large cells is not under-weighted against the many small
-    cells along object edges. With ``dice_weight`` > 0 the loss adds
-    ``dice_weight * (1 - soft Dice)`` of the foreground probability (with
-    the same weights). ``loss_weighting="particles"`` counts every particle
-    once instead (the mean over particles): on sparse 3D volumes, where the
-    finest-level particles are most of the particles but few of the pixels,
-    the pixel-weighted loss stalls APR_UNet (IoU 0.46) and this one learns
-    (0.95 after 60 steps; benchmarks/RESULTS.md, "Segmentation").
+    Loss: cross entropy per particle, averaged over the particles
+    (``loss_weighting="particles"``, the default), or weighted by the
+    number of pixels of the particle's cell (``"pixels"``; then the loss
+    equals the mean per-pixel cross entropy of the painted prediction, the
+    pixel networks' objective). Why each particle counts once: on sparse
+    3D volumes the finest-level particles are most of the particles but a
+    few per cent of the pixels, and the pixel-weighted loss stalls APR_UNet
+    (IoU 0.46, every finest-level particle labelled foreground) where this
+    one learns (0.95 after 60 steps); in 2D the two reach the same IoU
+    (benchmarks/results/segmentation.md). Pixel networks have one pixel
+    per "particle", so the choice does not change them. With
+    ``dice_weight`` > 0 the loss adds ``dice_weight * (1 - soft Dice)`` of
+    the foreground probability (with the same weights).
     Score: foreground IoU (weighted by pixels).
     :meth:`tally` measures on the pixel grid (predictions painted with
     :func:`napari_aprnet.labels.paint_labels`): foreground IoU and Dice,
     object F1 at IoU 0.5, pixel accuracy and the pixel confusion matrix.
     """
 
-    def __init__(self, n_classes: int = 2, dice_weight: float = 0.0, loss_weighting: str = "pixels"):
+    def __init__(self, n_classes: int = 2, dice_weight: float = 0.0, loss_weighting: str = "particles"):
         if n_classes not in SEGMENTATION_CLASSES:
             raise ValueError(f"segmentation has 2 classes (background, foreground) or 3 (with boundaries), "
                              f"got {n_classes}")
@@ -304,7 +303,7 @@ class _SegmentationTally:
                           iou=self.counts.iou, dice=self.counts.dice, f1=self.counts.f1)
 
 
-def task_for(name: str, n_classes: int, dice_weight: float = 0.0, loss_weighting: str = "pixels"):
+def task_for(name: str, n_classes: int, dice_weight: float = 0.0, loss_weighting: str = "particles"):
     """The task called ``name`` (``"classify"`` or ``"segment"``) for ``n_classes`` outputs."""
     if name == "classify":
         return ClassificationTask(n_classes)

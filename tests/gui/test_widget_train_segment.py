@@ -25,10 +25,6 @@ def _segment_mode(viewer, tmp_path, steps=4):
     w = open_widget(viewer, "Train")
     w.task_choice.value = TASKS[1]
     assert w.network.value == "APR_UNet" and "Pix_UNet" in w.network.choices and "APR_B" not in w.network.choices
-    w.segment_form.dims.value = "3D"  # the default follows: one kernel for all levels in 3D
-    assert w.network.value == "APR_UNet-same"
-    w.segment_form.dims.value = "2D"
-    assert w.network.value == "APR_UNet"
     w.steps.value, w.batch.value, w.segment_form.crop.value = steps, 2, 32
     w.out_dir.value = tmp_path / "run"
     return w
