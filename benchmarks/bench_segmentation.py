@@ -101,12 +101,15 @@ def _config(case: str, model: str, steps: int) -> TrainConfig:
                        seed=ARGS.seed, n_test=ARGS.eval_n, checkpoint_every=25)
 
 
-def _same_settings(config: dict | None) -> dict | None:
-    """A stored run's settings with fields added to TrainConfig since then at their defaults (steps aside)."""
-    if config is None:
-        return None
-    return {**TrainConfig.from_dict({k: v for k, v in config.items() if v is not None}).to_dict(),
-            "steps": None, "workers": None}
+def _run_settings(config: dict) -> dict:
+    """What makes two runs the same: a stored or new run's settings with fields added to TrainConfig since then at
+    their defaults, without the length, the worker count and, for pixel networks (one pixel per "particle"), the
+    loss weighting."""
+    settings = {**TrainConfig.from_dict({k: v for k, v in config.items() if v is not None}).to_dict(),
+                "steps": None, "workers": None}
+    if not settings["model"].startswith("APR"):
+        settings["loss_weighting"] = None
+    return settings
 
 
 def _steps(case: str) -> int:
@@ -122,15 +125,15 @@ def learn(case: str, model: str) -> dict:
     result = out / "result.json"
     steps = _steps(case)
     config = _config(case, model, steps)
-    same_run = {**config.to_dict(), "steps": None, "workers": None}
+    same_run = _run_settings(config.to_dict())
     if result.is_file():
         stored = json.loads(result.read_text())
-        if stored.get("steps") == steps and _same_settings(stored.get("config")) == same_run:
+        if stored.get("steps") == steps and stored.get("config") and _run_settings(stored["config"]) == same_run:
             return stored
     resume = (out / "checkpoint.pt").is_file()
     if resume:
         train_state = load_checkpoint(out / "checkpoint.pt")["train"]
-        stored_config = {**TrainConfig.from_dict(train_state["config"]).to_dict(), "steps": None, "workers": None}
+        stored_config = _run_settings(train_state["config"])
         if stored_config != same_run or int(train_state["step"]) > steps:
             raise SystemExit(f"{out} holds another run (other settings, or more than {steps} steps); "
                              "use another --out")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from napari_aprnet import samples
 
-__all__ = ["blobs_3d_sample", "natural_photo_sample", "shapes_sample"]
+__all__ = ["blobs_3d_sample", "natural_photo_sample", "nuclei_sample", "shapes_sample"]
 
 
 def shapes_sample() -> list[tuple]:
@@ -22,3 +22,10 @@ def blobs_3d_sample() -> list[tuple]:
 def natural_photo_sample() -> list[tuple]:
     """A 512 x 512 grayscale photograph (scikit-image's "camera")."""
     return [(samples.natural_photo(), {"name": "camera"}, "image")]
+
+
+def nuclei_sample() -> list[tuple]:
+    """A 512 x 512 synthetic image of nuclei (the bundled segmentation model's kind) and its true instances."""
+    image, labels = samples.nuclei_image((512, 512))
+    return [(image, {"name": "nuclei", "colormap": "gray"}, "image"),
+            (labels, {"name": "nuclei true instances", "visible": False, "opacity": 0.5}, "labels")]

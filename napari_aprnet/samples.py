@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["fluorescence_blobs", "lattice_blobs_apr", "natural_photo", "shapes_gallery"]
+__all__ = ["fluorescence_blobs", "lattice_blobs_apr", "natural_photo", "nuclei_image", "shapes_gallery"]
+
+#: Seed of the nuclei sample: never used by a training stream or dataset (those use seeds 0, 1, ...).
+NUCLEI_SAMPLE_SEED = 20261201
 
 
 def fluorescence_blobs(shape: tuple[int, ...] = (32, 128, 128), n_blobs: int = 40, *,
@@ -101,6 +104,31 @@ def shapes_gallery(size: int = 256, *, seed: int = 0) -> tuple[np.ndarray, list[
     dataset = ShapesDataset(1, seed=seed, size=size, split=0)
     images = np.stack([dataset[i][0] for i in range(len(dataset))])
     return images, list(dataset.class_names)
+
+
+def nuclei_image(shape: tuple[int, ...] = (512, 512), *, seed: int = NUCLEI_SAMPLE_SEED
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """A synthetic fluorescence image of nuclei (touching pairs included) and its instance labels.
+
+    The same generator as the ``nuclei2d``/``nuclei3d`` training data
+    (:func:`napari_aprnet.data.nuclei.make_nuclei`, default parameters).
+
+    Parameters
+    ----------
+    shape : tuple of int
+        ``(H, W)`` or ``(D, H, W)``, each side >= 16.
+    seed : int
+        Seed of the generator.
+
+    Returns
+    -------
+    image : ndarray of float32
+    labels : ndarray of int32
+        0 background, 1..n nuclei.
+    """
+    from napari_aprnet.data.nuclei import make_nuclei
+
+    return make_nuclei(np.random.default_rng(seed), shape)
 
 
 def lattice_blobs_apr(shape: tuple[int, ...] = (64, 256, 256), *, period: int = 64, radius: float = 6.0,

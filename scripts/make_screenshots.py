@@ -9,11 +9,9 @@ Writes ``convert.png`` (3D blobs sample with its level map and legend),
 ``train.png`` (training on synthetic shapes, live loss/accuracy plot),
 ``classify.png`` (probabilities and feature maps of a shape image) and
 ``annotate.png`` (labelling a folder of shape images with the model's
-prediction beside the label) and ``segment.png`` (an APR U-Net's instances
-on a fresh nuclei2d image; ``--seg-checkpoint``, default
-``out/seg_demo/checkpoint.pt``, trained first if missing with
-``aprnet train --task segment --data nuclei2d --shape 128x128 --model APR_UNet
---width 16 --depth 3 --steps 200 --batch-size 8 --lr 3e-3 --out out/seg_demo``),
+prediction beside the label) and ``segment.png`` (the nuclei sample
+segmented by the preselected bundled nuclei model, as a new user would:
+open the sample, press Segment),
 ``train_segment.png`` (Train in "segment from layers" mode after a run with
 ``--seg-steps`` (default 60) and its other defaults on the nuclei drawn in
 one corner of an image) and
@@ -197,22 +195,10 @@ def shot_annotate(out: Path, checkpoint: Path | None, folder: Path) -> None:
     viewer.close()
 
 
-SEG_DEMO = ["train", "--task", "segment", "--data", "nuclei2d", "--shape", "128x128", "--model", "APR_UNet",
-            "--width", "16", "--depth", "3", "--steps", "200", "--batch-size", "8", "--lr", "3e-3"]
-
-
-def shot_segment(out: Path, checkpoint: Path) -> None:
-    from napari_aprnet.cli import main as aprnet
-    from napari_aprnet.data.nuclei import NucleiDataset
-
-    if not checkpoint.is_file():
-        if aprnet(SEG_DEMO + ["--out", str(checkpoint.parent)]) != 0:
-            raise RuntimeError("training the demo segmentation network failed")
-    image, _ = NucleiDataset(1, seed=20261129, shape=(256, 256))[0]  # a seed and size never used in training
+def shot_segment(out: Path) -> None:
     viewer = new_viewer("Segment")
-    viewer.add_image(image, name="nuclei", colormap="gray")
-    w = dock(viewer, "Segment")
-    w.checkpoint.value = checkpoint
+    viewer.open_sample(PLUGIN, "nuclei")
+    w = dock(viewer, "Segment")  # the bundled nuclei model and the sample's image are preselected
     w.segment()
     wait(w, until=lambda: "nuclei instances" in viewer.layers and not w.task.running)
     save(viewer, out, "segment.png")
@@ -269,9 +255,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=60, help="training steps for train.png (default 60)")
     parser.add_argument("--seg-steps", type=int, default=60,
                         help="training steps for train_segment.png (default 60)")
-    parser.add_argument("--seg-checkpoint", type=Path,
-                        default=Path(__file__).resolve().parents[1] / "out" / "seg_demo" / "checkpoint.pt",
-                        help="segmentation checkpoint for segment.png (trained first if missing)")
     parser.add_argument("--only", nargs="*", default=None,
                         choices=SHOTS)
     args = parser.parse_args(argv)
@@ -292,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
             (tmp / "images").mkdir()
             shot_annotate(args.out, args.checkpoint, tmp / "images")
         if "segment" in only:
-            shot_segment(args.out, args.seg_checkpoint)
+            shot_segment(args.out)
         if "train_segment" in only:
             shot_train_segment(args.out, tmp / "seg_run", args.seg_steps)
     return 0

@@ -40,7 +40,7 @@ def test_contributions_listed_by_plugin_manager():
     writers = [w for w in pm.iter_compatible_writers(["image"]) if w.plugin_name == "napari-aprnet"]
     assert [w.filename_extensions for w in writers] == [[".apr"]]
     samples = dict(pm.iter_sample_data())["napari-aprnet"]
-    assert {s.key for s in samples} == {"shapes", "blobs_3d", "photo"}
+    assert {s.key for s in samples} == {"shapes", "blobs_3d", "photo", "nuclei"}
     menus = mf.contributions.menus
     assert {m.command for m in menus["napari/layers/transform"]} == {"napari-aprnet.convert_widget",
                                                                      "napari-aprnet.tune_widget"}
@@ -92,6 +92,9 @@ def test_sample_data():
     np.testing.assert_array_equal(blobs, _sample_data.blobs_3d_sample()[0][0])  # seeded
     (photo, _, _), = _sample_data.natural_photo_sample()
     assert photo.shape == (512, 512)
+    (nuclei, _, kind), (truth, kw, truth_kind) = _sample_data.nuclei_sample()
+    assert nuclei.shape == truth.shape == (512, 512) and (kind, truth_kind) == ("image", "labels")
+    assert truth.max() >= 50 and not kw["visible"]
 
 
 def test_reader_writer_samples_do_not_import_the_gui():

@@ -17,7 +17,7 @@ from napari_aprnet.bundled import bundled_checkpoint
 if TYPE_CHECKING:
     import napari
 
-__all__ = ["BackgroundTask", "PLUGIN", "Progress", "TaskError", "bundled_shapes_checkpoint", "default_spatial",
+__all__ = ["BackgroundTask", "PLUGIN", "Progress", "TaskError", "bundled_model_file", "default_spatial",
            "find_widget", "image_from_layer", "image_layers",
            "input_image_choices", "notify", "preselect_layer", "refresh_choices_on_layer_change",
            "form", "open_widget", "register_widget", "row", "task_widgets", "text", "unwrap_viewer",
@@ -99,10 +99,10 @@ def open_widget(viewer: napari.Viewer, name: str) -> Any:
     return widget
 
 
-def bundled_shapes_checkpoint() -> Path | None:
-    """The bundled shapes classifier's file (preselected in Classify and Annotate), or None if not installed."""
+def bundled_model_file(name: str) -> Path | None:
+    """The file of the bundled model ``name`` (preselected in the widgets), or None if not installed."""
     try:
-        return bundled_checkpoint("shapes")
+        return bundled_checkpoint(name)
     except FileNotFoundError:
         return None
 

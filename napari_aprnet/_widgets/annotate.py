@@ -10,7 +10,7 @@ from magicgui.widgets import Container, FileEdit, LineEdit, PushButton
 from napari_aprnet._widgets._common import (
     BackgroundTask,
     Progress,
-    bundled_shapes_checkpoint,
+    bundled_model_file,
     find_widget,
     form,
     load_checkpoint_in_background,
@@ -58,7 +58,7 @@ class AnnotateWidget(Container):
         self.checkpoint = FileEdit(label="model (optional)", mode="r", filter="*.pt",
                                    tooltip="a classifier checkpoint; its prediction is shown for each image "
                                            "(preselected: the bundled shapes classifier)")
-        bundled = bundled_shapes_checkpoint()
+        bundled = bundled_model_file("shapes")
         if bundled is not None:
             self.checkpoint.value = bundled
         self.load_model_button = PushButton(text="Load model")

@@ -12,7 +12,7 @@ from napari_aprnet._layer_data import METADATA_KEY, level_color_dict
 from napari_aprnet._widgets._common import (
     BackgroundTask,
     Progress,
-    bundled_shapes_checkpoint,
+    bundled_model_file,
     form,
     input_image_choices,
     load_checkpoint_in_background,
@@ -123,7 +123,7 @@ class ClassifyWidget(Container):
         self.checkpoint = FileEdit(label="checkpoint", mode="r", filter="*.pt",
                                    tooltip="best.pt or checkpoint.pt written by Train or `aprnet train`; "
                                            "preselected: the bundled shapes classifier")
-        bundled = bundled_shapes_checkpoint()
+        bundled = bundled_model_file("shapes")
         if bundled is not None:
             self.checkpoint.value = bundled
         self.load_button = PushButton(text="Load checkpoint")

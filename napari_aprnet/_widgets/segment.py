@@ -14,6 +14,7 @@ from napari_aprnet._layer_data import METADATA_KEY
 from napari_aprnet._widgets._common import (
     BackgroundTask,
     Progress,
+    bundled_model_file,
     form,
     image_from_layer,
     input_image_choices,
@@ -118,6 +119,7 @@ class SegmentWidget(Container):
     along leading axes (time, channels, planes) are segmented one by one; "tile" segments
     big images region by region with a halo of context, so memory follows the
     tile, not the image. A 2D network segments a 3D layer plane by plane.
+    The bundled 2D nuclei model (``bundled:nuclei2d``) is preselected.
     """
 
     def __init__(self, napari_viewer: napari.Viewer):
@@ -126,9 +128,14 @@ class SegmentWidget(Container):
         self.segmenter = None
         self.checkpoint = FileEdit(label="checkpoint", mode="r", filter="*.pt",
                                    tooltip="best.pt or checkpoint.pt of a segmentation run "
-                                           "(aprnet train --task segment)")
+                                           "(aprnet train --task segment); preselected: the bundled 2D "
+                                           "nuclei model")
+        bundled = bundled_model_file("nuclei2d")
+        if bundled is not None:
+            self.checkpoint.value = bundled
         self.load_button = PushButton(text="Load checkpoint")
-        self.info = text("no network loaded")
+        self.info = text("no network loaded" if bundled is None else
+                         "bundled 2D nuclei model (APR_UNet; background, interior, boundary): loaded on first use")
         self.layer = ComboBox(label="image layer", choices=input_image_choices(self.viewer))
         self.tile = SpinBox(label="tile (px, 0: whole image)", value=0, min=0, max=65536, step=64,
                             tooltip="segment big images region by region (each tile with 32 px of context)")

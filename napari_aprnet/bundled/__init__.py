@@ -13,6 +13,9 @@ __all__ = ["BUNDLED_MODELS", "BUNDLED_PREFIX", "bundled_checkpoint", "resolve_ch
 BUNDLED_MODELS: dict[str, tuple[str, str]] = {
     "shapes": ("shapes_apr_b.pt", "APR_B trained on the synthetic shapes (six classes, 256x256, E = 0.1); "
                                   "regenerate with scripts/train_bundled_model.py"),
+    "nuclei2d": ("nuclei2d_apr_unet.pt", "APR_UNet segmenting 2D fluorescent nuclei (background, interior, "
+                                         "boundary; E = 0.2, trained on the synthetic nuclei2d data); "
+                                         "regenerate with scripts/train_bundled_model.py nuclei2d"),
 }
 BUNDLED_PREFIX = "bundled:"
 

@@ -59,12 +59,14 @@ def test_segment_adds_labels_and_probability_equal_to_the_segmenter(make_napari_
     np.testing.assert_array_equal(viewer.layers["nuclei instances [2]"].data, expected.labels)
 
 
-def test_segment_stack_plane_by_plane_and_refusals(make_napari_viewer, qtbot, seg_checkpoint, nuclei, notes):
+def test_segment_stack_plane_by_plane_and_refusals(make_napari_viewer, qtbot, seg_checkpoint, nuclei, notes,
+                                                   tmp_path):
     from napari_aprnet.training.segment import Segmenter
 
     viewer = make_napari_viewer()
     w = open_widget(viewer, "Segment")
-    assert w.segment() is None and "checkpoint" in notes[-1][0]  # nothing loaded, nothing in the field
+    w.checkpoint.value = tmp_path / "missing.pt"
+    assert w.segment() is None and "checkpoint" in notes[-1][0]  # nothing loaded, no file in the field
     w.checkpoint.value = seg_checkpoint
     _run(qtbot, w, w.load())
     stack = np.stack(nuclei)
@@ -75,3 +77,19 @@ def test_segment_stack_plane_by_plane_and_refusals(make_napari_viewer, qtbot, se
         np.testing.assert_array_equal(viewer.layers["stack instances"].data[i], seg.segment(nuclei[i]).labels)
     drawn = viewer.add_labels(np.zeros((32, 32), dtype=np.int32), name="drawn")
     assert w.segment(drawn) is None and "Labels layer" in w.status.value
+
+
+def test_bundled_model_segments_the_nuclei_sample_out_of_the_box(make_napari_viewer, qtbot):
+    """Open the nuclei sample, press Segment: the preselected bundled model finds the true nuclei."""
+    from napari_aprnet._widgets._common import PLUGIN
+    from napari_aprnet.training.seg_metrics import SegmentationCounts
+
+    viewer = make_napari_viewer()
+    viewer.open_sample(PLUGIN, "nuclei")
+    w = open_widget(viewer, "Segment")
+    assert w.checkpoint.value.name == "nuclei2d_apr_unet.pt" and w.layer.value is viewer.layers["nuclei"]
+    _run(qtbot, w, w.segment())  # loads the bundled network, then segments
+    qtbot.waitUntil(lambda: "nuclei instances" in viewer.layers and not w.task.running, timeout=WAIT)
+    found, truth = viewer.layers["nuclei instances"].data, viewer.layers["nuclei true instances"].data
+    counts = SegmentationCounts().add(found, truth, instances=found)
+    assert counts.iou >= 0.9 and counts.f1 >= 0.9, (counts.iou, counts.f1)
