@@ -32,7 +32,8 @@ from napari_aprnet.train import TrainConfig, train
 
 RESULTS = Path(__file__).parent / "results"
 LEGACY = {"amplitude": [0.03, 0.12], "frequency": [5, 16], "amplitude_of": "radius"}
-NEW: dict = {}
+#: the first "new" distribution (amplitude 2-6.4 px) still had ripples of 5-16 periods; the default is 8-16 now
+NEW: dict = {"frequency": [5, 16]}
 
 #: name -> (model, TrainConfig overrides, description)
 VARIANTS = {
@@ -46,6 +47,11 @@ VARIANTS = {
                                    "one mean/std for all images, amplitude 2-6.4 px"),
     "new+frequency_8-16": ("APR_B", {"normalisation": "image", "shape_params": {**NEW, "frequency": [8, 16]}},
                            "as image_norm+new_amplitude, ripples of 8-16 periods (no 5-7)"),
+    "new+frequency_12-24": ("APR_B", {"normalisation": "image", "shape_params": {**NEW, "frequency": [12, 24]}},
+                            "as image_norm+new_amplitude, ripples of 12-24 periods (finer than the default 8-16)"),
+    "pix64_frequency_12-24": ("Pix_B", {"normalisation": "image", "shape_params": {**NEW, "frequency": [12, 24]},
+                                        "size": 64},
+                              "Pix_B on 64x64 (downsampled), ripples of 12-24 periods"),
     "new+filled": ("APR_B", {"normalisation": "image", "shape_params": {**NEW, "filled": True}},
                    "as image_norm+new_amplitude, filled objects"),
     "pix64_legacy": ("Pix_B", {"normalisation": "dataset", "shape_params": LEGACY, "size": 64},
