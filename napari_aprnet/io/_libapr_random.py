@@ -151,7 +151,6 @@ def random_access_cells(group, dims3, level_min: int, level_max: int, counts: tu
     m = _read_map(group, n_rows, n_gaps, per_gap, path)
     g = _Grids(dims3, level_max, per_gap)
     _check_rows(m, g, level_min, level_max, n_gaps, path)
-    gap_start = np.cumsum(m["map_number_gaps"]) - m["map_number_gaps"]
     gap_row = np.repeat(np.arange(n_rows), m["map_number_gaps"])
     sizes = _check_gaps(m, g, gap_row, path)
     row_sizes = np.bincount(gap_row, weights=sizes, minlength=n_rows).astype(np.int64)
@@ -159,18 +158,24 @@ def random_access_cells(group, dims3, level_min: int, level_max: int, counts: tu
     if int(row_sizes[src].sum()) != n_total:
         raise APRFileError(f"{path}: the random-access map describes {int(row_sizes[src].sum())} particles, the "
                            f"attribute total_number_particles says {n_total}; the file is damaged")
-    if per_gap:
-        _check_global_index(m["map_global_index"], sizes, path)
-    else:
-        _check_global_index(m["map_global_index"], np.bincount(src, weights=row_sizes[src], minlength=n_rows)
-                            .astype(np.int64), path)
-    gaps = _ranges(gap_start[src], m["map_number_gaps"][src])  # each full-resolution row's runs
-    gap_owner = np.repeat(np.arange(len(src)), m["map_number_gaps"][src])
-    cell_owner = np.repeat(gap_owner, sizes[gaps])
-    y = _ranges(m["map_y_begin"][gaps], sizes[gaps])
-    keys = np.stack([lv[cell_owner], z[cell_owner], x[cell_owner], y])
-    order = np.lexsort(keys[::-1])
-    in_order = bool(np.all(order == np.arange(n_total)))
-    coords3 = keys[1:, order].T.astype(np.int32) if not in_order else keys[1:].T.astype(np.int32)
-    levels = lv[cell_owner][order].astype(np.uint8)
-    return levels, np.ascontiguousarray(coords3), None if in_order or lzxy_order else order
+    _check_global_index(m["map_global_index"], sizes if per_gap else
+                        np.bincount(src, weights=row_sizes[src], minlength=n_rows).astype(np.int64), path)
+    return _cells_of_rows(m, sizes, row_sizes, (src, lv, z, x), lzxy_order)
+
+
+def _cells_of_rows(m: dict, sizes: np.ndarray, row_sizes: np.ndarray, rows_in_file, lzxy_order: bool):
+    """Cells of the full-resolution rows (given in file order) in our order, and where their values are."""
+    src, lv, z, x = rows_in_file
+    counts_in_file = row_sizes[src]
+    rows = np.lexsort((x, z, lv))  # only the rows of level_max can move
+    src, lv, z, x = src[rows], lv[rows], z[rows], x[rows]
+    gap_start = np.cumsum(m["map_number_gaps"]) - m["map_number_gaps"]
+    gaps = _ranges(gap_start[src], m["map_number_gaps"][src])
+    owner = np.repeat(np.arange(len(src)), row_sizes[src])
+    coords3 = np.empty((len(owner), 3), np.int32)
+    coords3[:, 0], coords3[:, 1] = z[owner], x[owner]
+    coords3[:, 2] = _ranges(m["map_y_begin"][gaps], sizes[gaps])
+    levels = lv[owner].astype(np.uint8)
+    if lzxy_order or np.array_equal(rows, np.arange(len(rows))):
+        return levels, coords3, None
+    return levels, coords3, _ranges((np.cumsum(counts_in_file) - counts_in_file)[rows], counts_in_file[rows])
