@@ -6,8 +6,9 @@ checked against the files LibAPR wrote with it)::
     map_level, map_z, map_x, map_number_gaps   (rows,)  the non-empty rows, by level, z, x
     map_y_begin, map_y_end                     (gaps,)  the runs of particle cells of each row, by y
     map_global_index                           (rows,)  delta-coded cumulative particle count at each
-                                                        row's end, cast to 16 bits (only the low 16
-                                                        bits of each step survive)
+                                                        row's end (at its start in files of late June
+                                                        2018), cast to 16 bits: only the low 16 bits
+                                                        of each step survive, so it is only a check
 
 ``rows`` and ``gaps`` are the attributes ``total_number_non_empty_rows`` and
 ``total_number_gaps``; the 16-bit datasets hold unsigned values. The rows of
@@ -22,7 +23,10 @@ together, in (z, x) order, one after another.
 
 Files written before June 2018 (``particle_cell_type`` beside the map) keep
 every level's rows at full resolution and store ``map_global_index`` per run
-(the index of its first particle); they are read too.
+(the index of its first particle, delta-coded, or whole as uint64 in the
+first ones); they are read too. Everything is checked (ranges, order, counts
+against the attributes, the global index) before cells are made, and the
+dataset sizes against the attributes before anything is read.
 """
 from __future__ import annotations
 

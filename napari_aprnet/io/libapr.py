@@ -20,10 +20,14 @@ rows). LibAPR writes ``int`` values into its uint64 attributes, so only the
 low 32 bits of those are meaningful; they are read that way. Chunks are
 usually Blosc-compressed (HDF5 filter 32001), decoded through ``hdf5plugin``.
 
-LibAPR's older random-access layout (``map_level``, ``map_y_begin``, ...) is
-recognised and refused with a message saying how to convert it. Particle
-values of any integer or float type are read as float32 (integers beyond
-2**24 lose precision); NaN/Inf values are refused.
+LibAPR's older random-access layout (``map_level``, ``map_y_begin``, ...,
+2018-2019) is read too (:mod:`._libapr_random`), into the same structure and
+particle order; files of 2018 keep the attributes above on ``/ParticleRepr``
+instead of the channel. Files whose particles use LibAPR's lossy compression
+(``compress_type`` > 0) are refused. Particle values of any integer or float
+type are read as float32 (integers beyond 2**24 lose precision); NaN/Inf
+values are refused. Both layouts reproduce the reconstructions LibAPR stored
+beside its test files exactly (``tests/test_libapr_reference.py``).
 """
 from __future__ import annotations
 
@@ -62,7 +66,8 @@ class LibAPRContents:
     channel : str
         The ``/ParticleRepr`` group that was read.
     attributes : dict
-        LibAPR's parameter attributes as stored, and the original particle dtypes.
+        LibAPR's parameter attributes as stored, the original particle dtypes,
+        the tree's particle sets and the ``layout`` ("linear" or "random-access").
     """
 
     structure: APRStructure
@@ -249,7 +254,7 @@ def _read_group(group, path: str, channel: str) -> LibAPRContents:
 
 
 def read_libapr(path: str | os.PathLike, channel: str | None = None) -> LibAPRContents:
-    """Read a LibAPR / pyapr ``.apr`` file (linear layout, time point 0).
+    """Read a LibAPR / pyapr ``.apr`` file (linear or random-access layout, time point 0).
 
     Parameters
     ----------
