@@ -116,9 +116,12 @@ def test_damaged_files_are_refused(tmp_path, edit, message):
         read_libapr(path)
 
 
-def test_random_access_layout_and_channels_are_explained(tmp_path):
+def test_missing_layout_and_channels_are_explained(tmp_path):
     path = _damaged(tmp_path, lambda g: (g.__delitem__("y_vec"), g.create_dataset("map_level", data=[1])))
-    with pytest.raises(APRFileError, match="random-access"):
+    with pytest.raises(APRFileError, match="total_number_non_empty_rows' of /ParticleRepr/t is missing"):
+        read_libapr(path)
+    path = _damaged(tmp_path, lambda g: g.__delitem__("y_vec"))
+    with pytest.raises(APRFileError, match="neither y_vec / xz_end_vec"):
         read_libapr(path)
     with pytest.raises(APRFileError, match="channel 'c2' not found"):
         read_libapr(os.path.join(FIXTURES, "blobs3d_u16.apr"), channel="c2")

@@ -20,10 +20,14 @@ rows). LibAPR writes ``int`` values into its uint64 attributes, so only the
 low 32 bits of those are meaningful; they are read that way. Chunks are
 usually Blosc-compressed (HDF5 filter 32001), decoded through ``hdf5plugin``.
 
-LibAPR's older random-access layout (``map_level``, ``map_y_begin``, ...) is
-recognised and refused with a message saying how to convert it. Particle
-values of any integer or float type are read as float32 (integers beyond
-2**24 lose precision); NaN/Inf values are refused.
+LibAPR's older random-access layout (``map_level``, ``map_y_begin``, ...,
+2018-2019) is read too (:mod:`._libapr_random`), into the same structure and
+particle order; files of 2018 keep the attributes above on ``/ParticleRepr``
+instead of the channel. Files whose particles use LibAPR's lossy compression
+(``compress_type`` > 0) are refused. Particle values of any integer or float
+type are read as float32 (integers beyond 2**24 lose precision); NaN/Inf
+values are refused. Both layouts reproduce the reconstructions LibAPR stored
+beside its test files exactly (``tests/test_libapr_reference.py``).
 """
 from __future__ import annotations
 
@@ -34,14 +38,14 @@ import numpy as np
 
 from napari_aprnet._native import validate_partition
 from napari_aprnet.io._atomic import atomic_write_bytes
+from napari_aprnet.io._libapr_random import MAP_DATASETS, random_access_cells
 from napari_aprnet.io.apr_h5 import APRFileError, _dataset_obj, read_hdf5
 from napari_aprnet.params import APRParameters
 from napari_aprnet.structure import APRStructure, level_max_for_shape, level_shape
 
 __all__ = ["LibAPRContents", "read_libapr", "save_libapr", "is_libapr_file"]
 
-_ACCESS = {"y_vec", "xz_end_vec"}
-_RANDOM = {"map_level", "map_y_begin", "map_y_end", "map_global_index", "map_x", "map_z", "map_number_gaps"}
+_ACCESS = {"y_vec", "xz_end_vec"} | MAP_DATASETS
 # LibAPR attribute -> APRParameters field; LibAPR's dx is along its x = numpy's second-to-last axis
 _PARAMS = {"rel_error": "rel_error", "lambda": "lambda_", "I_th": "Ip_th", "sigma_th": "sigma_th",
            "sigma_th_max": "sigma_th_max", "grad_th": "grad_th", "dy": "dx", "dx": "dy", "dz": "dz",
@@ -62,7 +66,8 @@ class LibAPRContents:
     channel : str
         The ``/ParticleRepr`` group that was read.
     attributes : dict
-        LibAPR's parameter attributes as stored, and the original particle dtypes.
+        LibAPR's parameter attributes as stored, the original particle dtypes,
+        the tree's particle sets and the ``layout`` ("linear" or "random-access").
     """
 
     structure: APRStructure
@@ -122,19 +127,16 @@ def _parameters(group) -> tuple[APRParameters | None, dict]:
         return None, raw
 
 
-def _cells(group, shape: tuple[int, ...], level_min: int, level_max: int, path: str):
-    """Levels and coordinates from ``y_vec`` + ``xz_end_vec``, checking sizes before reading."""
-    dims3 = (1,) * (3 - len(shape)) + tuple(shape)
+def _linear_cells(group, dims3: tuple[int, int, int], level_min: int, level_max: int, n_total: int, path: str):
+    """Levels and ``(z, x, y)`` from ``y_vec`` + ``xz_end_vec``, checking sizes before reading."""
     grids = [level_shape(dims3, level_max, lv) for lv in range(level_max + 1)]
     rows = [g[0] * g[1] if lv >= level_min else 0 for lv, g in enumerate(grids)]
     dxz, dy = _dataset_obj(group, "xz_end_vec", path), _dataset_obj(group, "y_vec", path)
-    n_total = _u32(group, "total_number_particles", path)
     if dxz.shape != (1 + sum(rows),):
         raise APRFileError(f"{path}: xz_end_vec has shape {dxz.shape}, expected ({1 + sum(rows)},) for image "
-                           f"{shape} and levels {level_min}..{level_max}")
-    if dy.shape != (n_total,) or not 1 <= n_total <= int(np.prod(shape, dtype=np.int64)):
-        raise APRFileError(f"{path}: y_vec has shape {dy.shape} for {n_total} particles (expected "
-                           f"1..{int(np.prod(shape, dtype=np.int64))} particles, one y each)")
+                           f"{dims3} and levels {level_min}..{level_max}")
+    if dy.shape != (n_total,):
+        raise APRFileError(f"{path}: y_vec has shape {dy.shape} for {n_total} particles (one y each)")
     if dxz.dtype.kind not in "iu" or dy.dtype.kind not in "iu":
         raise APRFileError(f"{path}: y_vec / xz_end_vec must hold integers, got {dy.dtype} / {dxz.dtype}")
     ends = dxz[()].astype(np.int64)
@@ -157,7 +159,7 @@ def _cells(group, shape: tuple[int, ...], level_min: int, level_max: int, path: 
             raise APRFileError(f"{path}: a level-{lv} y coordinate is beyond the level's {g[2]} cells")
         levels[lo:hi] = lv
         row0 += rows[lv]
-    return levels, coords[:, 3 - len(shape):]
+    return levels, coords
 
 
 def _particle_sets(group, n: int, path: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
@@ -185,35 +187,74 @@ def _particle_sets(group, n: int, path: str) -> tuple[dict[str, np.ndarray], dic
     return values, dtypes
 
 
+def _metadata(group):
+    """The group holding the image attributes: the channel, or /ParticleRepr in files of 2018."""
+    return group.parent if "level_max" not in group.attrs and "level_max" in group.parent.attrs else group
+
+
+def _random_access_cells(group, meta, dims3, level_min: int, level_max: int, n_total: int, path: str):
+    n_rows, n_gaps = _u32(meta, "total_number_non_empty_rows", path), _u32(meta, "total_number_gaps", path)
+    max_rows = sum(g[0] * g[1] for g in (level_shape(dims3, level_max, lv) for lv in range(level_min, level_max + 1)))
+    if not 1 <= n_rows <= min(max_rows, n_gaps) or n_gaps > n_total:
+        raise APRFileError(f"{path}: {n_rows} non-empty rows and {n_gaps} gaps cannot hold {n_total} particles "
+                           f"of an image {dims3} (at most {max_rows} rows, gaps between rows and particles); "
+                           f"the attributes are damaged")
+    index_shape = _dataset_obj(group, "map_global_index", path).shape
+    per_gap = "particle_cell_type" in group or (index_shape == (n_gaps,) and n_gaps != n_rows)
+    return random_access_cells(group, dims3, level_min, level_max, (n_total, n_rows, n_gaps), per_gap,
+                               "lzxy_order" in group.attrs, path)
+
+
+def _cells(group, meta, shape: tuple[int, ...], level_min: int, level_max: int, path: str):
+    """Levels, coordinates and the order of the values (None: file order) of either layout."""
+    dims3 = (1,) * (3 - len(shape)) + tuple(shape)
+    n_total, n_pixels = _u32(meta, "total_number_particles", path), int(np.prod(shape, dtype=np.int64))
+    if not 1 <= n_total <= n_pixels:
+        raise APRFileError(f"{path}: total_number_particles is {n_total}, expected 1..{n_pixels} for image {shape}")
+    if "y_vec" in group:
+        levels, coords3 = _linear_cells(group, dims3, level_min, level_max, n_total, path)
+        order = None
+    elif "map_level" in group:
+        levels, coords3, order = _random_access_cells(group, meta, dims3, level_min, level_max, n_total, path)
+    else:
+        raise APRFileError(f"{path}: {group.name} holds neither y_vec / xz_end_vec (linear layout) nor map_level, "
+                           f"map_y_begin, ... (random-access layout); not a LibAPR file, or a damaged one")
+    return levels, coords3[:, 3 - len(shape):], order
+
+
 def _read_group(group, path: str, channel: str) -> LibAPRContents:
-    if any(name in group for name in _RANDOM) and "y_vec" not in group:
-        raise APRFileError(f"{path} uses LibAPR's older random-access layout, which napari-aprnet does not "
-                           f"read; re-save it with pyapr: apr, parts = pyapr.io.read(path); "
-                           f"pyapr.io.write(new_path, apr, parts)  (write_linear=True is the default)")
-    nz, nx, ny = (_u32(group, k, path) for k in ("z_num", "x_num", "y_num"))
+    meta = _metadata(group)
+    nz, nx, ny = (_u32(meta, k, path) for k in ("z_num", "x_num", "y_num"))
     if min(nz, nx, ny) < 1 or max(nz, nx, ny) > (1 << 31):
         raise APRFileError(f"{path}: invalid image size z_num={nz}, x_num={nx}, y_num={ny}")
     shape = (nx, ny) if nz == 1 else (nz, nx, ny)
-    level_max, level_min = _u32(group, "level_max", path), _u32(group, "level_min", path)
+    level_max, level_min = _u32(meta, "level_max", path), _u32(meta, "level_min", path)
     if level_max != level_max_for_shape(shape) or not 0 <= level_min <= level_max:
         raise APRFileError(f"{path}: levels {level_min}..{level_max} do not fit the image {shape} (level_max "
                            f"should be {level_max_for_shape(shape)})")
-    levels, coords = _cells(group, shape, level_min, level_max, path)
+    if "compress_type" in meta.attrs and np.asarray(meta.attrs["compress_type"]).reshape(-1)[:1].tolist() != [0]:
+        raise APRFileError(f"{path}: the particle values are stored with LibAPR's lossy compression (compress_type "
+                           f"{np.asarray(meta.attrs['compress_type']).reshape(-1)}), which napari-aprnet does not "
+                           f"decode; re-save the file with pyapr without compression")
+    levels, coords, order = _cells(group, meta, shape, level_min, level_max, path)
     particles, dtypes = _particle_sets(group, len(levels), path)
+    if order is not None:
+        particles = {name: values[order] for name, values in particles.items()}
     try:
         structure = APRStructure(shape, level_max, levels, coords, level_min)
         validate_partition(structure)
     except (ValueError, TypeError, OverflowError) as exc:
         raise APRFileError(f"{path}: inconsistent particle structure: {exc}") from None
-    params, raw = _parameters(group)
+    params, raw = _parameters(meta)
     tree = group.get("Tree")
     tree_sets = [n for n in tree if n not in _ACCESS] if tree is not None else []
-    return LibAPRContents(structure, particles, params, channel,
-                          {"libapr_parameters": raw, "particle_dtypes": dtypes, "tree_particle_sets": tree_sets})
+    layout = "linear" if "y_vec" in group else "random-access"
+    return LibAPRContents(structure, particles, params, channel, {"libapr_parameters": raw, "particle_dtypes": dtypes,
+                                                                  "tree_particle_sets": tree_sets, "layout": layout})
 
 
 def read_libapr(path: str | os.PathLike, channel: str | None = None) -> LibAPRContents:
-    """Read a LibAPR / pyapr ``.apr`` file (linear layout, time point 0).
+    """Read a LibAPR / pyapr ``.apr`` file (linear or random-access layout, time point 0).
 
     Parameters
     ----------
