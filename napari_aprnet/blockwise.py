@@ -47,15 +47,16 @@ from typing import Any, Callable
 import numpy as np
 
 from napari_aprnet import _native
-from napari_aprnet._blockwise_tasks import LevelJob, level_task, portable, read_block, run_tasks, sample_task
+from napari_aprnet._blockwise_chain import ChainJob, chain_bytes, chain_task, plan_blocks
+from napari_aprnet._blockwise_tasks import LevelJob, portable, read_block, run_tasks, sample_task
 from napari_aprnet.formation import _ROUNDOFF, MAX_ABS_VALUE, _available_memory, _CancelWatch, estimate_memory
 from napari_aprnet.params import APRParameters
 from napari_aprnet.structure import APRStructure, level_max_for_shape
 
 __all__ = ["form_apr_blockwise", "TiffPages", "parse_memory", "halo_planes", "needs_blocks", "default_budget"]
 
-_STAGE1_BYTES_PER_PIXEL = 8  # input copy (<= 2 for uint16) + float32 work + half-resolution grad/sigma/smooth
 _MIN_CORE = 8
+_CHAIN_HALOS = 16  # chains of 16 warm-ups: their warm-ups cost about 6 % more stage-1 work
 
 
 def parse_memory(text: str | int) -> int:
@@ -76,18 +77,38 @@ def parse_memory(text: str | int) -> int:
     return value
 
 
+def _spline_rho(lam: float) -> float:
+    """|pole| of the smoothing spline's recursive filter: its influence decays like ``rho**distance``."""
+    r = math.sqrt(3.0 + 144.0 * lam)
+    xi = 1.0 - 96.0 * lam + 24.0 * lam * r
+    return abs((24.0 * lam - 1.0 - math.sqrt(xi)) / (24.0 * lam) * math.sqrt((48.0 * lam + 24.0 * lam * r) / xi))
+
+
+def _box_widths(params: APRParameters) -> tuple[int, int]:
+    """Half-widths of the local intensity scale's two box means (native/formation/sigma.c)."""
+    k = min(params.psf_pixels, 6) - 1
+    return (1, 1, 1, 2, 2, 3)[k], (2, 3, 4, 4, 5, 6)[k]
+
+
 def halo_planes(params: APRParameters) -> int:
-    """z-planes added on each side of a block: spline decay to 1e-3 plus the reach of the local intensity scale."""
-    lam = params.lambda_
-    spline = 0
-    if lam > 0:
-        r = math.sqrt(3.0 + 144.0 * lam)
-        xi = 1.0 - 96.0 * lam + 24.0 * lam * r
-        rho = abs((24.0 * lam - 1.0 - math.sqrt(xi)) / (24.0 * lam) * math.sqrt((48.0 * lam + 24.0 * lam * r) / xi))
-        spline = math.ceil(math.log(1e-3) / math.log(rho))
-    w1, w2 = (1, 1, 1, 2, 2, 3)[min(params.psf_pixels, 6) - 1], (2, 3, 4, 4, 5, 6)[min(params.psf_pixels, 6) - 1]
-    halo = spline + 2 * (w1 + w2) + 4
+    """Warm-up planes before a chain that does not start at plane 0: spline decay to 1e-3 plus the scale's reach."""
+    spline = math.ceil(math.log(1e-3) / math.log(_spline_rho(params.lambda_))) if params.lambda_ > 0 else 0
+    halo = spline + 2 * sum(_box_widths(params)) + 4
     return halo + (halo % 2)
+
+
+def _geometry(params: APRParameters) -> tuple[int, int]:
+    """``(lookahead, reach)``: planes after a block for the anti-causal spline pass (its truncation length for
+    1e-4, as in the C code, at least 2 for the gradient) and half-planes the local intensity scale reads."""
+    lookahead = 2
+    if params.lambda_ > 0:
+        lookahead = max(lookahead, math.ceil(abs(math.log(1e-4) / math.log(_spline_rho(params.lambda_)))))
+    return lookahead, sum(_box_widths(params)) + 1
+
+
+def _chain_planes(params: APRParameters) -> int:
+    """Planes per chain: chains are independent tasks; each but the first recomputes ``halo_planes`` planes."""
+    return _CHAIN_HALOS * halo_planes(params)
 
 
 def default_budget() -> int | None:
@@ -193,29 +214,34 @@ class _Runner:
 
 def _level_map(runner: _Runner, params: APRParameters, level_max: int, offset: float, span: float, core: int,
                watch) -> np.ndarray:
-    """Stage 1 + 2 block by block: the uint8 half-resolution level map of the whole image."""
+    """Stage 1 + 2 chain by chain: the uint8 half-resolution level map of the whole image."""
     shape = runner.image.shape
     nz = shape[0]
-    halo = halo_planes(params)
+    lookahead, reach = _geometry(params)
+    warmup, length = halo_planes(params), _chain_planes(params)
     level_ds = np.empty(tuple(-(-int(s) // 2) for s in shape), np.uint8)
     spacing = params.spacing(3)
     h_min = min(spacing)
-    job = LevelJob(tuple(h / h_min for h in spacing), params.lambda_, params.psf_pixels, offset,
-                   dict(ip_th=params.Ip_th - offset, sigma_th=params.sigma_th, sigma_th_max=params.sigma_th_max,
-                        grad_th=max(params.grad_th * h_min, _ROUNDOFF * span), rel_error=params.rel_error,
-                        level_max=level_max, h_min=1.0))
+    level = LevelJob(tuple(h / h_min for h in spacing), params.lambda_, params.psf_pixels, offset,
+                     dict(ip_th=params.Ip_th - offset, sigma_th=params.sigma_th, sigma_th_max=params.sigma_th_max,
+                          grad_th=max(params.grad_th * h_min, _ROUNDOFF * span), rel_error=params.rel_error,
+                          level_max=level_max, h_min=1.0))
+    job = ChainJob(level, tuple(int(s) for s in shape), core, lookahead, reach)
 
     def tasks():
-        for z0 in range(0, nz, core):
-            z1 = min(z0 + core, nz)
-            h0 = max(z0 - halo, 0)
-            source, e0, e1 = runner.read_args(h0, min(z1 + halo, nz))
-            yield z0, (source, e0, e1, z0 - h0 + e0, z1 - h0 + e0, job)  # planes of source[e0:e1]
+        for c0 in range(0, nz, length):
+            c1 = min(c0 + length, nz)
+            s0 = max(c0 - warmup, 0)
+            end = max(z1 + la for _, z1, la in plan_blocks(s0, c1, job))
+            source, e0, e1 = runner.read_args(s0, end)
+            out = level_ds[c0 // 2: -(-c1 // 2)] if runner.executor is None else None  # in place here
+            yield c0, (source, e0, e1, s0, c0, c1, job, out)
 
-    def store(z0, block_levels):
-        level_ds[z0 // 2: z0 // 2 + len(block_levels)] = block_levels
+    def store(c0, chain_levels):
+        if not np.shares_memory(chain_levels, level_ds):
+            level_ds[c0 // 2: c0 // 2 + len(chain_levels)] = chain_levels
 
-    runner.run(level_task, tasks(), store, watch)
+    runner.run(chain_task, tasks(), store, watch)
     return level_ds
 
 
@@ -342,7 +368,8 @@ def form_apr_blockwise(image: Any, params: APRParameters | None = None, *, max_m
     if dtype.kind not in "uif":
         raise TypeError(f"image must have a real numeric dtype, got {dtype}")
     with _Runner(image, workers) as runner:
-        core, rows = _block_planes(shape, dtype, params, parse_memory(max_memory), runner.parallel)
+        core, rows = _block_planes(shape, dtype, params, parse_memory(max_memory), runner.parallel,
+                                   runner.executor is not None or runner.parallel > 1)
         level_max = level_max_for_shape(shape)
         level_min = min(1, level_max)
         with _CancelWatch(cancel) as watch:
@@ -357,18 +384,21 @@ def form_apr_blockwise(image: Any, params: APRParameters | None = None, *, max_m
     return structure, values
 
 
-def _block_planes(shape: tuple, dtype: np.dtype, params: APRParameters, budget: int, parallel: int):
-    """Core planes per level-map block and planes per sampling block for ``parallel`` blocks at a time."""
+def _block_planes(shape: tuple, dtype: np.dtype, params: APRParameters, budget: int, parallel: int,
+                  sends_results: bool):
+    """Core planes per level-map block and planes per sampling block for ``parallel`` chains at a time."""
     plane = shape[1] * shape[2]
     fixed = -(-plane // 4) * -(-shape[0] // 2)  # the half-resolution level map (and its pulling tree share)
-    halo = halo_planes(params)
+    lookahead, reach = _geometry(params)
+    chain_out = min(_chain_planes(params), shape[0]) if sends_results else 0
+    per_plane, chain_fixed = chain_bytes(lookahead, reach, dtype.itemsize, chain_out)
     share = (budget - 2 * fixed) // parallel
-    core = share // (_STAGE1_BYTES_PER_PIXEL * plane) - 2 * halo
+    core = (share // plane - chain_fixed) // per_plane
     core -= core % 2
     if core < _MIN_CORE:
-        need = 2 * fixed + parallel * (_MIN_CORE + 2 * halo) * _STAGE1_BYTES_PER_PIXEL * plane
+        need = 2 * fixed + parallel * (chain_fixed + _MIN_CORE * per_plane) * plane
         raise ValueError(f"max_memory {budget / 2**20:.0f} MiB is too small for planes of {shape[1]}x{shape[2]}"
-                         f"{f' and {parallel} workers' if parallel > 1 else ''}: blocks of {_MIN_CORE} planes and "
-                         f"a halo of {halo} need about {need / 2**20:.0f} MiB")
+                         f"{f' and {parallel} workers' if parallel > 1 else ''}: blocks of {_MIN_CORE} planes "
+                         f"need about {need / 2**20:.0f} MiB")
     rows = max(1, min(shape[0], share // ((2 * dtype.itemsize + 5) * plane)))
     return core, rows

@@ -106,14 +106,20 @@ def formation_spline_z(img: np.ndarray, lambda_: float, state_in: np.ndarray | N
     check(st, "APR formation (spline along z)")
 
 
-def formation_grad_ds(smoothed: np.ndarray, spacing, cancel_flag=None) -> tuple[np.ndarray, np.ndarray]:
-    """Gradient magnitude (max-downsampled 2x) and 2x mean of a smoothed 3D float32 image (stage 1)."""
+def formation_grad_ds(smoothed: np.ndarray, spacing, out: tuple | None = None,
+                      cancel_flag=None) -> tuple[np.ndarray, np.ndarray]:
+    """Gradient magnitude (max-downsampled 2x) and 2x mean of a smoothed 3D float32 image (stage 1).
+
+    ``out``: optional ``(grad, smooth)`` float32 arrays of shape ``ceil(shape / 2)`` to write into.
+    """
     _check_3d("smoothed", smoothed)
     sp = tuple(float(s) for s in spacing)
     if len(sp) != 3 or not all(np.isfinite(s) and s > 0 for s in sp):
         raise ValueError(f"spacing must hold 3 positive finite values, got {spacing}")
     half = tuple(-(-s // 2) for s in smoothed.shape)
-    grad, smooth = np.empty(half, np.float32), np.empty(half, np.float32)
+    grad, smooth = out if out is not None else (np.empty(half, np.float32), np.empty(half, np.float32))
+    _check_3d("grad", grad, half)
+    _check_3d("smooth", smooth, half)
     st = lib.aprnet_formation_grad_ds(
         ptr(smoothed, np.float32, "smoothed"), ffi.new("int64_t[3]", smoothed.shape), ffi.new("double[3]", sp),
         ptr(grad, np.float32, "grad", True), ptr(smooth, np.float32, "smooth", True), cancel_ptr(cancel_flag))
