@@ -2,7 +2,7 @@
 
 A task gets a *source* it reads ``source[e0:e1]`` from: the image itself, a
 :class:`MemmapSource` (a numpy memmap reopened by path in the worker), or the
-block's pixels (an in-memory array is sent block by block). Tasks return only
+task's pixels (an in-memory array is sent chain by chain, block by block). Tasks return only
 small arrays (a chain's uint8 level map, the values of a block's
 particles), so the parent holds the particle structure and nothing of full
 pixel size.

@@ -5,10 +5,13 @@ axis (a numpy memmap, a :class:`TiffPages` stack read page by page, a zarr or
 dask array) a block of z-planes at a time:
 
 1. one pass for the image minimum and maximum (and the NaN/Inf check);
-2. per block, the gradient, local intensity scale and required level of each
-   half-resolution cell (:func:`napari_aprnet.formation` stage 1 and 2), on the
-   block extended by a halo of ``halo`` planes on each side; only the level
-   map of the block's own planes is kept (uint8, an eighth of the pixels);
+2. the gradient, local intensity scale and required level of each
+   half-resolution cell (:func:`napari_aprnet.formation` stage 1 and 2) in
+   *chains* of blocks (:mod:`napari_aprnet._blockwise_chain`): the blocks of
+   a chain run in order and pass the smoothing spline's causal z-state and
+   their last planes on, so each plane is smoothed once (plus a look-ahead
+   of ``lookahead`` planes per block); only the level map is kept (uint8,
+   an eighth of the pixels);
 3. the pulling scheme on the whole half-resolution level map (as the
    whole-volume conversion does);
 4. per block, the particle values: blocks are a multiple of the tallest
@@ -16,24 +19,32 @@ dask array) a block of z-planes at a time:
    sampler gives the same float32 means; cells taller than a block (a budget
    too small for them) are summed across blocks in float64.
 
-Stages 2 and 4 are independent per block: ``workers=N`` runs them in N
-processes (a memmap or :class:`TiffPages` is reopened by path there), or any
-:class:`concurrent.futures.Executor` runs them, e.g. a dask cluster's
-``distributed.Client(...).get_executor()``. The result does not depend on it.
+Chains (``_CHAIN_HALOS * halo_planes`` planes, 416 for the default
+parameters; the chain length depends on the parameters only) and the blocks
+of stage 4 are independent: ``workers=N`` runs them in N processes (a memmap
+or :class:`TiffPages` is reopened by path there; an in-memory numpy array is
+sent chain by chain), or any :class:`concurrent.futures.Executor` runs them,
+e.g. a dask cluster's ``distributed.Client(...).get_executor()``. The result
+does not depend on it (for the same budget per worker).
 
 Tolerance
 ---------
 Stages 3 and 4 see the whole volume, so the result differs from
 :func:`napari_aprnet.formation.form_apr` only through stage 1: the smoothing
 B-spline is a recursive (IIR) filter whose influence decays like ``rho**d``
-with the distance ``d`` (``rho ~ 0.58`` for ``lambda_ = 3``). The halo is
-chosen so that ``rho**halo <= 1e-3`` plus the reach of the local intensity
-scale, so gradients near block borders differ by about 1e-3 of the
-intensity, which moves a cell across a level boundary only rarely (measured:
-well under 0.5 % of the particles; ``benchmarks/results/blockwise.md``). The
-round-off floor of the gradient uses the image range instead of the range
-of the smoothed image. Particle values equal the whole-volume ones (those of
-cells taller than a sampling block to float32 rounding).
+with the distance ``d`` (``rho ~ 0.58`` for ``lambda_ = 3``). Within a chain
+its causal z recursion is exact; the anti-causal one of a block starts
+``lookahead`` planes after it, where ``rho**lookahead <= 1e-4`` (the C code's
+own truncation of its boundary sums), and is exact in the last block. A
+chain after the first starts ``halo_planes`` planes early (``rho**d <= 1e-3``
+plus the reach of the local intensity scale). So gradients near block ends
+differ by about 1e-4 of the intensity, near chain starts by 1e-3, which
+moves a cell across a level boundary only rarely (measured: identical level
+maps on the test volumes, well under 0.5 % of the particles on large ones;
+``benchmarks/results/blockwise.md``). The round-off floor of the gradient
+uses the image range instead of the range of the smoothed image. Particle
+values equal the whole-volume ones (those of cells taller than a sampling
+block to float32 rounding).
 ``auto_parameters`` needs statistics of the whole image and is refused.
 """
 from __future__ import annotations
@@ -334,7 +345,8 @@ def form_apr_blockwise(image: Any, params: APRParameters | None = None, *, max_m
         ``auto_parameters`` is refused (it needs the whole image).
     max_memory : int or str
         Budget for the conversion's arrays (e.g. ``"600MiB"``), shared by the
-        worker processes; the interpreter, the input's own cache and the
+        worker processes (their blocks, and so the exact result, depend on the
+        budget per worker); the interpreter, the input's own cache and the
         particles of the result are not counted.
     workers : int or concurrent.futures.Executor
         Number of processes converting blocks at the same time (1: this
@@ -342,7 +354,8 @@ def form_apr_blockwise(image: Any, params: APRParameters | None = None, *, max_m
         cluster's ``distributed.Client(...).get_executor()``; each of its
         workers then needs up to ``max_memory`` and the image's path (a
         memmap, :class:`TiffPages`, zarr or dask array; an in-memory numpy
-        array is sent block by block). The result does not depend on it.
+        array is sent chain by chain, block by block). The result does not
+        depend on it for the same budget per worker.
     cancel : callable, optional
         Polled between blocks and inside the C code (of this process).
 
@@ -355,7 +368,7 @@ def form_apr_blockwise(image: Any, params: APRParameters | None = None, *, max_m
     ------
     ValueError
         For a non-3D input, NaN/Inf, ``auto_parameters``, or a budget too
-        small for blocks of at least 8 planes plus the halo.
+        small for blocks of at least 8 planes.
     """
     params = APRParameters() if params is None else params
     if params.auto_parameters:

@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from napari_aprnet import APR
-from napari_aprnet import blockwise
+from napari_aprnet import APR, blockwise
 from napari_aprnet._blockwise_chain import chain_bytes
 from napari_aprnet.blockwise import (
     TiffPages,
