@@ -96,7 +96,7 @@ def test_parse_memory_and_refusals(volume):
     bad = volume.astype(np.float32)
     bad[40, 3, 3] = np.nan
     with pytest.raises(ValueError, match="NaN"):
-        form_apr_blockwise(bad, PARAMS, max_memory=_budget(volume, 10))
+        form_apr_blockwise(bad, PARAMS, max_memory=_budget(bad, 10))
 
 
 def test_cli_convert_max_memory(tmp_path, volume, capsys):
