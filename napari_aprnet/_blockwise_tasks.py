@@ -2,8 +2,8 @@
 
 A task gets a *source* it reads ``source[e0:e1]`` from: the image itself, a
 :class:`MemmapSource` (a numpy memmap reopened by path in the worker), or the
-block's pixels (an in-memory array is sent block by block). Tasks return only
-small arrays (a block of the uint8 level map, the values of a block's
+task's pixels (an in-memory array is sent chain by chain, block by block). Tasks return only
+small arrays (a chain's uint8 level map, the values of a block's
 particles), so the parent holds the particle structure and nothing of full
 pixel size.
 """
@@ -68,25 +68,13 @@ def native_block(block: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class LevelJob:
-    """Stage 1 + 2 of one block: the level map of planes ``z0:z1`` from planes ``e0:e1`` (halo included)."""
+    """What stage 1 + 2 of every block needs (napari_aprnet._blockwise_chain): spacing, spline, offset, thresholds."""
 
     spacing: tuple
     lambda_: float
     psf_pixels: int
     offset: float
     level_args: dict
-
-
-def level_task(source, e0: int, e1: int, z0: int, z1: int, job: LevelJob, cancel_flag=None) -> np.ndarray:
-    """The uint8 half-resolution level map of planes ``z0:z1``, computed on ``source[e0:e1]``."""
-    block = native_block(read_block(source, e0, e1))
-    if job.offset != 0:
-        block = np.subtract(block, block.dtype.type(job.offset), dtype=block.dtype)
-    grad, sigma, smooth = _native.formation_grad_sigma(block, job.spacing, job.lambda_, job.psf_pixels, cancel_flag)
-    del block
-    a = (z0 - e0) // 2
-    b = a + -(-(z1 - z0) // 2)
-    return _native.formation_levels(grad[a:b], sigma[a:b], smooth[a:b], cancel_flag=cancel_flag, **job.level_args)
 
 
 def sample_task(source, z0: int, z1: int, level_max: int, levels: np.ndarray, coords: np.ndarray,

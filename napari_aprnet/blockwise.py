@@ -5,10 +5,13 @@ axis (a numpy memmap, a :class:`TiffPages` stack read page by page, a zarr or
 dask array) a block of z-planes at a time:
 
 1. one pass for the image minimum and maximum (and the NaN/Inf check);
-2. per block, the gradient, local intensity scale and required level of each
-   half-resolution cell (:func:`napari_aprnet.formation` stage 1 and 2), on the
-   block extended by a halo of ``halo`` planes on each side; only the level
-   map of the block's own planes is kept (uint8, an eighth of the pixels);
+2. the gradient, local intensity scale and required level of each
+   half-resolution cell (:func:`napari_aprnet.formation` stage 1 and 2) in
+   *chains* of blocks (:mod:`napari_aprnet._blockwise_chain`): the blocks of
+   a chain run in order and pass the smoothing spline's causal z-state and
+   their last planes on, so each plane is smoothed once (plus a look-ahead
+   of ``lookahead`` planes per block); only the level map is kept (uint8,
+   an eighth of the pixels);
 3. the pulling scheme on the whole half-resolution level map (as the
    whole-volume conversion does);
 4. per block, the particle values: blocks are a multiple of the tallest
@@ -16,24 +19,32 @@ dask array) a block of z-planes at a time:
    sampler gives the same float32 means; cells taller than a block (a budget
    too small for them) are summed across blocks in float64.
 
-Stages 2 and 4 are independent per block: ``workers=N`` runs them in N
-processes (a memmap or :class:`TiffPages` is reopened by path there), or any
-:class:`concurrent.futures.Executor` runs them, e.g. a dask cluster's
-``distributed.Client(...).get_executor()``. The result does not depend on it.
+Chains (``_CHAIN_HALOS * halo_planes`` planes, 416 for the default
+parameters; the chain length depends on the parameters only) and the blocks
+of stage 4 are independent: ``workers=N`` runs them in N processes (a memmap
+or :class:`TiffPages` is reopened by path there; an in-memory numpy array is
+sent chain by chain), or any :class:`concurrent.futures.Executor` runs them,
+e.g. a dask cluster's ``distributed.Client(...).get_executor()``. The result
+does not depend on it (for the same budget per worker).
 
 Tolerance
 ---------
 Stages 3 and 4 see the whole volume, so the result differs from
 :func:`napari_aprnet.formation.form_apr` only through stage 1: the smoothing
 B-spline is a recursive (IIR) filter whose influence decays like ``rho**d``
-with the distance ``d`` (``rho ~ 0.58`` for ``lambda_ = 3``). The halo is
-chosen so that ``rho**halo <= 1e-3`` plus the reach of the local intensity
-scale, so gradients near block borders differ by about 1e-3 of the
-intensity, which moves a cell across a level boundary only rarely (measured:
-well under 0.5 % of the particles; ``benchmarks/results/blockwise.md``). The
-round-off floor of the gradient uses the image range instead of the range
-of the smoothed image. Particle values equal the whole-volume ones (those of
-cells taller than a sampling block to float32 rounding).
+with the distance ``d`` (``rho ~ 0.58`` for ``lambda_ = 3``). Within a chain
+its causal z recursion is exact; the anti-causal one of a block starts
+``lookahead`` planes after it, where ``rho**lookahead <= 1e-4`` (the C code's
+own truncation of its boundary sums), and is exact in the last block. A
+chain after the first starts ``halo_planes`` planes early (``rho**d <= 1e-3``
+plus the reach of the local intensity scale). So gradients near block ends
+differ by about 1e-4 of the intensity, near chain starts by 1e-3, which
+moves a cell across a level boundary only rarely (measured: identical level
+maps on the test volumes, well under 0.5 % of the particles on large ones;
+``benchmarks/results/blockwise.md``). The round-off floor of the gradient
+uses the image range instead of the range of the smoothed image. Particle
+values equal the whole-volume ones (those of cells taller than a sampling
+block to float32 rounding).
 ``auto_parameters`` needs statistics of the whole image and is refused.
 """
 from __future__ import annotations
@@ -47,15 +58,16 @@ from typing import Any, Callable
 import numpy as np
 
 from napari_aprnet import _native
-from napari_aprnet._blockwise_tasks import LevelJob, level_task, portable, read_block, run_tasks, sample_task
+from napari_aprnet._blockwise_chain import ChainJob, chain_bytes, chain_task, plan_blocks
+from napari_aprnet._blockwise_tasks import LevelJob, portable, read_block, run_tasks, sample_task
 from napari_aprnet.formation import _ROUNDOFF, MAX_ABS_VALUE, _available_memory, _CancelWatch, estimate_memory
 from napari_aprnet.params import APRParameters
 from napari_aprnet.structure import APRStructure, level_max_for_shape
 
 __all__ = ["form_apr_blockwise", "TiffPages", "parse_memory", "halo_planes", "needs_blocks", "default_budget"]
 
-_STAGE1_BYTES_PER_PIXEL = 8  # input copy (<= 2 for uint16) + float32 work + half-resolution grad/sigma/smooth
 _MIN_CORE = 8
+_CHAIN_HALOS = 16  # chains of 16 warm-ups: their warm-ups cost about 6 % more stage-1 work
 
 
 def parse_memory(text: str | int) -> int:
@@ -76,18 +88,38 @@ def parse_memory(text: str | int) -> int:
     return value
 
 
+def _spline_rho(lam: float) -> float:
+    """|pole| of the smoothing spline's recursive filter: its influence decays like ``rho**distance``."""
+    r = math.sqrt(3.0 + 144.0 * lam)
+    xi = 1.0 - 96.0 * lam + 24.0 * lam * r
+    return abs((24.0 * lam - 1.0 - math.sqrt(xi)) / (24.0 * lam) * math.sqrt((48.0 * lam + 24.0 * lam * r) / xi))
+
+
+def _box_widths(params: APRParameters) -> tuple[int, int]:
+    """Half-widths of the local intensity scale's two box means (native/formation/sigma.c)."""
+    k = min(params.psf_pixels, 6) - 1
+    return (1, 1, 1, 2, 2, 3)[k], (2, 3, 4, 4, 5, 6)[k]
+
+
 def halo_planes(params: APRParameters) -> int:
-    """z-planes added on each side of a block: spline decay to 1e-3 plus the reach of the local intensity scale."""
-    lam = params.lambda_
-    spline = 0
-    if lam > 0:
-        r = math.sqrt(3.0 + 144.0 * lam)
-        xi = 1.0 - 96.0 * lam + 24.0 * lam * r
-        rho = abs((24.0 * lam - 1.0 - math.sqrt(xi)) / (24.0 * lam) * math.sqrt((48.0 * lam + 24.0 * lam * r) / xi))
-        spline = math.ceil(math.log(1e-3) / math.log(rho))
-    w1, w2 = (1, 1, 1, 2, 2, 3)[min(params.psf_pixels, 6) - 1], (2, 3, 4, 4, 5, 6)[min(params.psf_pixels, 6) - 1]
-    halo = spline + 2 * (w1 + w2) + 4
+    """Warm-up planes before a chain that does not start at plane 0: spline decay to 1e-3 plus the scale's reach."""
+    spline = math.ceil(math.log(1e-3) / math.log(_spline_rho(params.lambda_))) if params.lambda_ > 0 else 0
+    halo = spline + 2 * sum(_box_widths(params)) + 4
     return halo + (halo % 2)
+
+
+def _geometry(params: APRParameters) -> tuple[int, int]:
+    """``(lookahead, reach)``: planes after a block for the anti-causal spline pass (its truncation length for
+    1e-4, as in the C code, at least 2 for the gradient) and half-planes the local intensity scale reads."""
+    lookahead = 2
+    if params.lambda_ > 0:
+        lookahead = max(lookahead, math.ceil(abs(math.log(1e-4) / math.log(_spline_rho(params.lambda_)))))
+    return lookahead, sum(_box_widths(params)) + 1
+
+
+def _chain_planes(params: APRParameters) -> int:
+    """Planes per chain: chains are independent tasks; each but the first recomputes ``halo_planes`` planes."""
+    return _CHAIN_HALOS * halo_planes(params)
 
 
 def default_budget() -> int | None:
@@ -193,29 +225,34 @@ class _Runner:
 
 def _level_map(runner: _Runner, params: APRParameters, level_max: int, offset: float, span: float, core: int,
                watch) -> np.ndarray:
-    """Stage 1 + 2 block by block: the uint8 half-resolution level map of the whole image."""
+    """Stage 1 + 2 chain by chain: the uint8 half-resolution level map of the whole image."""
     shape = runner.image.shape
     nz = shape[0]
-    halo = halo_planes(params)
+    lookahead, reach = _geometry(params)
+    warmup, length = halo_planes(params), _chain_planes(params)
     level_ds = np.empty(tuple(-(-int(s) // 2) for s in shape), np.uint8)
     spacing = params.spacing(3)
     h_min = min(spacing)
-    job = LevelJob(tuple(h / h_min for h in spacing), params.lambda_, params.psf_pixels, offset,
-                   dict(ip_th=params.Ip_th - offset, sigma_th=params.sigma_th, sigma_th_max=params.sigma_th_max,
-                        grad_th=max(params.grad_th * h_min, _ROUNDOFF * span), rel_error=params.rel_error,
-                        level_max=level_max, h_min=1.0))
+    level = LevelJob(tuple(h / h_min for h in spacing), params.lambda_, params.psf_pixels, offset,
+                     dict(ip_th=params.Ip_th - offset, sigma_th=params.sigma_th, sigma_th_max=params.sigma_th_max,
+                          grad_th=max(params.grad_th * h_min, _ROUNDOFF * span), rel_error=params.rel_error,
+                          level_max=level_max, h_min=1.0))
+    job = ChainJob(level, tuple(int(s) for s in shape), core, lookahead, reach)
 
     def tasks():
-        for z0 in range(0, nz, core):
-            z1 = min(z0 + core, nz)
-            h0 = max(z0 - halo, 0)
-            source, e0, e1 = runner.read_args(h0, min(z1 + halo, nz))
-            yield z0, (source, e0, e1, z0 - h0 + e0, z1 - h0 + e0, job)  # planes of source[e0:e1]
+        for c0 in range(0, nz, length):
+            c1 = min(c0 + length, nz)
+            s0 = max(c0 - warmup, 0)
+            end = max(z1 + la for _, z1, la in plan_blocks(s0, c1, job))
+            source, e0, e1 = runner.read_args(s0, end)
+            out = level_ds[c0 // 2: -(-c1 // 2)] if runner.executor is None else None  # in place here
+            yield c0, (source, e0, e1, s0, c0, c1, job, out)
 
-    def store(z0, block_levels):
-        level_ds[z0 // 2: z0 // 2 + len(block_levels)] = block_levels
+    def store(c0, chain_levels):
+        if not np.shares_memory(chain_levels, level_ds):
+            level_ds[c0 // 2: c0 // 2 + len(chain_levels)] = chain_levels
 
-    runner.run(level_task, tasks(), store, watch)
+    runner.run(chain_task, tasks(), store, watch)
     return level_ds
 
 
@@ -308,7 +345,8 @@ def form_apr_blockwise(image: Any, params: APRParameters | None = None, *, max_m
         ``auto_parameters`` is refused (it needs the whole image).
     max_memory : int or str
         Budget for the conversion's arrays (e.g. ``"600MiB"``), shared by the
-        worker processes; the interpreter, the input's own cache and the
+        worker processes (their blocks, and so the exact result, depend on the
+        budget per worker); the interpreter, the input's own cache and the
         particles of the result are not counted.
     workers : int or concurrent.futures.Executor
         Number of processes converting blocks at the same time (1: this
@@ -316,7 +354,8 @@ def form_apr_blockwise(image: Any, params: APRParameters | None = None, *, max_m
         cluster's ``distributed.Client(...).get_executor()``; each of its
         workers then needs up to ``max_memory`` and the image's path (a
         memmap, :class:`TiffPages`, zarr or dask array; an in-memory numpy
-        array is sent block by block). The result does not depend on it.
+        array is sent chain by chain, block by block). The result does not
+        depend on it for the same budget per worker.
     cancel : callable, optional
         Polled between blocks and inside the C code (of this process).
 
@@ -329,7 +368,7 @@ def form_apr_blockwise(image: Any, params: APRParameters | None = None, *, max_m
     ------
     ValueError
         For a non-3D input, NaN/Inf, ``auto_parameters``, or a budget too
-        small for blocks of at least 8 planes plus the halo.
+        small for blocks of at least 8 planes.
     """
     params = APRParameters() if params is None else params
     if params.auto_parameters:
@@ -342,7 +381,8 @@ def form_apr_blockwise(image: Any, params: APRParameters | None = None, *, max_m
     if dtype.kind not in "uif":
         raise TypeError(f"image must have a real numeric dtype, got {dtype}")
     with _Runner(image, workers) as runner:
-        core, rows = _block_planes(shape, dtype, params, parse_memory(max_memory), runner.parallel)
+        core, rows = _block_planes(shape, dtype, params, parse_memory(max_memory), runner.parallel,
+                                   runner.executor is not None or runner.parallel > 1)
         level_max = level_max_for_shape(shape)
         level_min = min(1, level_max)
         with _CancelWatch(cancel) as watch:
@@ -357,18 +397,21 @@ def form_apr_blockwise(image: Any, params: APRParameters | None = None, *, max_m
     return structure, values
 
 
-def _block_planes(shape: tuple, dtype: np.dtype, params: APRParameters, budget: int, parallel: int):
-    """Core planes per level-map block and planes per sampling block for ``parallel`` blocks at a time."""
+def _block_planes(shape: tuple, dtype: np.dtype, params: APRParameters, budget: int, parallel: int,
+                  sends_results: bool):
+    """Core planes per level-map block and planes per sampling block for ``parallel`` chains at a time."""
     plane = shape[1] * shape[2]
     fixed = -(-plane // 4) * -(-shape[0] // 2)  # the half-resolution level map (and its pulling tree share)
-    halo = halo_planes(params)
+    lookahead, reach = _geometry(params)
+    chain_out = min(_chain_planes(params), shape[0]) if sends_results else 0
+    per_plane, chain_fixed = chain_bytes(lookahead, reach, dtype.itemsize, chain_out)
     share = (budget - 2 * fixed) // parallel
-    core = share // (_STAGE1_BYTES_PER_PIXEL * plane) - 2 * halo
+    core = (share // plane - chain_fixed) // per_plane
     core -= core % 2
     if core < _MIN_CORE:
-        need = 2 * fixed + parallel * (_MIN_CORE + 2 * halo) * _STAGE1_BYTES_PER_PIXEL * plane
+        need = 2 * fixed + parallel * (chain_fixed + _MIN_CORE * per_plane) * plane
         raise ValueError(f"max_memory {budget / 2**20:.0f} MiB is too small for planes of {shape[1]}x{shape[2]}"
-                         f"{f' and {parallel} workers' if parallel > 1 else ''}: blocks of {_MIN_CORE} planes and "
-                         f"a halo of {halo} need about {need / 2**20:.0f} MiB")
+                         f"{f' and {parallel} workers' if parallel > 1 else ''}: blocks of {_MIN_CORE} planes "
+                         f"need about {need / 2**20:.0f} MiB")
     rows = max(1, min(shape[0], share // ((2 * dtype.itemsize + 5) * plane)))
     return core, rows

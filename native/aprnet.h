@@ -52,6 +52,28 @@ int aprnet_formation_grad_sigma(const void *image, int dtype, const int64_t shap
                                 float *grad_ds, float *sigma_ds, float *smooth_ds,
                                 const int32_t *cancel);
 
+/* Stage 1 in pieces, for a volume converted block by block along z
+ * (formation/blocks.c); the same arithmetic as aprnet_formation_grad_sigma.
+ * spline_xy: the smoothing spline along y and x of each plane -> out (float,
+ * shape). spline_z: its z pass in place on img (shape[0] >= 2 planes, lambda
+ * > 0), the causal recursion continued from state_in (the unnormalised causal
+ * values of the 2 planes before img, the earlier first; NULL: mirror
+ * boundary) and the anti-causal one started from a mirror boundary after the
+ * last plane; state_out (2 planes, or NULL) receives the causal values of
+ * planes keep - 2 and keep - 1 (2 <= keep <= shape[0]). grad_ds: gradient
+ * magnitude max-downsampled 2x and the 2x mean of a smoothed image, as stage
+ * 1. scale: the inverse B-spline (lambda > 0) in place on smooth_ds and the
+ * local intensity scale -> sigma_ds (both shape_ds). */
+int aprnet_formation_spline_xy(const void *image, int dtype, const int64_t shape[3], double lambda,
+                               float *out, const int32_t *cancel);
+int aprnet_formation_spline_z(float *img, const int64_t shape[3], double lambda,
+                              const float *state_in, int64_t keep, float *state_out,
+                              const int32_t *cancel);
+int aprnet_formation_grad_ds(const float *smoothed, const int64_t shape[3], const double spacing[3],
+                             float *grad_ds, float *smooth_ds, const int32_t *cancel);
+int aprnet_formation_scale(float *smooth_ds, const int64_t shape_ds[3], double lambda, int psf,
+                           float *sigma_ds, const int32_t *cancel);
+
 /* Stage 2. Thresholds and required level per half-resolution cell:
  * L = floor(log2(grad / sigma * 2^level_max * h_min / rel_error)), 0 below 2. */
 int aprnet_formation_levels(const float *grad_ds, const float *sigma_ds, const float *smooth_ds,

@@ -8,13 +8,15 @@ import numpy as np
 import pytest
 import tifffile
 
-from napari_aprnet import APR
+from napari_aprnet import APR, blockwise
+from napari_aprnet._blockwise_chain import chain_bytes
 from napari_aprnet.blockwise import (
     TiffPages,
+    _block_planes,
+    _geometry,
     _Runner,
     _sample,
     form_apr_blockwise,
-    halo_planes,
     needs_blocks,
     parse_memory,
 )
@@ -37,10 +39,15 @@ def volume():
     return img.clip(0, 65535).astype(np.uint16)
 
 
-def _budget(volume, core):
-    """A budget giving blocks of about ``core`` planes."""
+def _budget(volume, core, params=PARAMS, workers=1, sends=None):
+    """A budget giving level-map blocks of ``core`` planes (checked) to each of ``workers`` processes
+    (``sends``: the chains' level maps are sent back, default for ``workers > 1``; true for executors)."""
+    sends = workers > 1 if sends is None else sends
     plane = volume.shape[1] * volume.shape[2]
-    return (core + 2 * halo_planes(PARAMS)) * 8 * plane + 4 * plane * volume.shape[0]
+    per_plane, fixed = chain_bytes(*_geometry(params), volume.dtype.itemsize, volume.shape[0] if sends else 0)
+    budget = 2 * -(-plane // 4) * -(-volume.shape[0] // 2) + workers * (fixed + core * per_plane) * plane
+    assert _block_planes(volume.shape, volume.dtype, params, budget, workers, sends)[0] == core
+    return budget
 
 
 def test_blocks_equal_the_whole_volume(tmp_path, volume):
@@ -89,7 +96,7 @@ def test_parse_memory_and_refusals(volume):
     bad = volume.astype(np.float32)
     bad[40, 3, 3] = np.nan
     with pytest.raises(ValueError, match="NaN"):
-        form_apr_blockwise(bad, PARAMS, max_memory=_budget(volume, 10))
+        form_apr_blockwise(bad, PARAMS, max_memory=_budget(bad, 10))
 
 
 def test_cli_convert_max_memory(tmp_path, volume, capsys):
@@ -110,15 +117,15 @@ def test_workers_and_executors_give_the_same_result(tmp_path, volume):
     import dask.array as da
 
     mm = _memmap(tmp_path, volume)
-    budget = 2 * _budget(volume, 10)
-    one_s, one_v = form_apr_blockwise(mm, PARAMS, max_memory=budget)
+    budget = _budget(volume, 10, workers=2)
+    one_s, one_v = form_apr_blockwise(mm, PARAMS, max_memory=_budget(volume, 10))
     two_s, two_v = form_apr_blockwise(mm, PARAMS, max_memory=budget, workers=2)
     np.testing.assert_array_equal(two_s.coords, one_s.coords)
     np.testing.assert_array_equal(two_s.levels, one_s.levels)
     np.testing.assert_array_equal(two_v, one_v)
     with ThreadPoolExecutor(2) as pool:  # any Executor, e.g. distributed.Client(...).get_executor()
         for image in (volume, da.from_array(volume, chunks=(16, 24, 20))):  # in memory: sent block by block
-            s, v = form_apr_blockwise(image, PARAMS, max_memory=_budget(volume, 10), workers=pool)
+            s, v = form_apr_blockwise(image, PARAMS, max_memory=_budget(volume, 10, sends=True), workers=pool)
             np.testing.assert_array_equal(s.coords, one_s.coords)
             np.testing.assert_array_equal(v, one_v)
     with pytest.raises(ValueError, match="workers"):
@@ -136,3 +143,38 @@ def test_cells_taller_than_a_sampling_block(volume):
     with _CancelWatch(None) as watch:
         v = _sample(runner, whole_s, tallest // 2 - 1, watch)  # blocks of tallest / 4 planes
     np.testing.assert_allclose(v, whole_v, rtol=1e-6)
+
+
+@pytest.mark.parametrize("params", [PARAMS, APRParameters(sigma_th=20.0, grad_th=2.0, lambda_=0.0, psf=1.0),
+                                    APRParameters(sigma_th=20.0, grad_th=2.0, lambda_=0.5, psf=5.0)])
+def test_level_map_of_many_blocks_and_chains_equals_the_whole_volume(volume, params, monkeypatch):
+    """Blocks of 8 planes (the spline's causal z-state and half-resolution planes carried from block to block),
+    and chains of one warm-up (independent tasks): the level map of the whole-volume conversion, cell for cell."""
+    from napari_aprnet.formation import _level_image
+
+    vol = np.concatenate([volume, volume[::-1]])  # 128 planes
+    with _CancelWatch(None) as watch:
+        whole = _level_image(vol, params, 7, watch)
+    for halos in (16, 1):
+        monkeypatch.setattr(blockwise, "_CHAIN_HALOS", halos)
+        runner = _Runner(vol, 1)
+        with _CancelWatch(None) as watch:
+            lo, hi = float(vol.min()), float(vol.max())
+            levels = blockwise._level_map(runner, params, 7, lo, hi - lo, 8, watch)
+        assert (levels != whole).mean() < 1e-4, (halos, (levels != whole).sum())
+        if params.lambda_ == 0:  # no recursive filter: nothing approximated
+            np.testing.assert_array_equal(levels, whole)
+    assert len(blockwise.plan_blocks(0, 128, blockwise.ChainJob(None, vol.shape, 8, *_geometry(params)))) >= 12
+
+
+def test_chains_in_two_workers_equal_one(tmp_path, volume, monkeypatch):
+    """Several chains (monkeypatched short) in 2 spawned processes or on a thread pool: the result of 1 process."""
+    monkeypatch.setattr(blockwise, "_CHAIN_HALOS", 1)
+    mm = _memmap(tmp_path, volume)
+    one_s, one_v = form_apr_blockwise(mm, PARAMS, max_memory=_budget(volume, 8))
+    whole_s, _ = form_apr(volume, PARAMS)
+    assert abs(one_s.n_particles - whole_s.n_particles) <= 0.005 * whole_s.n_particles
+    with ThreadPoolExecutor(2) as pool:
+        s, v = form_apr_blockwise(mm, PARAMS, max_memory=_budget(volume, 8, sends=True), workers=pool)
+    np.testing.assert_array_equal(s.coords, one_s.coords)
+    np.testing.assert_array_equal(v, one_v)

@@ -20,10 +20,14 @@ from napari_aprnet._native.common import (
     version,
 )
 from napari_aprnet._native.formation import (
+    formation_grad_ds,
     formation_grad_sigma,
     formation_histogram,
     formation_levels,
     formation_sample,
+    formation_scale,
+    formation_spline_xy,
+    formation_spline_z,
     pulling_scheme,
 )
 from napari_aprnet._native.labels import labels_majority, labels_paint
@@ -49,6 +53,7 @@ from napari_aprnet._native.reconstruct import (
 __all__ = [
     "CancelledError", "NativeError", "cancel_ptr", "check", "ffi", "lib", "max_threads", "ptr", "set_num_threads",
     "shape3", "version", "formation_grad_sigma", "formation_histogram", "formation_levels", "formation_sample",
+    "formation_grad_ds", "formation_scale", "formation_spline_xy", "formation_spline_z",
     "pulling_scheme", "NNPlan", "nn_plan_build", "nn_pool_backward", "nn_pool_forward", "nn_scatter_add",
     "nn_tree_mean", "nn_tree_spread", "CellTable", "cell_table", "particle_table", "reconstruct", "region_bounds",
     "tree_table", "validate_partition", "labels_majority", "labels_paint",

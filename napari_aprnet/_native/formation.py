@@ -60,6 +60,84 @@ def formation_grad_sigma(image: np.ndarray, spacing, lambda_: float, psf: int, c
     return grad, sigma, smooth
 
 
+def _check_3d(name: str, arr: np.ndarray, shape=None) -> None:
+    if not isinstance(arr, np.ndarray) or arr.ndim != 3 or arr.size == 0:
+        raise ValueError(f"{name} must be a non-empty 3D numpy array")
+    if shape is not None and arr.shape != tuple(shape):
+        raise ValueError(f"{name} has shape {arr.shape}, expected {tuple(shape)}")
+
+
+def formation_spline_xy(image: np.ndarray, lambda_: float, out: np.ndarray, cancel_flag=None) -> None:
+    """Stage 1 in pieces (blockwise conversion): the smoothing spline along y and x of each plane of a 3D image.
+
+    ``out`` (float32, the image's shape, C-contiguous) receives the result.
+    """
+    img_ptr, code, shp = _formation_image(image)
+    _check_3d("image", image)
+    _check_3d("out", out, image.shape)
+    st = lib.aprnet_formation_spline_xy(img_ptr, code, ffi.new("int64_t[3]", shp), float(lambda_),
+                                        ptr(out, np.float32, "out", True), cancel_ptr(cancel_flag))
+    check(st, "APR formation (spline along y and x)")
+
+
+def formation_spline_z(img: np.ndarray, lambda_: float, state_in: np.ndarray | None = None, keep: int = 0,
+                       state_out: np.ndarray | None = None, cancel_flag=None) -> None:
+    """The spline's z pass in place on a block of ``img.shape[0] >= 2`` planes (float32, 3D).
+
+    The causal recursion continues from ``state_in`` (shape ``(2, ny, nx)``:
+    the causal values of the two planes before the block) or starts at a
+    mirror boundary (None); the anti-causal one starts at a mirror boundary
+    after the last plane. ``state_out`` (shape ``(2, ny, nx)``) receives the
+    causal values of planes ``keep - 2`` and ``keep - 1``.
+    """
+    _check_3d("img", img)
+    if img.shape[0] < 2 or not lambda_ > 0:
+        raise ValueError(f"the z pass needs >= 2 planes and lambda_ > 0, got {img.shape[0]} and {lambda_}")
+    two = (2, *img.shape[1:])
+    for name, st in (("state_in", state_in), ("state_out", state_out)):
+        if st is not None:
+            _check_3d(name, st, two)
+    if state_out is not None and not 2 <= keep <= img.shape[0]:
+        raise ValueError(f"keep must lie in [2, {img.shape[0]}], got {keep}")
+    st = lib.aprnet_formation_spline_z(
+        ptr(img, np.float32, "img", True), ffi.new("int64_t[3]", shape3(img.shape)), float(lambda_),
+        ffi.NULL if state_in is None else ptr(state_in, np.float32, "state_in"), int(keep),
+        ffi.NULL if state_out is None else ptr(state_out, np.float32, "state_out", True), cancel_ptr(cancel_flag))
+    check(st, "APR formation (spline along z)")
+
+
+def formation_grad_ds(smoothed: np.ndarray, spacing, out: tuple | None = None,
+                      cancel_flag=None) -> tuple[np.ndarray, np.ndarray]:
+    """Gradient magnitude (max-downsampled 2x) and 2x mean of a smoothed 3D float32 image (stage 1).
+
+    ``out``: optional ``(grad, smooth)`` float32 arrays of shape ``ceil(shape / 2)`` to write into.
+    """
+    _check_3d("smoothed", smoothed)
+    sp = tuple(float(s) for s in spacing)
+    if len(sp) != 3 or not all(np.isfinite(s) and s > 0 for s in sp):
+        raise ValueError(f"spacing must hold 3 positive finite values, got {spacing}")
+    half = tuple(-(-s // 2) for s in smoothed.shape)
+    grad, smooth = out if out is not None else (np.empty(half, np.float32), np.empty(half, np.float32))
+    _check_3d("grad", grad, half)
+    _check_3d("smooth", smooth, half)
+    st = lib.aprnet_formation_grad_ds(
+        ptr(smoothed, np.float32, "smoothed"), ffi.new("int64_t[3]", smoothed.shape), ffi.new("double[3]", sp),
+        ptr(grad, np.float32, "grad", True), ptr(smooth, np.float32, "smooth", True), cancel_ptr(cancel_flag))
+    check(st, "APR formation (gradient)")
+    return grad, smooth
+
+
+def formation_scale(smooth_ds: np.ndarray, lambda_: float, psf: int, cancel_flag=None) -> np.ndarray:
+    """Inverse B-spline (``lambda_ > 0``, in place on ``smooth_ds``) and the local intensity scale (stage 1)."""
+    _check_3d("smooth_ds", smooth_ds)
+    sigma = np.empty(smooth_ds.shape, np.float32)
+    st = lib.aprnet_formation_scale(
+        ptr(smooth_ds, np.float32, "smooth_ds", True), ffi.new("int64_t[3]", smooth_ds.shape), float(lambda_),
+        int(psf), ptr(sigma, np.float32, "sigma", True), cancel_ptr(cancel_flag))
+    check(st, "APR formation (local intensity scale)")
+    return sigma
+
+
 def formation_levels(grad_ds: np.ndarray, sigma_ds: np.ndarray, smooth_ds: np.ndarray, *, ip_th: float,
                      sigma_th: float, sigma_th_max: float, grad_th: float, rel_error: float, level_max: int,
                      h_min: float, cancel_flag=None) -> np.ndarray:

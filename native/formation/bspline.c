@@ -137,9 +137,20 @@ static double *boundary_coefs(const fm_spline *s, int64_t n, int64_t *L_out) {
 #define FM_INLINE inline
 #endif
 
+/* With zs (the z pass of a block, aprnet_formation_spline_z) the causal
+ * recursion continues from zs->in (the causal values of the two lines before
+ * line 0, line -2 first) instead of starting at a mirror boundary, and the
+ * causal values of lines keep - 2 and keep - 1 are copied to zs->out. */
+typedef struct {
+    const float *in; /* NULL: mirror boundary before line 0 */
+    float *out;      /* NULL: nothing kept */
+    int64_t stride;  /* between the two lines of in and out */
+    int64_t keep;
+} fm_zstate;
+
 static FM_INLINE void filter_lines(float *restrict base, int64_t n, int64_t stride, int64_t width,
                                    const fm_spline *s, const double *c, int64_t L,
-                                   float *restrict tmp) {
+                                   float *restrict tmp, const fm_zstate *zs) {
     float *y0 = tmp, *y1 = tmp + width, *zN1 = tmp + 2 * width, *zN2 = tmp + 3 * width;
     float *za = tmp + 4 * width;
     const float b1 = s->b1, b2 = s->b2, norm = s->norm;
@@ -157,12 +168,23 @@ static FM_INLINE void filter_lines(float *restrict base, int64_t n, int64_t stri
         }
     }
     /* causal pass, in place */
-    memcpy(base, y0, sizeof(float) * (size_t)width);
-    memcpy(base + stride, y1, sizeof(float) * (size_t)width);
+    if (zs && zs->in) {
+        const float *m2 = zs->in, *m1 = zs->in + zs->stride;
+        float *l1 = base + stride;
+        for (int64_t k = 0; k < width; ++k) base[k] = base[k] + b1 * m1[k] + b2 * m2[k];
+        for (int64_t k = 0; k < width; ++k) l1[k] = l1[k] + b1 * base[k] + b2 * m1[k];
+    } else {
+        memcpy(base, y0, sizeof(float) * (size_t)width);
+        memcpy(base + stride, y1, sizeof(float) * (size_t)width);
+    }
     for (int64_t i = 2; i < n; ++i) {
         float *cur = base + i * stride;
         const float *p1 = cur - stride, *p2 = cur - 2 * stride;
         for (int64_t k = 0; k < width; ++k) cur[k] = cur[k] + b1 * p1[k] + b2 * p2[k];
+    }
+    if (zs && zs->out) {
+        memcpy(zs->out, base + (zs->keep - 2) * stride, sizeof(float) * (size_t)width);
+        memcpy(zs->out + zs->stride, base + (zs->keep - 1) * stride, sizeof(float) * (size_t)width);
     }
     /* anti-causal pass on the unnormalised z: zN1 starts as z[n-1] = z[i+2] and
      * zN2 as z[n-2] = z[i+1] for i = n-3; each step overwrites the older one
@@ -191,15 +213,15 @@ static FM_INLINE void filter_lines(float *restrict base, int64_t n, int64_t stri
 }
 
 static void filter_block(float *base, int64_t n, int64_t stride, int64_t width,
-                         const fm_spline *s, const double *c, int64_t L, float *tmp) {
-    filter_lines(base, n, stride, width, s, c, L, tmp);
+                         const fm_spline *s, const double *c, int64_t L, float *tmp, const fm_zstate *zs) {
+    filter_lines(base, n, stride, width, s, c, L, tmp, zs);
 }
 
 /* the same for the FM_TILE lines of a transposed tile (constant width: the
  * compiler unrolls the vector loops) */
 static void filter_tile(float *base, int64_t n, const fm_spline *s, const double *c, int64_t L,
                         float *tmp) {
-    filter_lines(base, n, FM_TILE, FM_TILE, s, c, L, tmp);
+    filter_lines(base, n, FM_TILE, FM_TILE, s, c, L, tmp, NULL);
 }
 
 /* ----- x pass: tiles of FM_TILE rows transposed so that the recursion runs
@@ -327,9 +349,11 @@ static int smooth_axis_x(float *img, fm_dims d, const fm_spline *s, const void *
 }
 
 /* y pass (n = ny, stride = nx, vectors over x) or z pass (n = nz,
- * stride = ny * nx, vectors over the plane). */
+ * stride = ny * nx, vectors over the plane; with state_in / state_out, two
+ * planes each, the causal state of a block: see fm_zstate). */
 static int smooth_axis_strided(float *img, int64_t nouter, int64_t outer_stride, int64_t n,
                                int64_t stride, int64_t width_total, const fm_spline *s,
+                               const float *state_in, float *state_out, int64_t keep,
                                const int32_t *cancel) {
     int64_t L;
     double *c = boundary_coefs(s, n, &L);
@@ -360,12 +384,15 @@ static int smooth_axis_strided(float *img, int64_t nouter, int64_t outer_stride,
             const int64_t o = job / nchunks, k0 = (job % nchunks) * wmax;
             const int64_t w = (k0 + wmax <= width_total) ? wmax : width_total - k0;
             float *base = img + o * outer_stride + k0;
+            const fm_zstate zs = {state_in ? state_in + k0 : NULL, state_out ? state_out + k0 : NULL,
+                                  width_total, keep};
+            const fm_zstate *zsp = (state_in || state_out) ? &zs : NULL;
             if (!copy) {
-                filter_block(base, n, stride, w, s, c, L, buf);
+                filter_block(base, n, stride, w, s, c, L, buf, zsp);
                 continue;
             }
             for (int64_t i = 0; i < n; ++i) memcpy(buf + i * w, base + i * stride, sizeof(float) * (size_t)w);
-            filter_block(buf, n, w, w, s, c, L, buf + n * w);
+            filter_block(buf, n, w, w, s, c, L, buf + n * w, zsp);
             for (int64_t i = 0; i < n; ++i) memcpy(base + i * stride, buf + i * w, sizeof(float) * (size_t)w);
         }
         free(buf);
@@ -417,7 +444,7 @@ static int smooth_planes_xy(float *img, fm_dims d, const fm_spline *s, const voi
             if (ny > 1)
                 for (int64_t k0 = 0; k0 < nx; k0 += FM_CHUNK)
                     filter_block(img + z * plane + k0, ny, nx, (k0 + FM_CHUNK <= nx) ? FM_CHUNK : nx - k0,
-                                 s, cy, Ly, tmp);
+                                 s, cy, Ly, tmp, NULL);
         }
         free(buf);
     }
@@ -442,10 +469,22 @@ int aprnet_fm_smoothing_spline(float *img, fm_dims d, double lambda, const void 
         if (d.nx > 1) st = smooth_axis_x(img, d, &s, src, dtype, cancel);
         else if (src) load_all(img, d, src, dtype);
         if (st == APRNET_OK && d.ny > 1)
-            st = smooth_axis_strided(img, d.nz, d.ny * d.nx, d.ny, d.nx, d.nx, &s, cancel);
+            st = smooth_axis_strided(img, d.nz, d.ny * d.nx, d.ny, d.nx, d.nx, &s, NULL, NULL, 0, cancel);
     }
     if (st == APRNET_OK && d.nz > 1 && !skip_z)
-        st = smooth_axis_strided(img, 1, 0, d.nz, d.ny * d.nx, d.ny * d.nx, &s, cancel);
+        st = smooth_axis_strided(img, 1, 0, d.nz, d.ny * d.nx, d.ny * d.nx, &s, NULL, NULL, 0, cancel);
+    spline_free(&s);
+    return st;
+}
+
+/* The z pass of a block of a longer volume: see aprnet_formation_spline_z. */
+int aprnet_fm_spline_z_block(float *img, fm_dims d, double lambda, const float *state_in, int64_t keep,
+                             float *state_out, const int32_t *cancel) {
+    fm_spline s;
+    int st = spline_init(&s, lambda, cancel);
+    if (st != APRNET_OK) return st;
+    const int64_t plane = d.ny * d.nx;
+    st = smooth_axis_strided(img, 1, 0, d.nz, plane, plane, &s, state_in, state_out, keep, cancel);
     spline_free(&s);
     return st;
 }
@@ -488,7 +527,7 @@ void aprnet_fm_line_filter_free(fm_line_filter *f) {
 }
 
 void aprnet_fm_line_filter_apply(const fm_line_filter *f, float *base, int64_t width, float *tmp) {
-    filter_block(base, f->n, width, width, &f->s, f->c, f->L, tmp);
+    filter_block(base, f->n, width, width, &f->s, f->c, f->L, tmp, NULL);
 }
 
 /* ----- inverse B-spline kernel [1/6, 4/6, 1/6], mirror boundaries ----- */

@@ -18,6 +18,20 @@ typedef struct {
 
 static inline int64_t fm_size(fm_dims d) { return d.nz * d.ny * d.nx; }
 
+/* A shape of 1 .. 2^31 per axis whose element count, in bytes of a float,
+ * fits in size_t and int64_t. */
+static inline int fm_check_shape(const int64_t shape[3]) {
+    if (!shape) return 0;
+    for (int a = 0; a < 3; ++a)
+        if (shape[a] < 1 || shape[a] > ((int64_t)1 << 31)) return 0;
+    const uint64_t lim = (uint64_t)(SIZE_MAX < INT64_MAX ? SIZE_MAX : INT64_MAX) / 8;
+    return (uint64_t)shape[1] * (uint64_t)shape[2] <= lim / (uint64_t)shape[0];
+}
+
+static inline int fm_check_dtype(int dtype) {
+    return dtype == APRNET_DTYPE_F32 || dtype == APRNET_DTYPE_U16 || dtype == APRNET_DTYPE_U8;
+}
+
 /* Loops over fewer elements than this run on the calling thread: a parallel
  * region costs a barrier, which is expensive when the cores are busy, and the
  * results are the same either way (the work is partitioned per element). */
@@ -58,6 +72,11 @@ static inline int fm_cancelled(const int32_t *cancel) {
  * along z is left out (to be run by aprnet_fm_line_filter_apply). */
 int aprnet_fm_smoothing_spline(float *img, fm_dims d, double lambda, const void *src, int dtype,
                                int skip_z, const int32_t *cancel);
+/* The z pass alone on a block of d.nz >= 2 planes, continuing the causal
+ * recursion from state_in (2 planes, or NULL: mirror boundary) and keeping
+ * the causal values of planes keep - 2, keep - 1 in state_out (or NULL). */
+int aprnet_fm_spline_z_block(float *img, fm_dims d, double lambda, const float *state_in, int64_t keep,
+                             float *state_out, const int32_t *cancel);
 /* The smoothing-spline filter along lines of length n >= 2 (the same
  * arithmetic as the passes of aprnet_fm_smoothing_spline). apply filters the
  * n lines of `width` values stored one after the other at base (line i at

@@ -17,21 +17,10 @@
 
 #define FM_FUSE_BYTES ((int64_t)8 << 20) /* per-thread row buffers of the fused z pass */
 
-static int check_shape(const int64_t shape[3]) {
-    if (!shape) return 0;
-    for (int a = 0; a < 3; ++a)
-        if (shape[a] < 1 || shape[a] > ((int64_t)1 << 31)) return 0;
-    return 1;
-}
-
-static int check_dtype(int dtype) {
-    return dtype == APRNET_DTYPE_F32 || dtype == APRNET_DTYPE_U16 || dtype == APRNET_DTYPE_U8;
-}
-
 int aprnet_formation_grad_sigma(const void *image, int dtype, const int64_t shape[3],
                                 const double spacing[3], double lambda, int psf, float *grad_ds,
                                 float *sigma_ds, float *smooth_ds, const int32_t *cancel) {
-    if (!image || !check_shape(shape) || !check_dtype(dtype) || !spacing || !grad_ds ||
+    if (!image || !fm_check_shape(shape) || !fm_check_dtype(dtype) || !spacing || !grad_ds ||
         !sigma_ds || !smooth_ds || !(lambda >= 0.0) || !isfinite(lambda) || psf < 1)
         return APRNET_ERR_ARG;
     for (int a = 0; a < 3; ++a)
@@ -63,7 +52,7 @@ int aprnet_formation_levels(const float *grad_ds, const float *sigma_ds, const f
                             const int64_t shape_ds[3], double ip_th, double sigma_th,
                             double sigma_th_max, double grad_th, double rel_error, int level_max,
                             double h_min, uint8_t *level_ds, const int32_t *cancel) {
-    if (!grad_ds || !sigma_ds || !smooth_ds || !level_ds || !check_shape(shape_ds) ||
+    if (!grad_ds || !sigma_ds || !smooth_ds || !level_ds || !fm_check_shape(shape_ds) ||
         !(rel_error > 0.0) || !isfinite(rel_error) || !(h_min > 0.0) || level_max < 0 ||
         level_max > 60 || !isfinite(ip_th) || !isfinite(sigma_th) || !isfinite(sigma_th_max) ||
         !isfinite(grad_th))
@@ -182,7 +171,7 @@ static int pyramid_from_children(const float *c, fm_dims dc, fm_dims d, const in
 int aprnet_formation_sample(const void *image, int dtype, const int64_t shape[3], int level_max,
                             int64_t n_particles, const uint8_t *levels, const int32_t *coords,
                             int ndim, float *values, int64_t value_stride, const int32_t *cancel) {
-    if (!image || !check_shape(shape) || !check_dtype(dtype) || (ndim != 2 && ndim != 3) ||
+    if (!image || !fm_check_shape(shape) || !fm_check_dtype(dtype) || (ndim != 2 && ndim != 3) ||
         (ndim == 2 && shape[0] != 1) || level_max < 0 || level_max > 60 || n_particles < 0 ||
         value_stride < 1)
         return APRNET_ERR_ARG;

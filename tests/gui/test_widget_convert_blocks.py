@@ -34,7 +34,7 @@ def test_convert_job_goes_blockwise_when_the_image_would_not_fit(monkeypatch):
     volume = (100 + rng.normal(0, 3, z.shape) + 800 * np.exp(-((z - 30) ** 2 + (y - 12) ** 2 + (x - 9) ** 2) / 20))
     volume = volume.astype(np.uint16)
     params = APRParameters(sigma_th=20.0, grad_th=2.0)
-    budget = (10 + 2 * blockwise.halo_planes(params)) * 8 * 24 * 20 + 2 * 12 * 10 * 32  # blocks of 10 planes
+    budget = (10 + 2 * blockwise.halo_planes(params)) * 8 * 24 * 20 + 2 * 12 * 10 * 32  # blocks of < 64 planes
     assert blockwise.needs_blocks(volume.shape, budget)
     monkeypatch.setattr(blockwise, "default_budget", lambda: budget)  # "half the free memory" of a tiny machine
     image = _NoWholeRead(volume)
