@@ -2,8 +2,11 @@
 preselection, docking, level colours, small refusals. Run under Xvfb with pytest-qt."""
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
+from conftest import shown_colour
 
 from napari_aprnet.samples import fluorescence_blobs
 
@@ -93,6 +96,41 @@ def test_level_colours_follow_cell_size_and_map_sits_beside(make_napari_viewer, 
     w.level_display.value = "over the image"
     qtbot.waitUntil(lambda: not w.task.running, timeout=WAIT)  # results are shown in event-loop turns
     assert viewer.layers["blobs level map"].translate[-1] == 0 and layer.translate[-1] == 0
+
+
+def _legend_entries(legend: str) -> list[tuple[int, int, str]]:
+    """``(level, cell side, colour)`` of each line of Convert's legend."""
+    return [(int(level), int(side), colour) for colour, side, level in
+            re.findall(r"color:(#[0-9a-fA-F]{6}).*?(\d+)x\d+-pixel cells \(level (\d+)\)", legend)]
+
+
+def test_level_map_is_an_image_drawn_in_the_legend_colours(make_napari_viewer, qtbot):
+    from napari.layers import Image
+    from napari.utils.colormaps.standardize_color import transform_color
+
+    viewer = make_napari_viewer(show=True)
+    layer = viewer.add_image(fluorescence_blobs((60, 70), 8, seed=4), name="blobs")
+    w = open_widget(viewer, "Convert to APR")
+    w.auto_update.value = False
+    w.convert()
+    qtbot.waitUntil(lambda: not w.task.running, timeout=WAIT)
+    levels = viewer.layers["blobs level map"]
+    assert isinstance(levels, Image) and (levels.interpolation2d, levels.interpolation3d) == ("nearest",) * 2
+    entries = _legend_entries(w.legend.value)
+    assert sorted(level for level, _, _ in entries) == np.unique(levels.data).tolist()
+    level_max = levels.metadata["aprnet"]["level_max"]
+    for level, side, colour in entries:  # the layer's colour of each level is the legend's for its cell size
+        assert side == 2 ** (level_max - level)
+        np.testing.assert_allclose(shown_colour(levels, level), transform_color(colour)[0][:3], atol=1e-6)
+    layer.visible = False
+    viewer.reset_view()
+    shot = viewer.screenshot(canvas_only=True, flash=False)[..., :3].astype(int)
+    drawn = np.unique(shot.reshape(-1, 3), axis=0)
+    drawn = drawn[(drawn != shot[0, 0]).any(axis=1)]  # the corner is background (the hidden image's place)
+    legend_rgb = np.array([np.round(transform_color(c)[0][:3] * 255) for _, _, c in entries], dtype=int)
+    off = np.abs(drawn[:, None, :] - legend_rgb[None]).max(axis=2)
+    assert off.min(axis=1).max() <= 2  # the canvas shows only legend colours (no blending across cells)
+    assert off.min(axis=0).max() <= 2  # and each of them
 
 
 def test_train_defaults_and_expected_steps_and_folder_refusal(make_napari_viewer, notes):
