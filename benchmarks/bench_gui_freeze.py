@@ -9,6 +9,11 @@ the stalls over 200 ms (the goal) per case.
     xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python benchmarks/bench_gui_freeze.py [--small] [--out F]
         [--before B.json --markdown results/gui_freeze.md]
 
+Each case also records the main thread's wall and CPU time in every call that
+adds a layer (``viewer.add_image`` / ``add_labels``, napari's own layer and
+visual set-up) and in every event-loop turn the widget shows results in
+(``BackgroundTask.in_turns``): the parts of the stalls the widgets choose.
+
 ``--before`` takes the JSON of an earlier run (e.g. of the previous version,
 with its package first on ``PYTHONPATH``) and ``--markdown`` writes both
 side by side. ``--profile N`` prints the N most expensive functions (cumulative
@@ -70,6 +75,52 @@ class StallMeter:
                 "ticks": len(self.gaps)}
 
 
+class CallTimer:
+    """Wall and main-thread CPU time (ms) of the viewer's add-layer calls and of the widgets' result turns.
+
+    Wraps ``ViewerModel.add_image`` / ``add_labels`` and the steps given to
+    ``BackgroundTask.in_turns`` (class attributes, for this process only).
+    """
+
+    def __init__(self):
+        from napari.components import ViewerModel
+
+        from napari_aprnet._widgets._task import BackgroundTask
+
+        self.adds: list[dict] = []
+        self.turns: list[dict] = []
+        for kind in ("image", "labels"):
+            method = getattr(ViewerModel, f"add_{kind}")
+            setattr(ViewerModel, f"add_{kind}", self._timed_add(method, kind))
+        in_turns = BackgroundTask.in_turns
+        BackgroundTask.in_turns = lambda task, *steps: in_turns(task, *(self._timed_turn(s) for s in steps))
+
+    def _timed_add(self, method, kind: str):
+        def add(viewer, data=None, **kwargs):
+            t, c = time.perf_counter(), time.thread_time()
+            out = method(viewer, data, **kwargs)
+            self.adds.append({"kind": kind, "name": kwargs.get("name"),
+                              "wall_ms": round((time.perf_counter() - t) * 1000, 1),
+                              "cpu_ms": round((time.thread_time() - c) * 1000, 1)})
+            return out
+        return add
+
+    def _timed_turn(self, step):
+        def turn():
+            t, c = time.perf_counter(), time.thread_time()
+            try:
+                step()
+            finally:
+                self.turns.append({"wall_ms": round((time.perf_counter() - t) * 1000, 1),
+                                   "cpu_ms": round((time.thread_time() - c) * 1000, 1)})
+        return turn
+
+    def take(self) -> dict:
+        out = {"adds": self.adds, "turns": self.turns}
+        self.adds, self.turns = [], []
+        return out
+
+
 def _run(viewer, widget, start, meter: StallMeter, timeout: float = 1800, profile: int = 0) -> dict:
     import cProfile
     import pstats
@@ -122,6 +173,7 @@ def main(argv=None) -> int:
             ("Tune E", fluorescence_blobs((64 // k, 256 // k, 256 // k), 20, seed=3)),
     }
     meter = StallMeter()
+    calls = CallTimer()
     results = {}
     wanted = [c.strip() for c in args.cases.split(",") if c.strip()]
     for name, (widget_name, image) in cases.items():
@@ -137,6 +189,7 @@ def main(argv=None) -> int:
         else:
             w.auto_update.value = False
             res = _run(viewer, w, lambda w=w, layer=layer: w.convert(layer), meter, profile=args.profile)
+        res.update(calls.take())
         res["status"] = str(w.status.value)
         res["layers"] = [lyr.name for lyr in viewer.layers]
         results[name] = res
@@ -162,13 +215,23 @@ def _markdown(after: dict, before: dict) -> str:
              "main thread itself spent within one gap. Goal: no stall over 200 ms.", "",
              "| case | before: max stall / CPU (ms) | before: > 200 ms (wall / CPU) | after: max stall / CPU (ms) | "
              "after: > 200 ms (wall / CPU) | after: wall (s) |", "|---|---|---|---|---|---|"]
+    adds = ["", "Main-thread time in the add-layer calls (`viewer.add_image` / `add_labels`), wall / CPU (ms):", "",
+            "| case | layer | before | after |", "|---|---|---|---|"]
     for name, res in after.items():
         b = before.get(name)
         old = (f"{b['max_stall_ms']} / {b['max_cpu_ms']} | {len(b['stalls_over_200ms'])} / "
                f"{len(b['cpu_over_200ms'])}") if b else "- | -"
         lines.append(f"| {name} | {old} | {res['max_stall_ms']} / {res['max_cpu_ms']} | "
                      f"{len(res['stalls_over_200ms'])} / {len(res['cpu_over_200ms'])} | {res['wall_s']} |")
-    return "\n".join(lines) + "\n"
+        old_adds = {a["name"]: a for a in (b or {}).get("adds", [])}
+        for a in res.get("adds", []):
+            o = old_adds.get(a["name"])
+            adds.append(f"| {name} | {a['name']} | {_call(o) if o else '-'} | {_call(a)} |")
+    return "\n".join(lines + adds) + "\n"
+
+
+def _call(call: dict) -> str:
+    return f"{call['kind']}: {call['wall_ms']} / {call['cpu_ms']}"
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from napari_aprnet.lazy import stacked_pyramid
 __all__ = ["LAZY_PIXELS", "LEVEL_COLORS", "METADATA_KEY", "APR_KEY", "apr_layer_data", "apr_metadata",
            "beside_translate", "lazy_layer_data", "pyramid_data", "use_lazy",
            "feature_montage",
-           "level_color", "level_color_dict", "level_legend", "particle_cells"]
+           "level_color", "level_legend", "level_map_display", "particle_cells"]
 
 #: One colour per particle cell side, 1, 2, 4, ... 512 pixels (512 and larger share the last):
 #: viridis sampled at ten points (perceptually ordered, colour-blind safe), fine = bright.
@@ -40,11 +40,24 @@ def level_color(level: int, level_max: int) -> str:
     return LEVEL_COLORS[min(max(int(level_max) - int(level), 0), len(LEVEL_COLORS) - 1)]
 
 
-def level_color_dict(level_min: int, level_max: int) -> dict[int | None, str]:
-    """Labels-layer colour dictionary ``{level: colour}`` for levels ``level_min..level_max`` (pixel level)."""
-    out: dict[int | None, str] = {lv: level_color(lv, level_max) for lv in range(int(level_min), int(level_max) + 1)}
-    out[None] = "transparent"
-    return out
+def level_map_display(level_min: int, level_max: int) -> dict[str, Any]:
+    """Image-layer keywords that colour a level map by cell size, as plain data (no napari import).
+
+    The colormap has one bin per level ``level_min..level_max`` (stepwise,
+    ``"zero"`` interpolation), coloured by :func:`level_color`; the contrast
+    limits ``level_min - 0.5 .. level_max + 0.5`` put each level in the middle
+    of its bin, so a colour always means the same cell size. Nearest-neighbour
+    interpolation in 2D and 3D blends no levels across cell borders.
+    """
+    lo, hi = int(level_min), int(level_max)
+    if not 0 <= lo <= hi:
+        raise ValueError(f"invalid level range {lo}..{hi}")
+    n = hi - lo + 1
+    colormap = {"name": f"APR cell size (levels {lo}-{hi})", "interpolation": "zero",
+                "colors": [level_color(lv, hi) for lv in range(lo, hi + 1)],
+                "controls": [k / n for k in range(n + 1)]}
+    return {"colormap": colormap, "contrast_limits": (lo - 0.5, hi + 0.5), "rgb": False,
+            "interpolation2d": "nearest", "interpolation3d": "nearest"}
 
 
 def level_legend(level_min: int, level_max: int, present=None) -> list[tuple[int, str, int]]:
@@ -98,7 +111,7 @@ def apr_layer_data(apr, name: str = "image", *, mode: str = "constant", source: 
                    reconstruction: np.ndarray | None = None, level_map: np.ndarray | None = None,
                    extra: dict | None = None, level_map_beside: bool = True, lazy: bool | None = None,
                    **layer_kwargs: Any) -> list[tuple[Any, dict, str]]:
-    """Reconstruction (image) and level map (labels) layer data of an APR.
+    """Reconstruction and level map layer data of an APR (two Image layers).
 
     Parameters
     ----------
@@ -114,7 +127,8 @@ def apr_layer_data(apr, name: str = "image", *, mode: str = "constant", source: 
     extra : dict, optional
         More entries for ``metadata["aprnet"]`` (e.g. error statistics).
     level_map_beside : bool
-        Place the level map (opaque) beside the reconstruction, to the right, so both can be read
+        Place the level map (opaque; colours by :func:`level_map_display`) beside the
+        reconstruction, to the right, so both can be read
         (default); False lays it over the reconstruction at 0.5 opacity.
     lazy : bool, optional
         Give lazy multiscale data (:func:`napari_aprnet.lazy.apr_pyramid`: the APR's own levels,
@@ -132,7 +146,8 @@ def apr_layer_data(apr, name: str = "image", *, mode: str = "constant", source: 
     if level_map is None:
         level_map = apr.reconstruct(mode="level")
     level_map = np.asarray(level_map).astype(np.uint8, copy=False)
-    return _layer_tuples(apr, name, meta, recon, level_map, level_map_beside, layer_kwargs)
+    return _layer_tuples(apr, name, meta, recon, level_map, level_map_beside, layer_kwargs,
+                         (apr.level_min, apr.level_max))
 
 
 def lazy_layer_data(aprs, name: str = "image", *, meta: dict, lead_shape: tuple[int, ...] = (),
@@ -157,7 +172,8 @@ def lazy_layer_data(aprs, name: str = "image", *, meta: dict, lead_shape: tuple[
     if "contrast_limits" not in kwargs and aprs[0].n_channels == 1:
         lo, hi = min(float(np.min(a.values)) for a in aprs), max(float(np.max(a.values)) for a in aprs)
         kwargs["contrast_limits"] = (lo, hi if hi > lo else lo + 1.0)
-    return _layer_tuples(aprs[0], name, {**meta, "lazy": True}, recon, level_map, level_map_beside, kwargs)
+    levels = (min(int(a.level_min) for a in aprs), max(int(a.level_max) for a in aprs))
+    return _layer_tuples(aprs[0], name, {**meta, "lazy": True}, recon, level_map, level_map_beside, kwargs, levels)
 
 
 def pyramid_data(levels: list):
@@ -166,21 +182,22 @@ def pyramid_data(levels: list):
 
 
 def _layer_tuples(apr, name: str, meta: dict, recon, level_map, level_map_beside: bool,
-                  layer_kwargs: dict) -> list[tuple[Any, dict, str]]:
+                  layer_kwargs: dict, levels: tuple[int, int]) -> list[tuple[Any, dict, str]]:
     first_recon = recon[0] if isinstance(recon, list) else recon
     first_level = level_map[0] if isinstance(level_map, list) else level_map
-    common = {k: v for k, v in layer_kwargs.items() if k != "contrast_limits"}
+    display = level_map_display(*levels)
+    common = {k: v for k, v in layer_kwargs.items() if k not in display}
     multiscale = {"multiscale": True} if isinstance(recon, list) else {}
     rgb = first_recon.ndim == first_level.ndim + 1
     recon_kwargs = {"name": f"{name} reconstruction", "rgb": rgb,
                     "metadata": {METADATA_KEY: {**meta, "role": "reconstruction"}, APR_KEY: apr},
                     **multiscale, **layer_kwargs}
     level_kwargs = {"name": f"{name} level map", "opacity": 1.0 if level_map_beside else 0.5,
-                    "colormap": level_color_dict(apr.level_min, apr.level_max),
-                    "metadata": {METADATA_KEY: {**meta, "role": "level_map"}, APR_KEY: apr}, **multiscale, **common}
+                    **display, "metadata": {METADATA_KEY: {**meta, "role": "level_map"}, APR_KEY: apr},
+                    **multiscale, **common}
     if level_map_beside:
         level_kwargs["translate"] = beside_translate(first_level.shape, common.get("scale"), common.get("translate"))
-    return [(recon, recon_kwargs, "image"), (level_map, level_kwargs, "labels")]
+    return [(recon, recon_kwargs, "image"), (level_map, level_kwargs, "image")]
 
 
 def beside_translate(shape, scale=None, translate=None, gap: float = 0.05) -> tuple[float, ...]:

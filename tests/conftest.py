@@ -7,6 +7,9 @@ fixtures wrapping them:
   / octree) of an image grid, with no other APR rule (no level balance).
 - :func:`cell_means` -- numpy mean of the pixels in each particle cell.
 - :func:`random_values` -- reproducible random particle values.
+- :func:`shown_colour` -- the RGB a napari Image layer shows for a data value,
+  and :func:`assert_level_colours` -- a level map layer shows each level in
+  the legend's colour of its cell size (GUI tests).
 
 The GUI tests (``tests/gui/``, napari widgets under Xvfb with pytest-qt) are
 all marked ``gui`` here; without napari that folder is not collected, and
@@ -123,6 +126,27 @@ def random_values(structure: APRStructure, channels: int | None = None, seed: in
     rng = np.random.default_rng(seed)
     size = (structure.n_particles,) if channels is None else (structure.n_particles, channels)
     return rng.standard_normal(size).astype(np.float32)
+
+
+def shown_colour(layer, value: float) -> np.ndarray:
+    """RGB (0-1) a napari Image layer shows for data ``value``: its contrast limits, gamma and colormap."""
+    lo, hi = layer.contrast_limits
+    return np.asarray(layer.colormap.map([((value - lo) / (hi - lo)) ** layer.gamma])[0][:3])
+
+
+def assert_level_colours(layer, level_max: int) -> None:
+    """``layer`` is an Image layer showing each level it holds in the legend's colour of its cell size."""
+    from napari.layers import Image
+    from napari.utils.colormaps.standardize_color import transform_color
+
+    from napari_aprnet._layer_data import level_legend
+
+    assert isinstance(layer, Image) and layer.interpolation2d == "nearest"
+    present = np.unique(np.asarray(layer.data))
+    legend = level_legend(int(present.min()), level_max, present)
+    assert sorted(level for level, _, _ in legend) == present.tolist()
+    for level, colour, _ in legend:
+        np.testing.assert_allclose(shown_colour(layer, level), transform_color(colour)[0][:3], atol=1e-6)
 
 
 @pytest.fixture

@@ -130,7 +130,8 @@ def test_missing_layout_and_channels_are_explained(tmp_path):
 def test_reader_makes_one_layer_per_particle_set():
     path = os.path.join(FIXTURES, "blobs3d_tree_two_sets.apr")
     layers = _reader.get_reader(path)(path)
-    assert [lt for _, _, lt in layers] == ["image", "labels", "image"]
+    assert [lt for _, _, lt in layers] == ["image", "image", "image"]
+    assert layers[1][1]["name"] == "blobs3d_tree_two_sets level map"
     metas = [kw["metadata"]["aprnet"] for _, kw, _ in layers]
     assert {m["source_format"] for m in metas} == {"libapr"}
     assert [m["particle_set"] for m in metas] == ["particles", "particles", "sqrt_intensity"]

@@ -67,15 +67,32 @@ def test_writer_reader_round_trip(tmp_path):
     assert APR.load(written[0]).equals(direct)
     layers = _reader.get_reader(written[0])(written[0])
     (recon, rk, rt), (levels, lk, lt) = layers
-    assert (rt, lt) == ("image", "labels")
+    assert (rt, lt) == ("image", "image") and lk["name"] == "out level map"
     np.testing.assert_array_equal(recon, direct.reconstruct())
     np.testing.assert_array_equal(levels, direct.reconstruct(mode="level"))
     assert lk["metadata"]["aprnet"]["parameters"]["lambda_"] == 1.5
     assert rk["metadata"]["aprnet"]["n_particles"] == direct.n_particles
-    assert set(np.unique(levels)) <= set(k for k in lk["colormap"] if k is not None)
+    assert lk["contrast_limits"] == (direct.level_min - 0.5, direct.level_max + 0.5)
     # a layer made by the plugin is saved as its APR, without re-conversion
     again = _writer.write_apr(str(tmp_path / "again.apr"), recon, {"metadata": rk["metadata"]})
     assert APR.load(again[0]).equals(direct)
+
+
+def test_level_map_display_gives_each_level_its_cell_size_colour():
+    from napari_aprnet._layer_data import level_color, level_map_display
+
+    for level_min, level_max in [(2, 11), (5, 5), (0, 14)]:
+        kw = level_map_display(level_min, level_max)
+        cmap, (lo, hi) = kw["colormap"], kw["contrast_limits"]
+        assert cmap["interpolation"] == "zero" and kw["interpolation2d"] == kw["interpolation3d"] == "nearest"
+        assert len(cmap["controls"]) == len(cmap["colors"]) + 1 and cmap["controls"][::len(cmap["colors"])] == [0, 1]
+        for level in range(level_min, level_max + 1):  # the bin napari's "zero" colormap picks for the level
+            t = (level - lo) / (hi - lo)
+            k = int(np.searchsorted(cmap["controls"], t, side="right")) - 1
+            assert cmap["colors"][k] == level_color(level, level_max)
+            assert min(abs(t - c) for c in cmap["controls"]) >= 0.5 / len(cmap["colors"]) - 1e-12  # bin middle
+    with pytest.raises(ValueError, match="invalid level range"):
+        level_map_display(6, 5)
 
 
 def test_writer_rejects_4d(tmp_path):
@@ -118,7 +135,7 @@ def test_reader_gives_lazy_multiscale_layers_for_a_big_file(tmp_path):
     path = str(tmp_path / "big.apr")
     apr.save(path)
     (recon, rk, rt), (levels, lk, lt) = _reader.read_apr(path)
-    assert (rt, lt) == ("image", "labels") and rk["multiscale"] and lk["multiscale"]
+    assert (rt, lt) == ("image", "image") and rk["multiscale"] and lk["multiscale"]
     assert [r.shape for r in recon] == [(256, 1024, 1024), (128, 512, 512), (64, 256, 256)]
     assert all(isinstance(r, LazyReconstruction) for r in recon + levels)
     assert [lv.dtype for lv in levels] == [np.uint8] * 3 and rk["metadata"]["aprnet"]["lazy"]

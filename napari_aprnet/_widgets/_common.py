@@ -249,18 +249,18 @@ _LAYERS_WARM = threading.Event()
 
 
 def warm_up_layers() -> None:
-    """Make a throwaway Image and Labels layer, once per process; call it from a worker thread.
+    """Make a throwaway Image layer, once per process; call it from a worker thread.
 
-    napari imports pandas, scikit-image and scipy the first time a Labels
-    layer is made; when that happens as results arrive, the import stalls the
-    main thread (0.5 s of a 1.3 s stall measured on 2 loaded cores). napari's
-    layer models hold no Qt objects, so this is safe off the main thread.
+    napari imports about 200 more modules (``scipy.ndimage`` among them) the
+    first time an Image layer is made; when that happens as results arrive,
+    the imports stall the main thread. napari's layer models hold no Qt
+    objects, so this is safe off the main thread. (Convert and Tune E make
+    no Labels layer, whose first one imports pandas.)
     """
     if _LAYERS_WARM.is_set():
         return
-    from napari.layers import Image, Labels
+    from napari.layers import Image
 
-    Labels(np.zeros((2, 2), dtype=np.uint8))
     Image(np.zeros((2, 2), dtype=np.float32))
     _LAYERS_WARM.set()
 

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from magicgui.widgets import ComboBox, Container, FileEdit, PushButton, Select
 
-from napari_aprnet._layer_data import METADATA_KEY, level_color_dict
+from napari_aprnet._layer_data import METADATA_KEY, level_map_display
 from napari_aprnet._widgets._common import (
     BackgroundTask,
     Progress,
@@ -349,10 +349,10 @@ class ClassifyWidget(Container):
             lshift = origin + np.array([h * px[0] * 1.05, 0.0])  # below the image, not over it
             update_or_add(self.viewer, levels.reshape(lead_shape + levels.shape),
                           {"name": f"{layer.name} network input levels", "opacity": 1.0,
-                           "colormap": level_color_dict(int(levels.min()), result.level_max or int(levels.max())),
+                           **level_map_display(int(levels.min()), result.level_max or int(levels.max())),
                            "scale": (*lead_scale, *lscale), "translate": (*lead_shift, *lshift),
                            "axis_labels": lead_label + ("y", "x"),
                            "metadata": {METADATA_KEY: {"role": "input_levels", "source_layer": layer.name}}},
-                          "labels")
+                          "image")
         self.status.value = (f"{c} feature maps of {result.layer} ({fh}x{fw} each, own contrast), right of the "
                              "image; the network's input level map below it")

@@ -103,7 +103,7 @@ def convert_job(image: np.ndarray, params, channel_axis: int | None, mode: str, 
                    f"reading the {'x'.join(map(str, image.shape))} image...")
     if not blocks:
         image = np.asarray(image)
-    warm_up_layers()  # napari's first-Labels imports here, not on the main thread
+    warm_up_layers()  # napari's first-layer imports here, not on the main thread
     n_lead = len(image.shape) - (1 if channel_axis is not None else 0) - (spatial or 0) if spatial else 0
     lead = image.shape[:n_lead]
     n = int(np.prod(lead)) if n_lead else 1
@@ -147,7 +147,7 @@ def update_or_add(viewer: napari.Viewer, data, kwargs: dict, layer_type: str):
         if layer._type_string == layer_type and layer.data.ndim == np.ndim(first) and \
                 getattr(layer, "rgb", False) == kwargs.get("rgb", False) and layer.multiscale == multiscale:
             layer.data = data
-            for key in ("metadata", "colormap", "scale", "translate", "axis_labels", "opacity"):
+            for key in ("metadata", "colormap", "contrast_limits", "scale", "translate", "axis_labels", "opacity"):
                 if key in kwargs:
                     setattr(layer, key, kwargs[key])
             return layer
@@ -205,7 +205,7 @@ class ConvertWidget(Container):
     """Convert an image layer to an APR and show it.
 
     Adds ``"<image> reconstruction"`` (image), ``"<image> level map"``
-    (labels, one colour per level; legend in the widget) and optionally
+    (an image coloured by cell size; legend in the widget) and optionally
     ``"<image> particle cells"`` (points) for small images. The APR and its
     parameters are in the layers' metadata (``"aprnet_apr"``, ``"aprnet"``).
     """
@@ -322,9 +322,10 @@ class ConvertWidget(Container):
         beside = self.level_display.value == LEVEL_DISPLAYS[0]
         steps = []
         for data, kwargs, kind in result.layers:
-            if kind == "image" and not layer.rgb:
+            role = kwargs["metadata"][METADATA_KEY]["role"]
+            if role == "reconstruction" and not layer.rgb:
                 kwargs = {**kwargs, "colormap": layer.colormap.name, "contrast_limits": layer.contrast_limits}
-            elif kind == "labels":  # the level map beside the image or over it, as chosen now
+            elif role == "level_map":  # the level map beside the image or over it, as chosen now
                 where = beside_translate(result.apr.shape, layer.scale, layer.translate) if beside else \
                     tuple(layer.translate)
                 kwargs = {**kwargs, "opacity": 1.0 if beside else 0.5,

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from magicgui.widgets import ComboBox, Container, LineEdit, PushButton
 
-from napari_aprnet._layer_data import METADATA_KEY, level_color_dict, pyramid_data
+from napari_aprnet._layer_data import METADATA_KEY, level_map_display, pyramid_data
 from napari_aprnet._widgets._common import (
     BackgroundTask,
     Progress,
@@ -47,7 +47,7 @@ def sweep_job(image: np.ndarray, rel_errors: list[float], params, channel_axis: 
     n = len(rel_errors)
     yield Progress(0, n, "reading the image...")
     image = np.asarray(image)
-    warm_up_layers()  # napari's first-Labels imports here, not on the main thread
+    warm_up_layers()  # napari's first-layer imports here, not on the main thread
     yield Progress(0, n, f"converting at E = {rel_errors[0]:g} (1/{n})...")
     points = []
     for i, point in enumerate(sweep_rel_error(image, rel_errors, params=params, channel_axis=channel_axis,
@@ -167,10 +167,10 @@ class TuneWidget(Container):
             kwargs["contrast_limits"] = layer.contrast_limits
         lmin = min(int(p.apr.level_min) for p in pts)
         lmax = max(int(p.apr.level_max) for p in pts)
-        level_kwargs = {"name": f"{layer.name} E sweep levels", "opacity": 0.5,
-                        "colormap": level_color_dict(lmin, lmax), **common}
+        level_kwargs = {"name": f"{layer.name} E sweep levels", "opacity": 0.5, **level_map_display(lmin, lmax),
+                        **common}
         self.task.in_turns(*layer_steps(self.viewer, recon, kwargs, "image"),
-                           *layer_steps(self.viewer, levels, level_kwargs, "labels"),
+                           *layer_steps(self.viewer, levels, level_kwargs, "image"),
                            lambda: self._sweep_shown(labels))
 
     def _sweep_shown(self, labels: tuple[str, ...]) -> None:

@@ -10,6 +10,7 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import assert_level_colours
 
 from napari_aprnet.apr import APR
 from napari_aprnet.samples import fluorescence_blobs
@@ -50,6 +51,7 @@ def test_convert_adds_layers_matching_direct_apr(make_napari_viewer, qtbot, note
     assert recon.data.shape == image.shape and levels.data.shape == image.shape
     np.testing.assert_array_equal(recon.data, direct.reconstruct())
     np.testing.assert_array_equal(levels.data, direct.reconstruct(mode="level"))
+    assert_level_colours(levels, direct.level_max)
     meta = recon.metadata["aprnet"]
     assert meta["n_particles"] == direct.n_particles
     assert meta["parameters"]["rel_error"] == 0.2
@@ -208,6 +210,7 @@ def test_tune_sweep_stacks_along_e_axis(make_napari_viewer, qtbot, notes):
         direct = APR.from_image(image, e)
         np.testing.assert_array_equal(levels.data[i], direct.reconstruct(mode="level"))
         assert w.points[i].n_particles == direct.n_particles
+    assert_level_colours(levels, direct.level_max)
     assert list(w.plot.series["CR"].xs) == [0.05, 0.2, 0.6]
     viewer.dims.set_current_step(0, 1)
     assert w.plot.marker == 0.2 and "E = 0.2" in w.current.value

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import assert_level_colours
 
 from napari_aprnet.samples import shapes_gallery
 
@@ -109,8 +110,10 @@ def test_classify_probabilities_and_feature_maps(make_napari_viewer, qtbot, grey
     levels = viewer.layers["one network input levels"]
     assert levels.translate[-2] >= 64 and levels.opacity == 1.0  # below the image
     spec = ref.spec
-    np.testing.assert_array_equal(levels.data, spec.to_apr(spec.prepare(images[2])).reconstruct(mode="level"))
+    seen = spec.to_apr(spec.prepare(images[2]))
+    np.testing.assert_array_equal(levels.data, seen.reconstruct(mode="level"))
     assert levels.data.shape == (32, 32)
+    assert_level_colours(levels, seen.level_max)
 
 
 @pytest.mark.parametrize("case", ["no checkpoint", "labels layer", "4d", "rgb into grey net", "grey into rgb net",

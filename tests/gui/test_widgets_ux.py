@@ -2,8 +2,11 @@
 preselection, docking, level colours, small refusals. Run under Xvfb with pytest-qt."""
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
+from conftest import shown_colour
 
 from napari_aprnet.samples import fluorescence_blobs
 
@@ -93,6 +96,47 @@ def test_level_colours_follow_cell_size_and_map_sits_beside(make_napari_viewer, 
     w.level_display.value = "over the image"
     qtbot.waitUntil(lambda: not w.task.running, timeout=WAIT)  # results are shown in event-loop turns
     assert viewer.layers["blobs level map"].translate[-1] == 0 and layer.translate[-1] == 0
+
+
+def _legend_entries(legend: str) -> list[tuple[int, int, str]]:
+    """``(level, cell side, colour)`` of each line of Convert's legend."""
+    return [(int(level), int(side), colour) for colour, side, level in
+            re.findall(r"color:(#[0-9a-fA-F]{6}).*?(\d+)x\d+-pixel cells \(level (\d+)\)", legend)]
+
+
+def test_level_map_is_an_image_drawn_in_the_legend_colours(make_napari_viewer, qtbot):
+    from napari.layers import Image
+    from napari.utils.colormaps.standardize_color import transform_color
+    from scipy import ndimage
+
+    viewer = make_napari_viewer(show=True)
+    viewer.add_image(fluorescence_blobs((60, 70), 8, seed=4), name="blobs")
+    w = open_widget(viewer, "Convert to APR")
+    w.auto_update.value = False
+    w.convert()
+    qtbot.waitUntil(lambda: not w.task.running, timeout=WAIT)
+    levels = viewer.layers["blobs level map"]
+    assert isinstance(levels, Image) and (levels.interpolation2d, levels.interpolation3d) == ("nearest",) * 2
+    entries = _legend_entries(w.legend.value)
+    assert sorted(level for level, _, _ in entries) == np.unique(levels.data).tolist()
+    level_max = levels.metadata["aprnet"]["level_max"]
+    for level, side, colour in entries:  # the layer's colour of each level is the legend's for its cell size
+        assert side == 2 ** (level_max - level)
+        np.testing.assert_allclose(shown_colour(levels, level), transform_color(colour)[0][:3], atol=1e-6)
+    for other in viewer.layers:
+        other.visible = other is levels
+    viewer.reset_view()
+    shot = viewer.screenshot(canvas_only=True, flash=False)[..., :3].astype(int)
+    to_canvas = viewer.window._qt_viewer.canvas.layer_to_visual[levels].node.get_transform("visual", "canvas")
+    data = np.asarray(levels.data)
+    for level, _, colour in entries:  # the canvas draws the middle of each level's cells in its legend colour
+        inside = ndimage.binary_erosion(data == level, np.ones((3, 3)))  # away from cell borders
+        ys, xs = np.nonzero(inside)
+        assert len(ys), f"no interior pixel of level {level}"
+        x, y = to_canvas.map(np.column_stack([xs + 0.5, ys + 0.5]))[:, :2].T
+        drawn = shot[np.round(y).astype(int), np.round(x).astype(int)]
+        np.testing.assert_allclose(drawn, np.broadcast_to(np.round(transform_color(colour)[0][:3] * 255),
+                                                          drawn.shape), atol=2)
 
 
 def test_train_defaults_and_expected_steps_and_folder_refusal(make_napari_viewer, notes):
