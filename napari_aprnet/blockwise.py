@@ -397,6 +397,11 @@ def form_apr_blockwise(image: Any, params: APRParameters | None = None, *, max_m
     return structure, values
 
 
+def _size_text(n: int) -> str:
+    """``n`` bytes as MiB, rounded up (as bytes below 1 MiB)."""
+    return f"{-(-n // 2**20):,} MiB" if n >= 2**20 else f"{n:,} bytes"
+
+
 def _block_planes(shape: tuple, dtype: np.dtype, params: APRParameters, budget: int, parallel: int,
                   sends_results: bool):
     """Core planes per level-map block and planes per sampling block for ``parallel`` chains at a time."""
@@ -410,8 +415,8 @@ def _block_planes(shape: tuple, dtype: np.dtype, params: APRParameters, budget: 
     core -= core % 2
     if core < _MIN_CORE:
         need = 2 * fixed + parallel * (chain_fixed + _MIN_CORE * per_plane) * plane
-        raise ValueError(f"max_memory {budget / 2**20:.0f} MiB is too small for planes of {shape[1]}x{shape[2]}"
+        raise ValueError(f"max_memory {_size_text(budget)} is too small for planes of {shape[1]}x{shape[2]}"
                          f"{f' and {parallel} workers' if parallel > 1 else ''}: blocks of {_MIN_CORE} planes "
-                         f"need about {need / 2**20:.0f} MiB")
+                         f"need about {_size_text(need)}")
     rows = max(1, min(shape[0], share // ((2 * dtype.itemsize + 5) * plane)))
     return core, rows
