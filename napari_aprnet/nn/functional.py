@@ -52,7 +52,8 @@ from napari_aprnet.nn.batch import APRBatch, same_structures
 
 __all__ = ["apr_conv", "apr_max_pool", "apr_upsample", "apr_conv_transpose", "apr_concat", "values_table"]
 
-_CHUNK_ELEMENTS = 1 << 21  # entries of one im2col block (8 MiB in float32)
+_CHUNK_ELEMENTS = 1 << 20  # entries of one im2col block (4 MiB in float32: gathered, then read by the
+# product while still in cache; 8 MiB blocks made 3D U-Net steps 7-15 % slower on a 32 MiB-L3 EPYC)
 _workspace = threading.local()  # reused im2col blocks: fresh large allocations cost page faults
 
 
