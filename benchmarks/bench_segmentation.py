@@ -19,7 +19,11 @@ nuclei3d with sparse nuclei, 3-8 % of the volume) and both networks, in one run:
    step = per-image preparation, APR conversion and per-particle targets
    (APR) or the pixel tensor (pixels), forward, loss, backward, Adam step.
    Peak memory: the process's peak RSS during those steps minus its RSS
-   before them (``/proc/self/status`` VmHWM after resetting it).
+   before them (``/proc/self/status`` VmHWM after resetting it). With
+   ``--repeats R`` the timing processes of a case run R times, the networks
+   taking turns (A, B, A, B, ...), so that a slow spell of the machine hits
+   both; the table gives the median step time and the median, lowest and
+   highest of the R paired speed ratios.
 
 The table goes to ``benchmarks/results/segmentation.md`` with the machine,
 thread count, command and the issue's goals checked: APR_UNet IoU within
@@ -66,6 +70,8 @@ def _parse(argv=None):
                          "Convert widget); '{}' for the plain defaults")
     ap.add_argument("--eval-n", type=int, default=20, help="fresh test images per case")
     ap.add_argument("--time-steps", type=int, default=5, help="timed steps per network (median)")
+    ap.add_argument("--repeats", type=int, default=1,
+                    help="timing processes per network and case, the networks taking turns (median reported)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="out/bench_segmentation", help="run folders (resumable)")
     ap.add_argument("--table", default=str(HERE / "results" / "segmentation.md"))
@@ -183,6 +189,19 @@ def time_worker(case: str, model: str) -> dict:
             "peak_mib": (peak - base) / 1024, "cr": float(np.mean(ratios)) if ratios else 1.0}
 
 
+def _summary(runs: list[dict]) -> dict:
+    """Medians over the timing processes of one network, and every process's step time (``step_runs``)."""
+    return {"step_s": statistics.median(r["step_s"] for r in runs),
+            "convert_s": statistics.median(r["convert_s"] for r in runs),
+            "peak_mib": statistics.median(r["peak_mib"] for r in runs), "cr": runs[0]["cr"],
+            "step_runs": [r["step_s"] for r in runs]}
+
+
+def _speedups(apr: dict, pix: dict) -> list[float]:
+    """Pix_UNet / APR_UNet step time of every pair of timing processes that ran one after the other."""
+    return [p / a for a, p in zip(apr["step_runs"], pix["step_runs"])]
+
+
 def timed(case: str, model: str) -> dict:
     """:func:`time_worker` in a fresh subprocess (same arguments and thread count)."""
     cmd = [sys.executable, os.path.abspath(__file__), *sys.argv[1:], "--time-worker", f"{case}:{model}"]
@@ -211,7 +230,7 @@ def _goals(rows: dict) -> list[str]:
     for case in (c for c in CASES if len(CASES[c][1]) == 3):
         a, p = rows.get((case, "APR_UNet")), rows.get((case, "Pix_UNet"))
         if a and p:
-            speed = p["step_s"] / a["step_s"]
+            speed = statistics.median(_speedups(a, p))
             target = a["cr"] / 3
             verdict = "CR < 10: the goal does not apply" if a["cr"] < 10 else (
                 "met" if speed >= target else "not met")
@@ -229,7 +248,9 @@ def write_table(rows: dict, cases, models) -> str:
              f"{ARGS.width or 'default'}, depth {ARGS.depth or 'default'}; IoU, Dice and object F1 (IoU 0.5) on "
              f"{ARGS.eval_n} fresh test images per case. Step time: median of {ARGS.time_steps} steps after a "
              "warm-up, conversion and targets included, images generated beforehand; peak memory: peak RSS of "
-             "those steps above the RSS before them, in a fresh process per network.", "",
+             "those steps above the RSS before them, in a fresh process per network; "
+             f"{ARGS.repeats} such process(es) per network, the networks taking turns: medians, and for the "
+             "speed-up the median (lowest-highest) of the paired ratios.", "",
              "| case | batch | network | steps | IoU | Dice | F1 | step (s) | of which conversion (s) | "
              "peak MiB | CR | Pix / APR step |", "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for case in cases:
@@ -241,7 +262,10 @@ def write_table(rows: dict, cases, models) -> str:
             r = rows[(case, model)]
             ratio = ""
             if model == "APR_UNet" and (case, "Pix_UNet") in rows:
-                ratio = f"{rows[(case, 'Pix_UNet')]['step_s'] / r['step_s']:.2f}x"
+                speedups = _speedups(r, rows[(case, "Pix_UNet")])
+                ratio = f"{statistics.median(speedups):.2f}x"
+                if len(speedups) > 1:
+                    ratio += f" ({min(speedups):.2f}-{max(speedups):.2f})"
             lines.append(f"| {name} | {batch} | {model} | {r['steps']} | "
                          f"{r['iou']:.3f} | {r['dice']:.3f} | {r['f1']:.3f} | {r['step_s']:.3f} | "
                          f"{r['convert_s']:.3f} | {r['peak_mib']:.0f} | "
@@ -269,9 +293,14 @@ def main() -> None:
     rows = {}
     for case in cases:
         for model in models:
-            res = learn(case, model)
-            res.update(timed(case, model))
-            rows[(case, model)] = res
+            rows[(case, model)] = learn(case, model)
+        runs = {model: [] for model in models}
+        for _ in range(max(1, ARGS.repeats)):  # the networks take turns
+            for model in models:
+                runs[model].append(timed(case, model))
+        for model in models:
+            res = rows[(case, model)]
+            res.update(_summary(runs[model]))
             print(f"{case} {model}: IoU {res['iou']:.3f}  Dice {res['dice']:.3f}  F1 {res['f1']:.3f}  "
                   f"step {res['step_s']:.3f} s  peak {res['peak_mib']:.0f} MiB  CR {res['cr']:.1f}", flush=True)
     print(write_table(rows, cases, models))
