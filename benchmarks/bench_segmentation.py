@@ -108,11 +108,12 @@ def _config(case: str, model: str, steps: int) -> TrainConfig:
 
 
 def _run_settings(config: dict) -> dict:
-    """What makes two runs the same: a stored or new run's settings with fields added to TrainConfig since then at
-    their defaults, without the length, the worker count and, for pixel networks (one pixel per "particle"), the
-    loss weighting."""
-    settings = {**TrainConfig.from_dict({k: v for k, v in config.items() if v is not None}).to_dict(),
-                "steps": None, "workers": None}
+    """What makes two runs the same: a stored or new run's settings, with fields added to TrainConfig since then at
+    their defaults and every default filled in as training fills it (a checkpoint stores them filled), without
+    the length, the worker count and, for pixel networks (one pixel per "particle"), the loss weighting."""
+    given = {k: v for k, v in config.items() if v is not None}
+    complete = TrainConfig.from_dict({**given, "steps": 1}).validate()
+    settings = {**complete.to_dict(), "steps": None, "workers": None}
     if not settings["model"].startswith("APR"):
         settings["loss_weighting"] = None
     return settings
