@@ -66,9 +66,11 @@ VARIANTS = {
     "pix128_sampled": ("Pix_B", {"size": 128},
                        "Pix_B on 128x128, default distribution, downsampled by bilinear interpolation WITHOUT "
                        "anti-aliasing"),
+    "pix64_sampled_frequency_12-24": ("Pix_B", {"size": 64, "shape_params": {"frequency": [12, 24]}},
+                                      "as pix64_sampled, ripples of 12-24 periods"),
 }
 #: variants whose downsampling is plain bilinear interpolation (no anti-aliasing filter)
-SAMPLED = {"pix64_sampled", "pix128_sampled"}
+SAMPLED = {"pix64_sampled", "pix128_sampled", "pix64_sampled_frequency_12-24"}
 
 
 def _resize_sampled(image: np.ndarray, size: int) -> np.ndarray:
