@@ -14,6 +14,12 @@ adds a layer (``viewer.add_image`` / ``add_labels``, napari's own layer and
 visual set-up) and in every event-loop turn the widget shows results in
 (``BackgroundTask.in_turns``): the parts of the stalls the widgets choose.
 
+It also records Python's full (generation 2) garbage collections on the main
+thread (``full_gcs``, wall / CPU ms each; with napari, vispy and torch
+loaded each walks about 0.3 M objects) and whether one fell in the largest
+gap (``largest_gap_full_gc``): a collection landing on a result turn made
+the Tune E stall (see results/gui_freeze.md).
+
 ``--before`` takes the JSON of an earlier run (e.g. of the previous version,
 with its package first on ``PYTHONPATH``) and ``--markdown`` writes both
 side by side. ``--profile N`` prints the N most expensive functions (cumulative
@@ -25,7 +31,9 @@ count the time the scheduler gives to other processes.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
+import threading
 import time
 from pathlib import Path
 
@@ -48,8 +56,11 @@ class StallMeter:
         self.interval = interval_ms
         self.gaps: list[float] = []
         self.cpu_gaps: list[float] = []
+        self.gap_ends: list[float] = []
+        self.full_gcs: list[tuple[float, float, float]] = []  # (start, wall ms, CPU ms) on the main thread
         self._last = None
         self._last_cpu = None
+        self._gc_start = (0.0, 0.0)
         self.timer = QTimer()
         self.timer.setInterval(interval_ms)
         self.timer.timeout.connect(self._tick)
@@ -59,19 +70,38 @@ class StallMeter:
         if self._last is not None:
             self.gaps.append((now - self._last) * 1000)
             self.cpu_gaps.append((cpu - self._last_cpu) * 1000)
+            self.gap_ends.append(now)
         self._last, self._last_cpu = now, cpu
 
+    def _on_gc(self, phase: str, info: dict) -> None:
+        if info["generation"] != 2 or threading.current_thread() is not threading.main_thread():
+            return
+        if phase == "start":
+            self._gc_start = (time.perf_counter(), time.thread_time())
+        else:
+            t, c = self._gc_start
+            self.full_gcs.append((t, (time.perf_counter() - t) * 1000, (time.thread_time() - c) * 1000))
+
     def start(self) -> None:
-        self.gaps, self.cpu_gaps, self._last = [], [], None
+        self.gaps, self.cpu_gaps, self.gap_ends, self.full_gcs, self._last = [], [], [], [], None
+        gc.callbacks.append(self._on_gc)
         self.timer.start()
 
     def stop(self) -> dict:
         self.timer.stop()
+        gc.callbacks.remove(self._on_gc)
         stalls = [g - self.interval for g in self.gaps]
+        in_largest = False
+        if self.gaps:
+            k = max(range(len(self.gaps)), key=self.gaps.__getitem__)
+            end = self.gap_ends[k]
+            in_largest = any(end - self.gaps[k] / 1000 <= t <= end for t, _, _ in self.full_gcs)
         return {"max_stall_ms": round(max(stalls, default=0.0), 1),
                 "stalls_over_200ms": [round(s, 1) for s in stalls if s > 200],
                 "max_cpu_ms": round(max(self.cpu_gaps, default=0.0), 1),
                 "cpu_over_200ms": [round(c, 1) for c in self.cpu_gaps if c > 200],
+                "full_gcs": [[round(w, 1), round(c, 1)] for _, w, c in self.full_gcs],
+                "largest_gap_full_gc": in_largest,
                 "ticks": len(self.gaps)}
 
 
