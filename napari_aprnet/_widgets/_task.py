@@ -72,7 +72,9 @@ def full_collection_near() -> bool:
     A full (generation 2) collection walks every object of the process: with
     napari, vispy and torch loaded, 0.1-0.2 s on the main thread. Adding a
     napari layer allocates enough to run one generation-1 collection, so a
-    full one due now would land on top of the next step.
+    full one due now would land on top of the next step. False when automatic
+    collection is off or has no generation-2 threshold (Python 3.14's
+    incremental collector).
     """
     threshold = gc.get_threshold()[2]
     return gc.isenabled() and threshold > 0 and gc.get_count()[2] >= threshold - 1
