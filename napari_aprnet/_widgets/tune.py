@@ -169,7 +169,8 @@ class TuneWidget(Container):
         lmax = max(int(p.apr.level_max) for p in pts)
         level_kwargs = {"name": f"{layer.name} E sweep levels", "opacity": 0.5, **level_map_display(lmin, lmax),
                         **common}
-        self.task.in_turns(*layer_steps(self.viewer, recon, kwargs, "image"),
+        # the plot's last redraw first, in a turn of its own: its timer would fire amid the layer turns
+        self.task.in_turns(self.plot.flush, *layer_steps(self.viewer, recon, kwargs, "image"),
                            *layer_steps(self.viewer, levels, level_kwargs, "image"),
                            lambda: self._sweep_shown(labels))
 
