@@ -14,6 +14,16 @@ adds a layer (``viewer.add_image`` / ``add_labels``, napari's own layer and
 visual set-up) and in every event-loop turn the widget shows results in
 (``BackgroundTask.in_turns``): the parts of the stalls the widgets choose.
 
+It also records Python's full (generation 2) garbage collections on the main
+thread (``full_gcs``, wall / CPU ms each; with napari, vispy and torch
+loaded each walks about 0.3 M objects) and whether one fell in the largest
+gap (``largest_gap_full_gc``): a collection landing on a result turn made
+the Tune E stall (see results/gui_freeze.md).
+
+``--trace`` prints, for each case, the Qt event deliveries (receiver class,
+event type, wall and CPU ms; top level, 1 ms or more) within its largest gap:
+which turn, paint or layout request the stall is made of.
+
 ``--before`` takes the JSON of an earlier run (e.g. of the previous version,
 with its package first on ``PYTHONPATH``) and ``--markdown`` writes both
 side by side. ``--profile N`` prints the N most expensive functions (cumulative
@@ -25,7 +35,9 @@ count the time the scheduler gives to other processes.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
+import threading
 import time
 from pathlib import Path
 
@@ -48,8 +60,11 @@ class StallMeter:
         self.interval = interval_ms
         self.gaps: list[float] = []
         self.cpu_gaps: list[float] = []
+        self.gap_ends: list[float] = []
+        self.full_gcs: list[tuple[float, float, float]] = []  # (start, wall ms, CPU ms) on the main thread
         self._last = None
         self._last_cpu = None
+        self._gc_start = (0.0, 0.0)
         self.timer = QTimer()
         self.timer.setInterval(interval_ms)
         self.timer.timeout.connect(self._tick)
@@ -59,19 +74,42 @@ class StallMeter:
         if self._last is not None:
             self.gaps.append((now - self._last) * 1000)
             self.cpu_gaps.append((cpu - self._last_cpu) * 1000)
+            self.gap_ends.append(now)
         self._last, self._last_cpu = now, cpu
 
+    def _on_gc(self, phase: str, info: dict) -> None:
+        if info["generation"] != 2 or threading.current_thread() is not threading.main_thread():
+            return
+        if phase == "start":
+            self._gc_start = (time.perf_counter(), time.thread_time())
+        else:
+            t, c = self._gc_start
+            self.full_gcs.append((t, (time.perf_counter() - t) * 1000, (time.thread_time() - c) * 1000))
+
     def start(self) -> None:
-        self.gaps, self.cpu_gaps, self._last = [], [], None
+        self.gaps, self.cpu_gaps, self.gap_ends, self.full_gcs, self._last = [], [], [], [], None
+        gc.callbacks.append(self._on_gc)
         self.timer.start()
+
+    def largest_gap(self, cpu: bool = False) -> tuple[float, float]:
+        """Start and end (``time.perf_counter``) of the largest gap (in CPU time: ``cpu``), (0, 0) without one."""
+        if not self.gaps:
+            return 0.0, 0.0
+        k = max(range(len(self.gaps)), key=(self.cpu_gaps if cpu else self.gaps).__getitem__)
+        return self.gap_ends[k] - self.gaps[k] / 1000, self.gap_ends[k]
 
     def stop(self) -> dict:
         self.timer.stop()
+        gc.callbacks.remove(self._on_gc)
         stalls = [g - self.interval for g in self.gaps]
+        start, end = self.largest_gap()
+        in_largest = any(start <= t <= end for t, _, _ in self.full_gcs) if self.gaps else False
         return {"max_stall_ms": round(max(stalls, default=0.0), 1),
                 "stalls_over_200ms": [round(s, 1) for s in stalls if s > 200],
                 "max_cpu_ms": round(max(self.cpu_gaps, default=0.0), 1),
                 "cpu_over_200ms": [round(c, 1) for c in self.cpu_gaps if c > 200],
+                "full_gcs": [[round(w, 1), round(c, 1)] for _, w, c in self.full_gcs],
+                "largest_gap_full_gc": in_largest,
                 "ticks": len(self.gaps)}
 
 
@@ -121,7 +159,58 @@ class CallTimer:
         return out
 
 
-def _run(viewer, widget, start, meter: StallMeter, timeout: float = 1800, profile: int = 0) -> dict:
+def tracing_app():
+    """Create the QApplication (before napari does) as one that records its top-level event deliveries.
+
+    While ``app.recording`` is true, each delivery of 1 ms or more that is not
+    nested in another is appended to ``app.records`` as ``(start, wall ms, CPU
+    ms, receiver class, event type)``.
+    """
+    import sys
+
+    from qtpy.QtCore import QEvent, Qt
+    from qtpy.QtWidgets import QApplication
+
+    names = {int(getattr(QEvent, n)): n for n in dir(QEvent) if isinstance(getattr(QEvent, n), QEvent.Type)}
+
+    class TracingApp(QApplication):
+        def __init__(self, argv):
+            super().__init__(argv)
+            self.depth, self.recording, self.records = 0, False, []
+
+        def notify(self, receiver, event):
+            if not self.recording or self.depth:
+                self.depth += 1
+                try:
+                    return super().notify(receiver, event)
+                finally:
+                    self.depth -= 1
+            t, c, kind = time.perf_counter(), time.thread_time(), int(event.type())
+            self.depth += 1
+            try:
+                return super().notify(receiver, event)
+            finally:
+                self.depth -= 1
+                wall = (time.perf_counter() - t) * 1000
+                if wall >= 1:
+                    self.records.append((t, wall, (time.thread_time() - c) * 1000, type(receiver).__name__,
+                                         names.get(kind, str(kind))))
+
+    for attribute in ("AA_EnableHighDpiScaling", "AA_UseHighDpiPixmaps"):  # as napari sets them for Qt5
+        if hasattr(Qt.ApplicationAttribute, attribute):
+            QApplication.setAttribute(getattr(Qt.ApplicationAttribute, attribute))
+    return TracingApp(sys.argv[:1])
+
+
+def _print_trace(app, meter: StallMeter) -> None:
+    for which, (start, end) in {"wall": meter.largest_gap(), "CPU": meter.largest_gap(cpu=True)}.items():
+        print(f"event deliveries in the largest gap in {which} time ({(end - start) * 1000:.1f} ms wall):")
+        for t, wall, cpu, receiver, kind in app.records:
+            if t < end and t + wall / 1000 > start:
+                print(f"  +{(t - start) * 1000:7.1f} ms: {wall:7.1f} ms wall {cpu:7.1f} ms CPU  {receiver} {kind}")
+
+
+def _run(viewer, widget, start, meter: StallMeter, timeout: float = 1800, profile: int = 0, app=None) -> dict:
     import cProfile
     import pstats
 
@@ -134,6 +223,8 @@ def _run(viewer, widget, start, meter: StallMeter, timeout: float = 1800, profil
     profiler = cProfile.Profile() if profile else None
     if profiler is not None:
         profiler.enable()
+    if app is not None:
+        app.records, app.recording = [], True
     meter.start()
     t0 = time.perf_counter()
     start()
@@ -144,6 +235,9 @@ def _run(viewer, widget, start, meter: StallMeter, timeout: float = 1800, profil
         QApplication.processEvents()
         time.sleep(0.002)
     out = meter.stop()
+    if app is not None:
+        app.recording = False
+        _print_trace(app, meter)
     if profiler is not None:
         profiler.disable()
         pstats.Stats(profiler).sort_stats("cumulative").print_stats(profile)
@@ -163,7 +257,9 @@ def main(argv=None) -> int:
     parser.add_argument("--markdown", type=Path, default=None, help="write a markdown table here")
     parser.add_argument("--profile", type=int, default=0, help="print the N costliest main-thread functions")
     parser.add_argument("--cases", default="", help="comma-separated case prefixes to run (default: all)")
+    parser.add_argument("--trace", action="store_true", help="print the Qt event deliveries in the largest gap")
     args = parser.parse_args(argv)
+    app = tracing_app() if args.trace else None
     k = 4 if args.small else 1
     cases = {
         f"convert {2048 // k}x{2048 // k}": ("Convert to APR", fluorescence_blobs((2048 // k, 2048 // k), 60, seed=1)),
@@ -185,10 +281,11 @@ def main(argv=None) -> int:
         w.image.value = layer
         if widget_name == "Tune E":
             res = _run(viewer, w, lambda w=w, layer=layer: w.run(layer, "0.05:0.4:4"), meter,
-                       profile=args.profile)
+                       profile=args.profile, app=app)
         else:
             w.auto_update.value = False
-            res = _run(viewer, w, lambda w=w, layer=layer: w.convert(layer), meter, profile=args.profile)
+            res = _run(viewer, w, lambda w=w, layer=layer: w.convert(layer), meter, profile=args.profile,
+                       app=app)
         res.update(calls.take())
         res["status"] = str(w.status.value)
         res["layers"] = [lyr.name for lyr in viewer.layers]

@@ -75,6 +75,12 @@ class _Canvas(FigureCanvasQTAgg):
         if not self._timer.isActive():
             self._timer.start()
 
+    def flush(self) -> None:
+        """Run a requested redraw now instead of at its timer (Qt draws the figure right after this handler)."""
+        if self._timer.isActive():
+            self._timer.stop()
+            self.redraw()
+
     def redraw(self) -> None:  # pragma: no cover - overridden
         raise NotImplementedError
 

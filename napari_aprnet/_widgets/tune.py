@@ -169,14 +169,15 @@ class TuneWidget(Container):
         lmax = max(int(p.apr.level_max) for p in pts)
         level_kwargs = {"name": f"{layer.name} E sweep levels", "opacity": 0.5, **level_map_display(lmin, lmax),
                         **common}
-        self.task.in_turns(*layer_steps(self.viewer, recon, kwargs, "image"),
+        # the plot's last redraw first, in a turn of its own: its timer would fire amid the layer turns
+        self.task.in_turns(self.plot.flush, *layer_steps(self.viewer, recon, kwargs, "image"),
                            *layer_steps(self.viewer, levels, level_kwargs, "image"),
                            lambda: self._sweep_shown(labels))
 
     def _sweep_shown(self, labels: tuple[str, ...]) -> None:
         self._label_dims(labels)
         self.use_button.enabled = True
-        self._dims_changed()
+        self._show_current()
 
     def _label_dims(self, labels: tuple[str, ...]) -> None:
         dims = self.viewer.dims
@@ -202,6 +203,12 @@ class TuneWidget(Container):
         return int(np.clip(self.viewer.dims.current_step[axis], 0, len(self.points) - 1))
 
     def _dims_changed(self, *_: Any) -> None:
+        # while a sweep runs or its layers are being added the slider is not yet the plot's E; adding the
+        # first layer with an E axis moves it, and a redraw then would stall the GUI with that add
+        if not self.task.running:
+            self._show_current()
+
+    def _show_current(self) -> None:
         i = self.current_index()
         if i is None:
             return

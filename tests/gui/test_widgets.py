@@ -212,6 +212,7 @@ def test_tune_sweep_stacks_along_e_axis(make_napari_viewer, qtbot, notes):
         assert w.points[i].n_particles == direct.n_particles
     assert_level_colours(levels, direct.level_max)
     assert list(w.plot.series["CR"].xs) == [0.05, 0.2, 0.6]
+    assert w.plot.marker == 0.05 and "E = 0.05" in w.current.value  # the slider's E once the sweep is shown
     viewer.dims.set_current_step(0, 1)
     assert w.plot.marker == 0.2 and "E = 0.2" in w.current.value
     w.use_current()

@@ -274,7 +274,10 @@ def test_plots_use_matplotlib_round_ticks_and_non_negative_error_axis(qtbot):
     assert isinstance(plot, FigureCanvasQTAgg)
     plot.set_series("mean |error|", [0.02, 0.1, 0.5], [0.001, 0.004, 0.02], axis="right")
     plot.set_series("CR", [0.02, 0.1, 0.5], [1.1, 2.3, 4.55])
-    plot.redraw()
+    assert plot._timer.isActive() and "CR" not in plot._lines  # redraw requested, not run yet
+    plot.flush()  # runs it now (Tune E, before adding its layers)
+    assert not plot._timer.isActive()
+    np.testing.assert_allclose(plot._lines["CR"].get_xdata(), [0.02, 0.1, 0.5])
     left, right = plot.figure.axes[:2]
     assert left.get_ylim()[0] == 0 and right.get_ylim()[0] == 0  # never negative
     ticks = [t for t in left.get_yticks() if 0 <= t <= left.get_ylim()[1]]
