@@ -71,6 +71,7 @@ VARIANTS = {
 }
 #: variants whose downsampling is plain bilinear interpolation (no anti-aliasing filter)
 SAMPLED = {"pix64_sampled", "pix128_sampled", "pix64_sampled_frequency_12-24"}
+_ANTIALIASED = input_spec.resize_bilinear  # the package's resize, restored for the other variants
 
 
 def _resize_sampled(image: np.ndarray, size: int) -> np.ndarray:
@@ -108,8 +109,6 @@ def _use_downsampling(name: str) -> None:
     the runs load data without worker processes)."""
     input_spec.resize_bilinear = _resize_sampled if name in SAMPLED else _ANTIALIASED
 
-
-_ANTIALIASED = input_spec.resize_bilinear
 
 
 def _held_out(clf: Classifier, params: ShapeParams, n_per_class: int = 100) -> dict:

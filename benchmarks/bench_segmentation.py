@@ -288,6 +288,8 @@ def main() -> None:
         return
     cases = [c for c in ARGS.cases.split(",") if c]
     models = [m for m in ARGS.models.split(",") if m]
+    if ARGS.repeats < 1:
+        raise SystemExit(f"--repeats must be at least 1, got {ARGS.repeats}")
     unknown = [c for c in cases if c not in CASES]
     if unknown:
         raise SystemExit(f"unknown cases {unknown}; choose from {', '.join(CASES)}")
@@ -296,7 +298,7 @@ def main() -> None:
         for model in models:
             rows[(case, model)] = learn(case, model)
         runs = {model: [] for model in models}
-        for _ in range(max(1, ARGS.repeats)):  # the networks take turns
+        for _ in range(ARGS.repeats):  # the networks take turns
             for model in models:
                 runs[model].append(timed(case, model))
         for model in models:
