@@ -110,7 +110,6 @@ def _use_downsampling(name: str) -> None:
     input_spec.resize_bilinear = _resize_sampled if name in SAMPLED else _ANTIALIASED
 
 
-
 def _held_out(clf: Classifier, params: ShapeParams, n_per_class: int = 100) -> dict:
     ds = ShapesDataset(n_per_class, seed=424242, size=256, split=2, params=params)
     images, labels, amps = [], [], []
