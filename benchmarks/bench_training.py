@@ -11,6 +11,7 @@ analysis above it is written by hand) and the PNG figures. Commands::
     $PY benchmarks/bench_training.py table   --steps 3000 --pix256-steps 600   # Table 4.2
     $PY benchmarks/bench_training.py curves  --steps 1000 --pix256-steps 600   # Figures 4.3 / 4.4
     $PY benchmarks/bench_training.py finite  --size 128 --steps 600            # Figure 4.6
+    $PY benchmarks/bench_training.py seeds   --steps 1000 --seeds 1 2         # APR_B at E = 0.1, other seeds
     $PY benchmarks/bench_training.py report
 
 Settings are the thesis' (streaming shapes, 256x256 images, batch 36, Adam
@@ -122,6 +123,38 @@ def cmd_curves(args) -> None:
                  size=256, image_size=256)
 
 
+def seed_name(seed: int) -> str:
+    """Run folder of APR_B at E = 0.1 with another seed (seed 0 is the table's run)."""
+    return "APR_B_E0.1" if seed == 0 else f"APR_B_E0.1_seed{seed}"
+
+
+def cmd_seeds(args) -> None:
+    for seed in args.seeds:
+        if seed == 0:
+            raise SystemExit("seed 0 is the Table 4.2 run (bench_training.py table); give other seeds")
+        _run(args.runs, seed_name(seed), args.steps, model="APR_B", rel_error=0.1, size=256, image_size=256,
+             seed=seed)
+
+
+def _seed_lines(runs: Path) -> list[str]:
+    """How much the Table 4.2 goal row depends on the seed (the seeds run so far)."""
+    seeds = sorted(int(p.name.rsplit("seed", 1)[1]) for p in runs.glob("APR_B_E0.1_seed*")
+                   if p.name.rsplit("seed", 1)[1].isdigit())
+    logs = {s: _read_log(runs / seed_name(s) / "log.csv") for s in [0, *seeds]}
+    logs = {s: log for s, log in logs.items() if log["steps"] >= 1000}
+    if len(logs) < 2:
+        return []
+    lines = ["### APR_B at E = 0.1 with other seeds", "",
+             "The same run as the table's first row (the seed sets the initial weights and the stream of images). "
+             "Mean training-batch error over the 100 batches before each step:", "",
+             "| seed | @500 | @1000 |", "|---:|---:|---:|"]
+    at = {n: [float(np.mean(log["errors"][n - WINDOW:n])) for log in logs.values()] for n in (500, 1000)}
+    for i, s in enumerate(logs):
+        lines.append(f"| {s} | {at[500][i]:.4f} | {at[1000][i]:.4f} |")
+    lines += [f"| mean of {len(logs)} | {np.mean(at[500]):.4f} | {np.mean(at[1000]):.4f} |", ""]
+    return lines
+
+
 def finite_name(model: str, n: int, size: int) -> str:
     return f"finite_{model}_{n}_{size}"
 
@@ -223,7 +256,7 @@ def cmd_report(args) -> None:
         st = float(np.median(log["step_times"][5:] or log["step_times"]))
         lines.append(f"| {label} | {log['steps']} | {_fmt(_mean_std(log['errors'], 1000))} | "
                      f"{_fmt(_mean_std(log['errors']))} | {t_mean:.4f} +- {t_std:.4f} | {st:.3f} |")
-    lines += [""]
+    lines += ["", *_seed_lines(runs)]
     for arch, models in CURVES.items():
         png = f"learning_curves_{arch}.png"
         _plot_curves(runs, RESULTS / png, models, f"Networks {arch} (Figure {'4.3' if arch == 'A' else '4.4'})")
@@ -329,10 +362,14 @@ def main(argv=None) -> int:
         sp.add_argument("--steps", type=int, default=600, help="finite: step cap of each training set")
         if sp.prog.endswith("finite"):
             sp.add_argument("--eval-every", type=int, default=50)
+    sd = sub.add_parser("seeds", help="APR_B at E = 0.1 with other seeds (how much the goal row varies)")
+    sd.add_argument("--steps", type=int, default=1000)
+    sd.add_argument("--seeds", type=int, nargs="+", default=[1, 2])
     for sp in (t, c, sub.choices["finite"]):
         sp.add_argument("--only", nargs="*", default=None, help="run names (table, curves) or models (finite)")
     args = p.parse_args(argv)
-    {"table": cmd_table, "curves": cmd_curves, "finite": cmd_finite, "report": cmd_report}[args.cmd](args)
+    {"table": cmd_table, "curves": cmd_curves, "finite": cmd_finite, "seeds": cmd_seeds,
+     "report": cmd_report}[args.cmd](args)
     return 0
 
 

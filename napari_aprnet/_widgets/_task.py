@@ -23,6 +23,19 @@ __all__ = ["BackgroundTask", "Progress", "TaskError", "notify"]
 TURN_DELAY_MS = 1
 
 
+def _after_posted_work(callback: Callable[[], None]) -> None:
+    """Run ``callback`` in a turn of its own, after the work already posted and the timers then due.
+
+    A step often posts work of its own (matplotlib's ``draw_idle``, a Qt
+    layout request): that runs as a posted event right after the step. A timer
+    armed by the step would be due by then and run straight after it, so the
+    posted work and the next step would stall the GUI as one. Arming the timer
+    from a posted event of our own, queued behind that work, lets every timer
+    that fell due meanwhile (a repaint, an animation, user input) run first.
+    """
+    QTimer.singleShot(0, lambda: QTimer.singleShot(TURN_DELAY_MS, callback))
+
+
 def notify(message: str, level: str = "error") -> None:
     """Show a napari notification (``level`` is "error", "warning" or "info")."""
     {"error": show_error, "warning": show_warning, "info": show_info}[level](message)
@@ -132,7 +145,8 @@ class BackgroundTask:
 
         The GUI repaints, handles input and runs its timers between two
         steps, so no single stall holds them all (e.g. adding two napari
-        layers). A full garbage collection that is due
+        layers); work a step posts (a plot's deferred redraw) runs before the
+        next step, with the timers that fell due meanwhile in between. A full garbage collection that is due
         (:func:`full_collection_near`) runs in a turn of its own before the
         next step, not inside it. The task counts as running until the last
         step ran, and ``on_finish`` waits for it. If the widget is deleted
@@ -141,14 +155,14 @@ class BackgroundTask:
         start = not self._turns
         self._turns.extend(steps)
         if start and self._turns:
-            QTimer.singleShot(TURN_DELAY_MS, self._next_turn)
+            _after_posted_work(self._next_turn)
 
     def _next_turn(self) -> None:
         if not self._turns:
             return
         if full_collection_near():
             gc.collect()
-            QTimer.singleShot(TURN_DELAY_MS, self._next_turn)
+            _after_posted_work(self._next_turn)
             return
         step = self._turns.popleft()
         try:
@@ -159,7 +173,7 @@ class BackgroundTask:
                 raise
         finally:
             if self._turns:
-                QTimer.singleShot(TURN_DELAY_MS, self._next_turn)
+                _after_posted_work(self._next_turn)
             elif self._after_turns is not None:
                 after, self._after_turns = self._after_turns, None
                 after()

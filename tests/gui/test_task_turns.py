@@ -51,6 +51,30 @@ def test_timers_run_between_steps(task, ticks, qtbot):
         assert "tick" in ticks[ticks.index(first):ticks.index(second)]
 
 
+def test_work_a_step_posts_does_not_join_the_next_step(task, qtbot):
+    """A step that posts work (as matplotlib's draw_idle does): due timers run between that work and the next step."""
+    from qtpy.QtCore import QTimer
+
+    events: list[str] = []
+    ticker = QTimer()
+    ticker.setInterval(10)
+
+    def on_tick():
+        events.append("tick")
+        if events.count("tick") == 1:  # start right after a tick: the ticker is next due in 10 ms
+            task.in_turns(lambda: QTimer.singleShot(0, lambda: (_busy(30), events.append("posted"))),
+                          lambda: events.append("b"))
+
+    ticker.timeout.connect(on_tick)
+    ticker.start()
+    try:
+        qtbot.waitUntil(lambda: "b" in events, timeout=WAIT)
+    finally:
+        ticker.stop()
+    assert events.index("posted") < events.index("b")
+    assert "tick" in events[events.index("posted"):events.index("b")]
+
+
 def test_a_due_full_collection_runs_in_a_turn_of_its_own(task, ticks, qtbot, monkeypatch):
     from napari_aprnet._widgets import _task
 
