@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 import napari_aprnet.data.spec as input_spec
 from napari_aprnet.classify import Classifier
-from napari_aprnet.data.shapes import ShapeParams, ShapesDataset
+from napari_aprnet.data.shapes import ShapeParams, ShapesDataset, ShapeStream
 from napari_aprnet.train import TrainConfig, train
 
 RESULTS = Path(__file__).parent / "results"
@@ -112,16 +112,29 @@ def _use_downsampling(name: str) -> None:
 
 def _held_out(clf: Classifier, params: ShapeParams, n_per_class: int = 100) -> dict:
     ds = ShapesDataset(n_per_class, seed=424242, size=256, split=2, params=params)
-    images, labels, amps = [], [], []
+    images, labels, amps, freqs, radii = [], [], [], [], []
     for i in range(len(ds)):
         im, lab = ds[i]
+        info = ds.info(i)
         images.append(im)
         labels.append(lab)
-        amps.append(ds.info(i).amplitude)
+        amps.append(info.amplitude)
+        freqs.append(info.frequency)
+        radii.append(info.radius)
     pred = clf.predict_proba(images, batch_size=36).argmax(1)
-    labels, amps = np.asarray(labels), np.asarray(amps)
+    labels, amps, freqs, radii = np.asarray(labels), np.asarray(amps), np.asarray(freqs), np.asarray(radii)
     wrong = pred != labels
     fuzzy = labels >= 3
+    # a ripple of k periods has k-fold symmetry: k divisible by 3 or 4 shares the symmetry of a triangle or square
+    symmetry = {"periods divisible by 4": freqs % 4 == 0, "by 3 (not 4)": (freqs % 3 == 0) & (freqs % 4 != 0),
+                "by neither": (freqs % 3 != 0) & (freqs % 4 != 0)}
+    by_symmetry = [{"periods": key, "n": int((fuzzy & m).sum()), "error": float(wrong[fuzzy & m].mean())}
+                   for key, m in symmetry.items() if (fuzzy & m).any()]
+    by_radius = []
+    for lo, hi in ((0, 30), (30, 45), (45, 1000)):
+        m = fuzzy & (radii >= lo) & (radii < hi)
+        if m.any():
+            by_radius.append({"radius_px": [lo, hi], "n": int(m.sum()), "error": float(wrong[m].mean())})
     bins = [0, 1, 1.5, 2, 3, 5, 100]
     by_amp = []
     for lo, hi in zip(bins[:-1], bins[1:]):
@@ -132,7 +145,29 @@ def _held_out(clf: Classifier, params: ShapeParams, n_per_class: int = 100) -> d
     confusion = np.zeros((6, 6), int)
     np.add.at(confusion, (labels, pred), 1)
     return {"error": float(wrong.mean()), "error_regular": float(wrong[~fuzzy].mean()),
-            "error_fuzzy": float(wrong[fuzzy].mean()), "by_amplitude": by_amp, "confusion": confusion.tolist()}
+            "error_fuzzy": float(wrong[fuzzy].mean()), "by_amplitude": by_amp, "by_symmetry": by_symmetry,
+            "by_radius": by_radius, "confusion": confusion.tolist()}
+
+
+def _batch_statistics_effect(clf: Classifier, n_batches: int = 20, seed: int = 777) -> dict:
+    """Error on fresh stream batches of 36 with BatchNorm in train mode (each batch's own statistics, as the
+    training-batch error is measured) and in eval mode (running statistics), the same images for both."""
+    stream = ShapeStream(seed=seed, size=256, batch=36)
+    errors: dict[str, list[float]] = {"train_mode": [], "eval_mode": []}
+    state = {k: v.clone() for k, v in clf.model.state_dict().items()}  # train mode updates the running stats
+    try:
+        for b in range(n_batches):
+            images, labels = stream.batch(b)
+            x = clf.spec.make_input(list(images), convert_channels=False)
+            for mode in errors:
+                clf.model.load_state_dict(state)
+                clf.model.train(mode == "train_mode")
+                with torch.no_grad():
+                    errors[mode].append(float((clf.model(x).argmax(1).numpy() != labels).mean()))
+    finally:
+        clf.model.load_state_dict(state)
+        clf.model.eval()
+    return {mode: float(np.mean(e)) for mode, e in errors.items()} | {"images": 36 * n_batches}
 
 
 def main(argv=None) -> int:
@@ -140,10 +175,22 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=800)
     p.add_argument("--runs", type=Path, default=Path("out/diagnosis"))
     p.add_argument("--only", nargs="*", default=None, help="variants to run (default: all)")
+    p.add_argument("--held-out-of", type=Path, default=None, metavar="CHECKPOINT",
+                   help="only analyse this checkpoint's held-out errors (default distribution), stored under "
+                        "'held_out:<run folder>'")
     args = p.parse_args(argv)
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / "diagnosis.json"
     results = json.loads(path.read_text()) if path.is_file() else {}
+    if args.held_out_of is not None:
+        clf = Classifier.load(args.held_out_of)
+        entry = _held_out(clf, ShapeParams(), n_per_class=200)
+        entry["batch_statistics"] = _batch_statistics_effect(clf)
+        results[f"held_out:{args.held_out_of.parent.name}"] = entry
+        path.write_text(json.dumps(results, indent=1))
+        print(json.dumps({k: entry[k] for k in ("error", "error_regular", "error_fuzzy", "by_amplitude",
+                                                  "by_symmetry", "by_radius", "batch_statistics")}, indent=1))
+        return 0
     for name in args.only or list(VARIANTS):
         print(name, flush=True)
         r = _train(name, args.steps, args.runs)
