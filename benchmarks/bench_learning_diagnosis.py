@@ -14,6 +14,12 @@ script resumes unfinished runs and skips finished ones). Results go to
 ``benchmarks/results/diagnosis.json``; ``training.md`` quotes them. Run::
 
     .venv/bin/python benchmarks/bench_learning_diagnosis.py [--steps 800] [--only NAME ...]
+
+``--held-out-of CHECKPOINT`` analyses one trained network instead (e.g. a
+``bench_training.py`` run at 1000 batches): its held-out errors on the
+default distribution by amplitude, ripple symmetry and object size, and its
+error on fresh batches with BatchNorm in train mode (batch statistics, as
+the training-batch error is measured) against eval mode.
 """
 from __future__ import annotations
 
