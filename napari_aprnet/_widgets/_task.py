@@ -146,9 +146,9 @@ class BackgroundTask:
         The GUI repaints, handles input and runs its timers between two
         steps, so no single stall holds them all (e.g. adding two napari
         layers); work a step posts (a plot's deferred redraw) runs before the
-        next step, with the timers that fell due meanwhile in between. A full garbage collection that is due
-        (:func:`full_collection_near`) runs in a turn of its own before the
-        next step, not inside it. The task counts as running until the last
+        next step, with the timers that fell due meanwhile in between. A full
+        garbage collection that is due (:func:`full_collection_near`) runs in
+        a turn of its own before the next step, not inside it. The task counts as running until the last
         step ran, and ``on_finish`` waits for it. If the widget is deleted
         meanwhile, the remaining steps are dropped.
         """
