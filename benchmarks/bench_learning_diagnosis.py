@@ -199,8 +199,8 @@ def main(argv=None) -> int:
     p.add_argument("--runs", type=Path, default=Path("out/diagnosis"))
     p.add_argument("--only", nargs="*", default=None, help="variants to run (default: all)")
     p.add_argument("--held-out-of", type=Path, default=None, metavar="CHECKPOINT",
-                   help="only analyse this checkpoint's held-out errors (default distribution), stored under "
-                        "'held_out:<run folder>'")
+                   help="only analyse this checkpoint's held-out errors (default distribution); stored in "
+                        "results/held_out.json under its run folder's name")
     args = p.parse_args(argv)
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / "diagnosis.json"
@@ -209,8 +209,10 @@ def main(argv=None) -> int:
         clf = Classifier.load(args.held_out_of)
         entry = _held_out(clf, ShapeParams(), n_per_class=200)
         entry["batch_statistics"] = _batch_statistics_effect(clf)
-        results[f"held_out:{args.held_out_of.parent.name}"] = entry
-        path.write_text(json.dumps(results, indent=1))
+        held_path = RESULTS / "held_out.json"
+        held = json.loads(held_path.read_text()) if held_path.is_file() else {}
+        held[args.held_out_of.parent.name] = entry
+        held_path.write_text(json.dumps(held, indent=1))
         print(json.dumps({k: entry[k] for k in ("error", "error_regular", "error_fuzzy", "by_amplitude",
                                                   "by_symmetry", "by_radius", "batch_statistics")}, indent=1))
         return 0

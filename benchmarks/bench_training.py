@@ -256,7 +256,7 @@ def cmd_report(args) -> None:
         st = float(np.median(log["step_times"][5:] or log["step_times"]))
         lines.append(f"| {label} | {log['steps']} | {_fmt(_mean_std(log['errors'], 1000))} | "
                      f"{_fmt(_mean_std(log['errors']))} | {t_mean:.4f} +- {t_std:.4f} | {st:.3f} |")
-    lines += ["", *_seed_lines(runs)]
+    lines += ["", *_seed_lines(runs), *_held_out_lines()]
     for arch, models in CURVES.items():
         png = f"learning_curves_{arch}.png"
         _plot_curves(runs, RESULTS / png, models, f"Networks {arch} (Figure {'4.3' if arch == 'A' else '4.4'})")
@@ -340,6 +340,28 @@ def _diagnosis_lines() -> list[str]:
             b = by.get(key)
             cells.append("-" if b is None else f"{b['error']:.2f} (n={b['n']})")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
+def _held_out_lines() -> list[str]:
+    """The analyses of ``bench_learning_diagnosis.py --held-out-of`` (results/held_out.json), if any."""
+    path = RESULTS / "held_out.json"
+    if not path.is_file():
+        return []
+    d = json.loads(path.read_text())
+    symmetries = ("periods divisible by 4", "by 3 (not 4)", "by neither")
+    lines = ["### Held-out errors of single checkpoints (`bench_learning_diagnosis.py --held-out-of`)", "",
+             "200 images per class of the default distribution, BatchNorm re-estimated; fuzzy shapes by the "
+             "symmetry of their ripple; and 720 fresh stream images with BatchNorm in train mode (batch "
+             "statistics, as the training-batch error is measured) and in eval mode.", "",
+             "| run | held-out error | fuzzy | " + " | ".join(f"fuzzy, {s}" for s in symmetries)
+             + " | fresh, train mode | fresh, eval mode |", "|---|" + "---:|" * 7]
+    for name, r in d.items():
+        by = {b["periods"]: b for b in r["by_symmetry"]}
+        cells = [f"{by[s]['error']:.3f} (n={by[s]['n']})" if s in by else "-" for s in symmetries]
+        bs = r["batch_statistics"]
+        lines.append(f"| {name} | {r['error']:.4f} | {r['error_fuzzy']:.4f} | {' | '.join(cells)} | "
+                     f"{bs['train_mode']:.3f} | {bs['eval_mode']:.3f} |")
     return lines + [""]
 
 
