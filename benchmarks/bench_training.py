@@ -138,8 +138,8 @@ def cmd_seeds(args) -> None:
 
 def _seed_lines(runs: Path) -> list[str]:
     """How much the Table 4.2 goal row depends on the seed (the seeds run so far)."""
-    seeds = sorted(int(p.name.rsplit("seed", 1)[1]) for p in runs.glob("APR_B_E0.1_seed*")
-                   if p.name.rsplit("seed", 1)[1].isdigit())
+    suffixes = (p.name.removeprefix("APR_B_E0.1_seed") for p in runs.glob("APR_B_E0.1_seed*"))
+    seeds = sorted(int(s) for s in suffixes if s.isdigit())
     logs = {s: _read_log(runs / seed_name(s) / "log.csv") for s in [0, *seeds]}
     logs = {s: log for s, log in logs.items() if log["steps"] >= 1000}
     if len(logs) < 2:

@@ -148,9 +148,10 @@ class BackgroundTask:
         layers); work a step posts (a plot's deferred redraw) runs before the
         next step, with the timers that fell due meanwhile in between. A full
         garbage collection that is due (:func:`full_collection_near`) runs in
-        a turn of its own before the next step, not inside it. The task counts as running until the last
-        step ran, and ``on_finish`` waits for it. If the widget is deleted
-        meanwhile, the remaining steps are dropped.
+        a turn of its own before the next step, not inside it. The task
+        counts as running until the last step ran, and ``on_finish`` waits
+        for it. If the widget is deleted meanwhile, the remaining steps are
+        dropped.
         """
         start = not self._turns
         self._turns.extend(steps)
