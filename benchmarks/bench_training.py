@@ -322,11 +322,11 @@ def _diagnosis_lines() -> list[str]:
              "Training error = mean over the 100 batches before the step. Held-out: 600 images (100 per class) of "
              "the legacy distribution (amplitude 3-12 % of the radius) and of the new one (2-6.4 px), after "
              "BatchNorm re-estimation.", "",
-             "| variant | model | error @300 | @600 | @800 | held-out legacy | held-out new |",
-             "|---|---|---:|---:|---:|---:|---:|"]
+             "| variant | model | error @300 | @600 | @800 | @1000 | @3000 | held-out legacy | held-out new |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for name, r in d.items():
         at = r["train_error_at"]
-        cells = [f"{at[s]:.3f}" if s in at else "-" for s in ("300", "600", "800")]
+        cells = [f"{at[s]:.3f}" if s in at else "-" for s in ("300", "600", "800", "1000", "3000")]
         lines.append(f"| {name}: {r['description']} | {r['model']} | {' | '.join(cells)} | "
                      f"{r['held_out_legacy']['error']:.3f} | {r['held_out_new']['error']:.3f} |")
     lines += ["", "Held-out error of fuzzy shapes by perturbation amplitude (legacy distribution):", "",

@@ -18,6 +18,7 @@ xvfb-run -a -s "-screen 0 1600x1000x24" $PY benchmarks/bench_gui_freeze.py --mar
 $PY benchmarks/bench_train_step.py --steps 9
 $PY benchmarks/bench_train_step.py --steps 9 --tune-malloc
 $PY benchmarks/bench_distributed.py --threads 2 --nproc 2
+$PY benchmarks/bench_shapes_apr.py
 # learning runs are long (hours on 2 cores) and resumable: see benchmarks/results/training.md
 $PY benchmarks/bench_learning_diagnosis.py --steps 800
 $PY benchmarks/bench_training.py table --steps 3000 --other-steps 1500 --pix256-steps 600
