@@ -61,6 +61,11 @@ VARIANTS = {
                                   "as new+frequency_12-24, seed 1"),
     "new+frequency_12-24_seed2": ("APR_B", {"shape_params": {"frequency": [12, 24]}, "seed": 2},
                                   "as new+frequency_12-24, seed 2"),
+    **{f"frequency_12-24_E{e}": ("APR_B", {"shape_params": {"frequency": [12, 24]}, "rel_error": e},
+                                 f"as new+frequency_12-24, APRs at E = {e} (the Table 4.2 row)")
+       for e in (0.4, 0.6, 0.8)},
+    "pix128_frequency_12-24": ("Pix_B", {"shape_params": {"frequency": [12, 24]}, "size": 128},
+                               "Pix_B on 128x128 (downsampled), ripples of 12-24 periods"),
     "pix64_frequency_12-24": ("Pix_B", {"normalisation": "image", "shape_params": {**NEW, "frequency": [12, 24]},
                                         "size": 64},
                               "Pix_B on 64x64 (downsampled), ripples of 12-24 periods"),

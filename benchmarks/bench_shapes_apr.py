@@ -113,6 +113,7 @@ def measure(n_images: int, seed: int) -> dict:
 
 
 def _plot(results: dict, path: Path) -> None:
+    """Box plots of CR and mean error against E, one box per configuration (Figure 4.2 A-B)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -140,6 +141,7 @@ def _plot(results: dict, path: Path) -> None:
 
 
 def report(results: dict, n_images: int, seed: int) -> str:
+    """The markdown page: setting, machine, command, the figure and one table row per configuration and E."""
     lines = ["# APR of the synthetic shapes (thesis 4.1.2, Figure 4.2 A-B)", "",
              f"{n_images} stream images (default distribution, 256x256, seed {seed}); CR = pixels / particles; "
              "error = mean absolute piecewise-constant reconstruction error (intensities in [0, 1]); exact = "
