@@ -242,8 +242,8 @@ def main(argv=None) -> int:
         errs = np.asarray(r["errors"])
         entry = {"description": VARIANTS[name][2], "model": VARIANTS[name][0], "steps": len(errs),
                  "threads": torch.get_num_threads(),
-                 "train_error_at": {str(s): float(errs[max(0, s - 100):s].mean()) for s in (300, 500, 600, 800, 1000, 1500, 2000, 3000)
-                                    if s <= len(errs)},
+                 "train_error_at": {str(s): float(errs[max(0, s - 100):s].mean())
+                                    for s in (300, 500, 600, 800, 1000, 1500, 2000, 3000) if s <= len(errs)},
                  "held_out_legacy": _held_out(clf, ShapeParams(**{k: tuple(v) if isinstance(v, list) else v
                                                                   for k, v in LEGACY.items()})),
                  "held_out_new": _held_out(clf, ShapeParams())}

@@ -30,6 +30,7 @@ import contextlib
 import os
 import platform
 import sys
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -81,14 +82,12 @@ def _pyapr(image: np.ndarray, rel_error: float, auto: bool) -> tuple[int, np.nda
 
 def configurations() -> dict:
     """name -> function(image, E) -> (particles, reconstruction)."""
-    configs = {"ours": lambda im, e: _ours(im, e), "ours, lambda 0": lambda im, e: _ours(im, e, lambda_=0.0)}
+    configs = {"ours": _ours, "ours, lambda 0": partial(_ours, lambda_=0.0)}
     try:
         import pyapr  # noqa: F401
     except ImportError:
         return configs
-    configs["pyapr"] = lambda im, e: _pyapr(im, e, auto=False)
-    configs["pyapr, auto"] = lambda im, e: _pyapr(im, e, auto=True)
-    return configs
+    return configs | {"pyapr": partial(_pyapr, auto=False), "pyapr, auto": partial(_pyapr, auto=True)}
 
 
 def measure(n_images: int, seed: int) -> dict:
